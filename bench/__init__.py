@@ -1,0 +1,1 @@
+"""Benchmarks whose output goes into BENCHMARKS.md."""

@@ -1,0 +1,179 @@
+"""Search quality on NAS-Bench-201 at equal budgets: random, regularized evolution, ours
+(LSTM + REINFORCE), the NB201-protocol logits-REINFORCE, and Optuna TPE (if installed).
+
+Every method runs through the same loop (``controller.search.run_search``) with the same
+accounting: the budget counts trainings (table lookups); a proposal whose canonical hash was
+already evaluated is a free cache hit. Each (method, seed) runs once to the largest budget; the
+smaller budgets read the same run's prefix. Reported: the 200-epoch test accuracy of the
+best-reward (12-epoch validation) architecture.
+
+    python -m bench.nb201 --seeds 100 --datasets cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench.baselines import LogitsReinforce, OptunaTPE
+from bench.report import ROOT, machine, write_section
+from controller.evaluators.nb201 import NB201Evaluator, default_csv, load_table
+from controller.presets import CONTROLLER_PRESETS
+from controller.search import run_search
+from controller.spaces.nb201 import NB201Space
+from controller.strategies.base import Strategy
+from controller.strategies.evolution import EvolutionStrategy
+from controller.strategies.random_search import RandomStrategy
+from controller.strategies.reinforce import ReinforceStrategy
+
+OURS = "sample-efficient"
+
+
+def _ours(space: NB201Space, seed: int) -> Strategy:
+    preset = CONTROLLER_PRESETS[OURS]
+    return ReinforceStrategy(space, seed, batch_size=preset.children, policy=preset.policy,
+                             learner=preset.learner)
+
+
+METHODS: dict[str, Callable[[NB201Space, int], Strategy]] = {
+    "random": lambda space, seed: RandomStrategy(space, seed),
+    "evolution (REA)": lambda space, seed: EvolutionStrategy(space, seed),
+    "ours (LSTM REINFORCE)": _ours,
+    "logits-REINFORCE (NB201)": lambda space, seed: LogitsReinforce(space, seed),
+    "Optuna TPE": lambda space, seed: OptunaTPE(space, seed),
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One (method, dataset, seed) run read at each budget."""
+
+    method: str
+    dataset: str
+    seed: int
+    test_at: dict[int, float]
+    to_optimum: int | None
+    cache_hits: int
+    seconds: float
+
+
+_TABLES: dict[str, dict[str, tuple[float, float]]] = {}
+
+
+def run_one(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult:
+    """Run one method on one dataset with one seed."""
+    method, dataset, seed, budgets, csv, max_idle = job
+    torch.set_num_threads(1)
+    if dataset not in _TABLES:
+        _TABLES[dataset] = load_table(Path(csv), dataset)
+    table = _TABLES[dataset]
+    space = NB201Space()
+    evaluator = NB201Evaluator(dataset, table=table)
+    outcome = run_search(space, METHODS[method](space, seed), evaluator, max(budgets),
+                         max_idle_proposals=max_idle, report_test=False)
+    test_at: dict[int, float] = {}
+    for budget in budgets:
+        trained, best = 0, None
+        for h in outcome.history:
+            trained += 0 if h.cached else 1
+            if trained > budget:
+                break
+            if best is None or h.reward > best.reward:
+                best = h
+        assert best is not None
+        test_at[budget] = table[best.trained_arch][1]
+    optimum = max(r for r, _ in table.values())
+    return RunResult(method, dataset, seed, test_at, outcome.trainings_to_reach(optimum),
+                     outcome.cache_hits, outcome.wall_seconds)
+
+
+def _optuna_available() -> bool:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its BENCHMARKS.md section and plot."""
+    p = argparse.ArgumentParser(prog="python -m bench.nb201", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=100, help="runs per method (100)")
+    p.add_argument("--budgets", default="50,100,150,200", help="trainings (50,100,150,200)")
+    p.add_argument("--datasets", default="cifar10", help="comma list of cifar10,cifar100,"
+                   "imagenet16 (cifar10)")
+    p.add_argument("--nb201-csv", default=str(default_csv()), help="the NB201 table")
+    p.add_argument("--workers", type=int, default=2, help="processes (2)")
+    p.add_argument("--max-idle-proposals", type=int, default=2000,
+                   help="stop a run after this many cache hits in a row (2000)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    budgets = tuple(sorted(int(b) for b in args.budgets.split(",")))
+    datasets = args.datasets.split(",")
+    methods = [m for m in METHODS if m != "Optuna TPE" or _optuna_available()]
+    jobs = [(m, d, s, budgets, args.nb201_csv, args.max_idle_proposals)
+            for d in datasets for s in range(args.seeds) for m in methods]
+    start = time.time()
+    with Pool(args.workers) as pool:
+        results = list(tqdm(pool.imap_unordered(run_one, jobs), total=len(jobs), unit="run"))
+    wall = time.time() - start
+    command = " ".join(["python -m bench.nb201", f"--seeds {args.seeds}",
+                        f"--budgets {args.budgets}", f"--datasets {args.datasets}"])
+    body = render(results, methods, datasets, budgets, command, wall)
+    print(body)
+    if not args.no_write:
+        write_section("nb201", body)
+    return 0
+
+
+def render(results: list[RunResult], methods: list[str], datasets: list[str],
+           budgets: tuple[int, ...], command: str, wall: float) -> str:
+    """The markdown section, and the plots it references."""
+    from bench.plots import plot_nb201
+
+    lines = ["## NAS-Bench-201: search quality at equal budgets", "",
+             f"Command: `{command}` ({wall / 60:.1f} min on {machine()}).", "",
+             "Budget = child trainings (table lookups); a proposal whose canonical hash "
+             "(NB201's isomorphism key) was already evaluated is a free cache hit, for every "
+             "method. Cells: mean +- std over seeds of the 200-epoch test accuracy (%) of the "
+             "architecture with the best 12-epoch validation accuracy found within the budget. "
+             "'To optimum': median trainings until the cell with the table's best reward was "
+             "trained (and the share of runs that found it within the largest budget).", ""]
+    for dataset in datasets:
+        rows = [r for r in results if r.dataset == dataset]
+        seeds = len({r.seed for r in rows})
+        lines += [f"### {dataset} ({seeds} seeds)", "",
+                  "| method | " + " | ".join(f"budget {b}" for b in budgets) +
+                  " | to optimum (found) | cache hits / run | s / run |",
+                  "|---" * (len(budgets) + 4) + "|"]
+        for method in methods:
+            runs = [r for r in rows if r.method == method]
+            cells = []
+            for b in budgets:
+                accs = [100 * r.test_at[b] for r in runs]
+                cells.append(f"{statistics.mean(accs):.2f} +- {statistics.pstdev(accs):.2f}")
+            found = sorted(r.to_optimum if r.to_optimum is not None else 10**9 for r in runs)
+            median = statistics.median_low(found)
+            share = sum(r.to_optimum is not None for r in runs) / len(runs)
+            med = f">{max(budgets)}" if median >= 10**9 else str(median)
+            hits = statistics.mean(r.cache_hits for r in runs)
+            secs = statistics.mean(r.seconds for r in runs)
+            lines.append(f"| {method} | " + " | ".join(cells) +
+                         f" | {med} ({share:.0%}) | {hits:.0f} | {secs:.2f} |")
+        png = plot_nb201(results, methods, dataset, budgets)
+        lines += ["", f"![{dataset}]({png.relative_to(ROOT)})", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Plots for the benchmark sections (matplotlib, written under bench/out/)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.report import ROOT
+
+if TYPE_CHECKING:
+    from bench.nb201 import RunResult
+
+OUT = ROOT / "bench" / "out"
+
+
+def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
+               budgets: tuple[int, ...]) -> Path:
+    """Mean reported test accuracy against budget, one line per method (+- standard error)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for method in methods:
+        runs = [r for r in results if r.method == method and r.dataset == dataset]
+        means, errs = [], []
+        for b in budgets:
+            accs = [100 * r.test_at[b] for r in runs]
+            means.append(statistics.mean(accs))
+            errs.append(statistics.pstdev(accs) / max(1, len(accs)) ** 0.5)
+        ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=method)
+    ax.set_xlabel("budget (child trainings)")
+    ax.set_ylabel("test accuracy of best-reward cell (%)")
+    ax.set_title(f"NAS-Bench-201 {dataset}: mean over seeds (+- s.e.)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"nb201-{dataset}.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

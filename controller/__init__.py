@@ -1,0 +1,1 @@
+"""Controller: search spaces, policies, strategies, the search loop and the ``nas`` CLI."""

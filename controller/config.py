@@ -1,0 +1,145 @@
+"""Search configuration: parsed once at the edge (flags or a YAML spec) into a frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.presets import CONTROLLER_PRESETS
+from controller.spaces import SPACE_NAMES
+
+STRATEGIES = ("reinforce", "random", "evolution")
+EVALUATORS = ("nb201",)
+NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the field and what would be accepted."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything ``nas search`` needs. Field names are the YAML keys and the flag names."""
+
+    space: str = "nb201"
+    num_blocks: int | None = None
+    num_layers: int | None = None
+    predict_strides: bool = False
+    strategy: str = "reinforce"
+    controller: str = "sample-efficient"
+    children: int | None = None  # m: children per policy update (None: the preset's)
+    learning_rate: float | None = None
+    entropy_weight: float | None = None
+    baseline_decay: float | None = None
+    reward_transform: str | None = None
+    population: int = 10
+    tournament: int = 3
+    evaluator: str = "nb201"
+    dataset: str = "cifar10"
+    nb201_csv: str | None = None
+    budget: int = 100
+    seed: int = 0
+    failure_reward: float = 0.0
+    max_idle_proposals: int = 2000
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("space", self.space, SPACE_NAMES)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("controller", self.controller, tuple(CONTROLLER_PRESETS))
+        _one_of("evaluator", self.evaluator, EVALUATORS)
+        if self.reward_transform is not None:
+            _one_of("reward_transform", self.reward_transform, ("identity", "cubed"))
+        for name in ("num_blocks", "num_layers", "children"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {value}")
+        for name, low in (("budget", 1), ("population", 1), ("tournament", 1),
+                          ("max_idle_proposals", 1), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        if self.tournament > self.population:
+            raise ConfigError(f"tournament: must be <= population ({self.population}), "
+                              f"got {self.tournament}")
+        for name in ("learning_rate", "entropy_weight", "baseline_decay", "failure_reward"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{name}: must be a finite number, got {value}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.entropy_weight is not None and self.entropy_weight < 0:
+            raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
+        if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
+            raise ConfigError(f"baseline_decay: must be in [0, 1), got {self.baseline_decay}")
+        if self.evaluator == "nb201":
+            if self.space != "nb201":
+                raise ConfigError(f"space: the nb201 evaluator only scores --space nb201, "
+                                  f"got {self.space!r}")
+            _one_of("dataset", self.dataset, NB201_DATASETS)
+
+
+def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if "bool" in kind:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if "int" in kind:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if "float" in kind:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str | Path):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return str(value)
+
+
+def config_from_mapping(values: Mapping[str, Any],
+                        base: SearchConfig | None = None) -> SearchConfig:
+    """Apply ``values`` (YAML keys or flags; ``-`` and ``_`` both accepted) over ``base``."""
+    known = {f.name: str(f.type) for f in fields(SearchConfig)}
+    updates: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"{raw_key}: unknown setting; known: {', '.join(sorted(known))}")
+        updates[key] = _coerce(key, known[key], value)
+    try:
+        return dataclasses.replace(base or SearchConfig(), **updates)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # pragma: no cover - raised by nested values
+        raise ConfigError(str(exc)) from None
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Read a YAML spec file into a mapping; ConfigError says what is wrong with the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"spec: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec: {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"spec: {path} must hold a mapping of settings, got "
+                          f"{type(data).__name__}")
+    return data

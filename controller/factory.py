@@ -1,0 +1,60 @@
+"""Builds the search's parts from a SearchConfig (registries, no if-chains in the loop)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controller.config import SearchConfig
+from controller.evaluators.base import Evaluator
+from controller.evaluators.nb201 import NB201Evaluator
+from controller.presets import CONTROLLER_PRESETS
+from controller.spaces import SearchSpace, create_space
+from controller.strategies.base import Strategy
+from controller.strategies.evolution import EvolutionStrategy
+from controller.strategies.random_search import RandomStrategy
+from controller.strategies.reinforce import ReinforceStrategy
+from protos.types import SearchSpaceSpec
+
+
+def build_space(cfg: SearchConfig) -> SearchSpace:
+    """The search space the config names, with its size options."""
+    return create_space(SearchSpaceSpec(cfg.space, cfg.num_blocks, cfg.num_layers,
+                                        cfg.predict_strides))
+
+
+def _reinforce(space: SearchSpace, cfg: SearchConfig) -> Strategy:
+    preset = CONTROLLER_PRESETS[cfg.controller]
+    overrides: dict[str, Any] = {k: v for k, v in (("learning_rate", cfg.learning_rate),
+                                   ("entropy_weight", cfg.entropy_weight),
+                                   ("baseline_decay", cfg.baseline_decay),
+                                   ("reward_transform", cfg.reward_transform)) if v is not None}
+    learner = dataclasses.replace(preset.learner, **overrides)
+    return ReinforceStrategy(space, seed=cfg.seed, batch_size=cfg.children or preset.children,
+                             policy=preset.policy, learner=learner)
+
+
+STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] = {
+    "reinforce": _reinforce,
+    "random": lambda space, cfg: RandomStrategy(space, seed=cfg.seed),
+    "evolution": lambda space, cfg: EvolutionStrategy(space, seed=cfg.seed,
+                                                      population=cfg.population,
+                                                      sample=cfg.tournament),
+}
+
+EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
+    "nb201": lambda cfg: NB201Evaluator(cfg.dataset, Path(cfg.nb201_csv) if cfg.nb201_csv
+                                        else None),
+}
+
+
+def build_strategy(space: SearchSpace, cfg: SearchConfig) -> Strategy:
+    """The strategy the config names."""
+    return STRATEGY_FACTORIES[cfg.strategy](space, cfg)
+
+
+def build_evaluator(cfg: SearchConfig) -> Evaluator:
+    """The evaluator the config names; raises EvaluatorError when its data is missing."""
+    return EVALUATOR_FACTORIES[cfg.evaluator](cfg)

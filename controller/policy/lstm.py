@@ -1,0 +1,164 @@
+"""The LSTM controller of Zoph & Le (2017) / NASNet / ENAS, over any space's decision sequence.
+
+Each decision is one LSTM step: the input is the embedding of the previous action (a learned start
+vector first), the output goes through the head of the decision's kind, sliced to its number of
+choices. Skip decisions (macro space) take no step: P(j -> i) = sigmoid(v^T tanh(W_prev h_j +
+W_curr h_i)) over the anchor states; after a layer's skips, the next input is the mean of the chosen
+anchors (ENAS). The same code samples and scores given actions, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from controller.spaces.base import Decision
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Shape of the controller LSTM and how its logits are shaped."""
+
+    layers: int = 2
+    units: int = 35
+    embedding: int | None = None  # None: same as units
+    tanh_constant: float | None = None  # logits -> C * tanh(logits) (ENAS)
+    temperature: float | None = None  # logits / T, before tanh (ENAS)
+    init_range: float = 0.08
+
+    def __post_init__(self) -> None:
+        if self.layers < 1 or self.units < 1:
+            raise ValueError("policy layers and units must be >= 1")
+        if self.embedding is not None and self.embedding < 1:
+            raise ValueError("policy embedding must be >= 1")
+        for name in ("tanh_constant", "temperature"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"policy {name} must be > 0")
+        if self.init_range <= 0:
+            raise ValueError("policy init_range must be > 0")
+
+
+# Paper presets (DESIGN.md): Zoph & Le 2x35, uniform init +-0.08; ENAS 1x100, tanh 2.5, T=5.
+PRESETS: dict[str, PolicyConfig] = {
+    "zoph-le": PolicyConfig(layers=2, units=35, init_range=0.08),
+    "enas": PolicyConfig(layers=1, units=100, tanh_constant=2.5, temperature=5.0, init_range=0.1),
+}
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """Per-decision results for a batch: ``actions``, ``log_probs`` and ``entropies`` are (B, T)."""
+
+    actions: Tensor
+    log_probs: Tensor
+    entropies: Tensor
+
+
+class LSTMPolicy(nn.Module):
+    """An autoregressive policy over a fixed decision sequence."""
+
+    def __init__(self, decisions: Sequence[Decision], config: PolicyConfig | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.decisions = tuple(decisions)
+        if not self.decisions:
+            raise ValueError("a policy needs at least one decision")
+        self.config = config or PolicyConfig()
+        units = self.config.units
+        emb = self.config.embedding or units
+        sizes: dict[str, int] = {}
+        for d in self.decisions:
+            if d.skip is None:
+                sizes[d.kind] = max(sizes.get(d.kind, 0), d.num_choices)
+        self.start = nn.Parameter(torch.zeros(1, emb))
+        self.embeddings = nn.ModuleDict({k: nn.Embedding(n, emb) for k, n in sizes.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(units, n) for k, n in sizes.items()})
+        self.cells = nn.ModuleList(
+            [nn.LSTMCell(emb if i == 0 else units, units) for i in range(self.config.layers)])
+        self.has_skips = any(d.skip is not None for d in self.decisions)
+        if self.has_skips:
+            self.w_prev = nn.Linear(units, units, bias=False)
+            self.w_curr = nn.Linear(units, units, bias=False)
+            self.v = nn.Linear(units, 1, bias=False)
+            self.anchor_in: nn.Module = (nn.Identity() if emb == units
+                                         else nn.Linear(units, emb, bias=False))
+        generator = torch.Generator().manual_seed(seed)
+        r = self.config.init_range
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-r, r, generator=generator)
+
+    def _shape(self, logits: Tensor) -> Tensor:
+        if self.config.temperature is not None:
+            logits = logits / self.config.temperature
+        if self.config.tanh_constant is not None:
+            logits = self.config.tanh_constant * torch.tanh(logits)
+        return logits
+
+    def _run(self, batch: int, actions: Tensor | None,
+             generator: torch.Generator | None) -> PolicyOutput:
+        units = self.config.units
+        x = self.start.expand(batch, -1)
+        zeros = self.start.new_zeros(batch, units)
+        state = [(zeros, zeros) for _ in self.cells]
+        anchors: dict[int, Tensor] = {}
+        keys: dict[int, Tensor] = {}
+        queries: dict[int, Tensor] = {}
+        skip_sum: Tensor | None = None
+        skip_count: Tensor | None = None
+        taken, log_probs, entropies = [], [], []
+        for t, d in enumerate(self.decisions):
+            if d.skip is None:
+                if skip_sum is not None and skip_count is not None:
+                    x = self.anchor_in(skip_sum / (1.0 + skip_count))
+                    skip_sum = skip_count = None
+                inp = x
+                for i, cell in enumerate(self.cells):
+                    state[i] = cell(inp, state[i])
+                    inp = state[i][0]
+                logits = self.heads[d.kind](inp)[:, : d.num_choices]
+                if d.sets_anchor >= 0:
+                    anchors[d.sets_anchor] = inp
+                    keys[d.sets_anchor] = self.w_prev(inp)
+            else:
+                i, j = d.skip
+                if i not in queries:
+                    queries[i] = self.w_curr(anchors[i])
+                logit = self.v(torch.tanh(keys[j] + queries[i]))
+                logits = torch.cat([torch.zeros_like(logit), logit], dim=1)
+            logp_all = torch.log_softmax(self._shape(logits), dim=1)
+            if actions is None:
+                a = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            else:
+                a = actions[:, t]
+            taken.append(a)
+            log_probs.append(logp_all.gather(1, a.unsqueeze(1)).squeeze(1))
+            entropies.append(-(logp_all.exp() * logp_all).sum(dim=1))
+            if d.skip is None:
+                x = self.embeddings[d.kind](a)
+            else:
+                chosen = a.to(anchors[d.skip[1]].dtype).unsqueeze(1)
+                contrib = chosen * anchors[d.skip[1]]
+                skip_sum = contrib if skip_sum is None else skip_sum + contrib
+                skip_count = chosen if skip_count is None else skip_count + chosen
+        return PolicyOutput(torch.stack(taken, 1), torch.stack(log_probs, 1),
+                            torch.stack(entropies, 1))
+
+    @torch.no_grad()
+    def sample(self, batch: int = 1, generator: torch.Generator | None = None) -> PolicyOutput:
+        """Sample ``batch`` action sequences with their per-decision log-probs and entropies."""
+        return self._run(batch, None, generator)
+
+    def log_prob(self, actions: Tensor) -> PolicyOutput:
+        """Score given action sequences (B, T), differentiably."""
+        if actions.dim() != 2 or actions.shape[1] != len(self.decisions):
+            raise ValueError(f"actions must be (batch, {len(self.decisions)}), "
+                             f"got {tuple(actions.shape)}")
+        limits = torch.tensor([d.num_choices for d in self.decisions])
+        if bool((actions < 0).any()) or bool((actions >= limits).any()):
+            raise ValueError("actions out of range for the policy's decisions")
+        return self._run(actions.shape[0], actions.long(), None)

@@ -1,0 +1,146 @@
+"""REINFORCE for the controller: gradient of sum_t log P(a_t | a_<t) * (R - b) on recorded actions.
+
+Reward assignment: a reward only ever enters the gradient together with the trial it was measured
+for (``ScoredTrial`` checks the ids match) and that trial's recorded actions. There is no call
+that pairs a reward with freshly sampled actions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from controller.policy.lstm import LSTMPolicy
+from protos.types import Trial, TrialResult
+
+REWARD_TRANSFORMS: dict[str, Callable[[float], float]] = {
+    "identity": lambda r: r,
+    "cubed": lambda r: r**3,  # Zoph & Le: sharpen differences between good accuracies
+}
+
+
+@dataclass(frozen=True)
+class ScoredTrial:
+    """A trial together with its own result: the only way a reward reaches the gradient."""
+
+    trial: Trial
+    result: TrialResult
+
+    def __post_init__(self) -> None:
+        if self.result.trial_id != self.trial.trial_id:
+            raise ValueError(f"result of trial {self.result.trial_id!r} cannot score trial "
+                             f"{self.trial.trial_id!r}")
+        if not self.trial.actions:
+            raise ValueError(f"trial {self.trial.trial_id!r} has no recorded actions")
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    """Learning rule settings: Adam, EMA baseline, entropy bonus, reward transform."""
+
+    learning_rate: float = 6e-4
+    baseline_decay: float = 0.95
+    entropy_weight: float = 0.0
+    reward_transform: str = "identity"
+    normalize_advantages: bool = False  # divide advantages by their running std
+    grad_clip: float | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError("learning_rate must be > 0")
+        if not 0 <= self.baseline_decay < 1:
+            raise ValueError("baseline_decay must be in [0, 1)")
+        if self.entropy_weight < 0:
+            raise ValueError("entropy_weight must be >= 0")
+        if self.reward_transform not in REWARD_TRANSFORMS:
+            raise ValueError(f"reward_transform must be one of {', '.join(REWARD_TRANSFORMS)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("grad_clip must be > 0")
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """What one update saw: mean transformed reward, baseline before it, mean entropy, loss."""
+
+    reward: float
+    baseline: float
+    entropy: float
+    loss: float
+    version: int
+
+
+class ReinforceLearner:
+    """Owns the policy's optimizer, the baseline and the version counter."""
+
+    def __init__(self, policy: LSTMPolicy, config: ReinforceConfig | None = None) -> None:
+        self.policy = policy
+        self.config = config or ReinforceConfig()
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.config.learning_rate,
+                                          betas=self.config.adam_betas)
+        self.baseline: float | None = None
+        self._sq_adv: float | None = None  # running mean of squared advantages
+        self.version = 0
+
+    def advantages(self, rewards: Sequence[float]) -> Tensor:
+        """Advantages against the baseline before this batch, then update the EMA baseline."""
+        if self.baseline is None:
+            self.baseline = sum(rewards) / len(rewards)
+        base = self.baseline
+        adv = torch.tensor([r - base for r in rewards], dtype=torch.float32)
+        decay = self.config.baseline_decay
+        for r in rewards:
+            self.baseline = decay * self.baseline + (1 - decay) * r
+        if self.config.normalize_advantages:
+            sq = float((adv**2).mean())
+            self._sq_adv = sq if self._sq_adv is None else decay * self._sq_adv + (1 - decay) * sq
+            adv = adv / (math.sqrt(self._sq_adv) + 1e-8)
+        return adv
+
+    def loss(self, batch: Sequence[ScoredTrial]) -> tuple[Tensor, UpdateStats]:
+        """The surrogate loss whose gradient is the REINFORCE estimate for ``batch``."""
+        if not batch:
+            raise ValueError("an update needs at least one scored trial")
+        transform = REWARD_TRANSFORMS[self.config.reward_transform]
+        rewards = [transform(s.result.reward) for s in batch]
+        base_before = self.baseline if self.baseline is not None else sum(rewards) / len(rewards)
+        adv = self.advantages(rewards)
+        actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
+        out = self.policy.log_prob(actions)
+        seq_logp = out.log_probs.sum(dim=1)
+        seq_entropy = out.entropies.sum(dim=1)
+        loss = -(adv * seq_logp).mean() - self.config.entropy_weight * seq_entropy.mean()
+        stats = UpdateStats(reward=sum(rewards) / len(rewards), baseline=base_before,
+                            entropy=float(seq_entropy.detach().mean()), loss=float(loss.detach()),
+                            version=self.version)
+        return loss, stats
+
+    def gradient(self, batch: Sequence[ScoredTrial]) -> tuple[list[Tensor], UpdateStats]:
+        """The policy gradient for ``batch`` (one tensor per parameter), without applying it."""
+        loss, stats = self.loss(batch)
+        params = list(self.policy.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
+                                                                         strict=True)], stats
+
+    def apply(self, grads: Sequence[Tensor]) -> int:
+        """Apply a gradient with the optimizer; return the new policy version."""
+        params = list(self.policy.parameters())
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+        return self.version
+
+    def update(self, batch: Sequence[ScoredTrial]) -> UpdateStats:
+        """Compute and apply the gradient for ``batch``."""
+        grads, stats = self.gradient(batch)
+        self.apply(grads)
+        return stats

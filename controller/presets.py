@@ -1,0 +1,40 @@
+"""Controller presets: the LSTM's shape, the REINFORCE settings and m (children per update)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.policy.lstm import PRESETS as POLICY_PRESETS
+from controller.policy.lstm import PolicyConfig
+from controller.policy.reinforce import ReinforceConfig
+
+
+@dataclass(frozen=True)
+class ControllerPreset:
+    """A named controller: policy shape, learning rule, and children per update (m)."""
+
+    policy: PolicyConfig
+    learner: ReinforceConfig
+    children: int
+    description: str
+
+
+CONTROLLER_PRESETS: dict[str, ControllerPreset] = {
+    "zoph-le": ControllerPreset(
+        POLICY_PRESETS["zoph-le"],
+        ReinforceConfig(learning_rate=6e-4, baseline_decay=0.95, reward_transform="cubed"),
+        children=8,
+        description="Zoph & Le 2017: 2x35 LSTM, Adam 6e-4, reward cubed, EMA baseline, m=8"),
+    "enas": ControllerPreset(
+        POLICY_PRESETS["enas"],
+        ReinforceConfig(learning_rate=3.5e-3, baseline_decay=0.99, entropy_weight=1e-4),
+        children=1,
+        description="ENAS: 1x100 LSTM, tanh 2.5, temperature 5, Adam 3.5e-3, entropy 1e-4, "
+                    "baseline decay 0.99"),
+    "sample-efficient": ControllerPreset(
+        POLICY_PRESETS["zoph-le"],
+        ReinforceConfig(learning_rate=6e-3, baseline_decay=0.95),
+        children=1,
+        description="for budgets of tens to hundreds of trainings (tuned on NAS-Bench-201, "
+                    "see BENCHMARKS.md): 2x35 LSTM, Adam 6e-3, one child per update"),
+}

@@ -1,0 +1,134 @@
+"""The in-process search loop: suggest -> cache or evaluate -> report, until the budget is spent.
+
+``budget`` counts child trainings; an architecture whose canonical hash is already in the cache
+gets the stored result for free. A failed child gets ``failure_reward`` (and costs its training).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.cache import CachedEvaluation, EvaluationCache, InMemoryCache
+from controller.evaluators.base import EvaluationFailed, Evaluator
+from controller.spaces.base import SearchSpace
+from controller.strategies.base import Strategy
+from protos.types import Trial, TrialResult, TrialStatus
+
+
+@dataclass
+class HistoryEntry:
+    """One proposal: what was sampled, its reward, whether it was free, what was trained."""
+
+    trial_id: str
+    arch: str
+    reward: float
+    cached: bool
+    trained_arch: str  # the architecture whose training gave the reward (differs on an
+    # isomorphic cache hit)
+    status: str = "succeeded"
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The result.json form."""
+        out: dict[str, Any] = {"trial_id": self.trial_id, "arch": self.arch,
+                               "reward": self.reward, "cached": self.cached}
+        if self.trained_arch != self.arch:
+            out["same_as"] = self.trained_arch
+        if self.status != "succeeded":
+            out["status"], out["error"] = self.status, self.error
+        return out
+
+
+@dataclass
+class SearchOutcome:
+    """What a search found and what it cost."""
+
+    budget: int
+    trainings: int = 0
+    cache_hits: int = 0
+    history: list[HistoryEntry] = field(default_factory=list)
+    best: HistoryEntry | None = None
+    best_test_accuracy: float | None = None
+    wall_seconds: float = 0.0
+    stopped_reason: str = "budget"
+
+    def trainings_to_reach(self, reward: float) -> int | None:
+        """How many trainings it took until an architecture with >= ``reward`` was seen."""
+        trained = 0
+        for h in self.history:
+            trained += 0 if h.cached else 1
+            if h.reward >= reward:
+                return trained
+        return None
+
+
+ProgressFn = Callable[[SearchOutcome, Strategy], None]
+
+
+def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, budget: int,
+               cache: EvaluationCache | None = None, failure_reward: float = 0.0,
+               max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
+               report_test: bool = True) -> SearchOutcome:
+    """Run ``strategy`` until ``budget`` trainings are spent.
+
+    Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
+    were all cache hits: the strategy keeps proposing what it has already seen.
+    """
+    if budget < 1:
+        raise ValueError("budget must be >= 1")
+    cache = cache if cache is not None else InMemoryCache()
+    outcome = SearchOutcome(budget=budget)
+    start = time.perf_counter()
+    idle = 0
+    while outcome.trainings < budget:
+        if idle >= max_idle_proposals:
+            outcome.stopped_reason = "converged"
+            break
+        for trial in strategy.suggest(strategy.batch_size):
+            if outcome.trainings >= budget:
+                break  # the batch's remainder is never evaluated nor reported
+            entry = _run_trial(trial, space, evaluator, cache, failure_reward, strategy)
+            outcome.history.append(entry)
+            if entry.cached:
+                outcome.cache_hits += 1
+                idle += 1
+            else:
+                outcome.trainings += 1
+                idle = 0
+            if entry.status == "succeeded" and (outcome.best is None
+                                                or entry.reward > outcome.best.reward):
+                outcome.best = entry
+            if on_progress is not None:
+                on_progress(outcome, strategy)
+    if report_test and outcome.best is not None:
+        best_arch = space.from_string(outcome.best.trained_arch)
+        outcome.best_test_accuracy = evaluator.test_accuracy(best_arch)
+    outcome.wall_seconds = time.perf_counter() - start
+    return outcome
+
+
+def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
+               failure_reward: float, strategy: Strategy) -> HistoryEntry:
+    arch_str = space.to_string(trial.architecture)
+    key = f"{evaluator.cache_key}|{trial.arch_hash}"
+    hit = cache.get(key)
+    if hit is not None:
+        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
+                             cached=True)
+        strategy.report(trial.trial_id, result)
+        return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch)
+    try:
+        evaluation = evaluator.evaluate(trial.architecture)
+    except EvaluationFailed as exc:
+        result = TrialResult(trial.trial_id, TrialStatus.FAILED, failure_reward, error=str(exc))
+        strategy.report(trial.trial_id, result)
+        return HistoryEntry(trial.trial_id, arch_str, failure_reward, False, arch_str,
+                            status="failed", error=str(exc))
+    cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics))
+    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
+                         evaluation.metrics)
+    strategy.report(trial.trial_id, result)
+    return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str)

@@ -1,0 +1,166 @@
+"""``nas search``: run a search in this process and write DIR/result.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from controller.config import (
+    EVALUATORS,
+    NB201_DATASETS,
+    STRATEGIES,
+    SearchConfig,
+    config_from_mapping,
+    load_spec,
+)
+from controller.factory import build_evaluator, build_space, build_strategy
+from controller.presets import CONTROLLER_PRESETS
+from controller.search import SearchOutcome, run_search
+from controller.spaces import SPACE_NAMES
+from controller.strategies.base import Strategy
+
+EPILOG = """examples:
+  nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \\
+      --budget 100 --seed 0 --out runs/nb201
+  nas search spec.yaml --seed 3          # a YAML spec of the same keys; flags override it
+
+--budget counts child trainings; an architecture already evaluated (same canonical hash) is a
+free cache hit. result.json holds the best architecture, its reward (validation accuracy in
+[0, 1]) and test accuracy, the budget accounting and the full history.
+
+controller presets (--controller):
+""" + "\n".join(f"  {name:17s} {p.description}" for name, p in CONTROLLER_PRESETS.items())
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``search`` on the CLI's subparsers."""
+    p = sub.add_parser("search", help="run an architecture search in this process",
+                       description="Run an architecture search and write DIR/result.json.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("spec", nargs="?", type=Path, default=None,
+                   help="YAML file of settings (keys as flags)")
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", choices=SPACE_NAMES, help="search space (default nb201)")
+    g.add_argument("--num-blocks", type=int, help="nasnet/enas-micro: blocks per cell (5)")
+    g.add_argument("--num-layers", type=int, help="macro: layers (6)")
+    g.add_argument("--predict-strides", action="store_true", help="macro: also choose strides")
+    g = p.add_argument_group("strategy")
+    g.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default reinforce)")
+    g.add_argument("--controller", choices=tuple(CONTROLLER_PRESETS),
+                   help="reinforce: controller preset (default sample-efficient)")
+    g.add_argument("--children", type=int, help="reinforce: children per policy update (m)")
+    g.add_argument("--learning-rate", type=float, help="reinforce: Adam learning rate")
+    g.add_argument("--entropy-weight", type=float, help="reinforce: entropy bonus weight")
+    g.add_argument("--baseline-decay", type=float, help="reinforce: EMA baseline decay")
+    g.add_argument("--reward-transform", choices=("identity", "cubed"),
+                   help="reinforce: reward shaping (Zoph & Le cube the accuracy)")
+    g.add_argument("--population", type=int, help="evolution: population size (10)")
+    g.add_argument("--tournament", type=int, help="evolution: tournament sample size (3)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--evaluator", choices=EVALUATORS, help="how children are scored (nb201)")
+    g.add_argument("--dataset", help=f"nb201: one of {', '.join(NB201_DATASETS)}")
+    g.add_argument("--nb201-csv", help="nb201 table (default $NAS_NB201_CSV or ../shared/data)")
+    g.add_argument("--failure-reward", type=float, help="reward of a failed child (0)")
+    g = p.add_argument_group("run")
+    g.add_argument("--budget", type=int, help="child trainings to spend (100)")
+    g.add_argument("--seed", type=int, help="random seed; same seed, same result (0)")
+    g.add_argument("--max-idle-proposals", type=int,
+                   help="stop after this many proposals in a row that were all cache hits")
+    g.add_argument("--out", help="directory for result.json (default runs/<space>-<strategy>)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_config(args: argparse.Namespace) -> SearchConfig:
+    """Settings from the spec file, then the flags on top."""
+    values = dict(vars(args))
+    for key in ("func", "command", "spec", "quiet"):
+        values.pop(key, None)
+    base = config_from_mapping(load_spec(args.spec)) if getattr(args, "spec", None) else None
+    return config_from_mapping(values, base)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``nas search``; raises ConfigError/EvaluatorError for the CLI to report."""
+    cfg = parse_config(args)
+    space = build_space(cfg)
+    evaluator = build_evaluator(cfg)
+    strategy = build_strategy(space, cfg)
+    bar = tqdm(total=cfg.budget, unit="training", disable=getattr(args, "quiet", False),
+               desc=f"{cfg.space}/{cfg.strategy}", dynamic_ncols=True,
+               mininterval=0.5)
+
+    def progress(outcome: SearchOutcome, strat: Strategy) -> None:
+        best = outcome.best.reward if outcome.best else float("nan")
+        bar.set_postfix(best=f"{best:.4f}", hits=outcome.cache_hits, refresh=False)
+        bar.update(outcome.trainings - bar.n)
+
+    try:
+        outcome = run_search(space, strategy, evaluator, cfg.budget,
+                             failure_reward=cfg.failure_reward,
+                             max_idle_proposals=cfg.max_idle_proposals, on_progress=progress)
+    finally:
+        bar.close()
+    out_dir = Path(cfg.out or f"runs/{cfg.space}-{cfg.strategy}")
+    path = write_result(out_dir, result_json(cfg, outcome))
+    print(summary(cfg, outcome, path))
+    return 0
+
+
+def result_json(cfg: SearchConfig, outcome: SearchOutcome) -> dict[str, Any]:
+    """The result.json document."""
+    best = outcome.best
+    return {
+        "best": {"arch": best.trained_arch if best else None,
+                 "reward": best.reward if best else None,
+                 "test_accuracy": outcome.best_test_accuracy},
+        "budget": cfg.budget,
+        "trainings": outcome.trainings,
+        "cache_hits": outcome.cache_hits,
+        "wall_seconds": round(outcome.wall_seconds, 3),
+        "stopped_reason": outcome.stopped_reason,
+        "config": {k: v for k, v in vars(cfg).items() if k != "out"},
+        "history": [h.to_json() for h in outcome.history],
+    }
+
+
+def write_result(out_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write result.json atomically (a reader never sees half a file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "result.json"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".result-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def summary(cfg: SearchConfig, outcome: SearchOutcome, path: Path) -> str:
+    """A few human lines about the search."""
+    proposals = len(outcome.history)
+    rate = outcome.cache_hits / proposals if proposals else 0.0
+    lines = [f"{cfg.strategy} on {cfg.space} ({cfg.evaluator}:{cfg.dataset}), seed {cfg.seed}",
+             f"  trainings {outcome.trainings}/{cfg.budget}, cache hits {outcome.cache_hits} "
+             f"({rate:.0%} of {proposals} proposals), {outcome.wall_seconds:.1f} s, "
+             f"stopped: {outcome.stopped_reason}"]
+    if outcome.best is not None:
+        found = outcome.trainings_to_reach(outcome.best.reward)
+        lines.append(f"  best reward {outcome.best.reward:.4f} (found after {found} trainings)")
+        lines.append(f"  best arch   {outcome.best.trained_arch}")
+        if outcome.best_test_accuracy is not None:
+            lines.append(f"  test accuracy {outcome.best_test_accuracy:.2%}")
+    lines.append(f"  wrote {path}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: nas search --help")

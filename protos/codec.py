@@ -1,0 +1,80 @@
+"""Conversions between the values in ``protos.types`` and the ``nas.v1`` wire messages."""
+
+from __future__ import annotations
+
+from protos import types
+from protos.v1 import common_pb2 as pb
+
+_STATUS_TO_PB = {
+    types.TrialStatus.SUCCEEDED: pb.TRIAL_STATUS_SUCCEEDED,
+    types.TrialStatus.FAILED: pb.TRIAL_STATUS_FAILED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def node_to_proto(node: types.Node) -> pb.Node:
+    """Encode a node."""
+    return pb.Node(type=node.type, op=node.op, inputs=node.inputs, cell=node.cell,
+                   attrs=dict(node.attrs))
+
+
+def node_from_proto(msg: pb.Node) -> types.Node:
+    """Decode a node; raises ValueError on a field that breaks the node's invariants."""
+    return types.Node(type=msg.type, op=msg.op, inputs=tuple(msg.inputs), cell=msg.cell,
+                      attrs=dict(msg.attrs))
+
+
+def architecture_to_proto(arch: types.Architecture) -> pb.Architecture:
+    """Encode an architecture."""
+    return pb.Architecture(space=arch.space, nodes=[node_to_proto(n) for n in arch.nodes])
+
+
+def architecture_from_proto(msg: pb.Architecture) -> types.Architecture:
+    """Decode an architecture (structure only; the space validates its contents)."""
+    return types.Architecture(space=msg.space, nodes=tuple(node_from_proto(n) for n in msg.nodes))
+
+
+def space_spec_to_proto(spec: types.SearchSpaceSpec) -> pb.SearchSpaceSpec:
+    """Encode a search-space spec (``None`` options become 0, the wire's 'default')."""
+    return pb.SearchSpaceSpec(name=spec.name, num_blocks=spec.num_blocks or 0,
+                              num_layers=spec.num_layers or 0,
+                              predict_strides=spec.predict_strides)
+
+
+def space_spec_from_proto(msg: pb.SearchSpaceSpec) -> types.SearchSpaceSpec:
+    """Decode a search-space spec."""
+    return types.SearchSpaceSpec(name=msg.name, num_blocks=msg.num_blocks or None,
+                                 num_layers=msg.num_layers or None,
+                                 predict_strides=msg.predict_strides)
+
+
+def trial_to_proto(trial: types.Trial) -> pb.Trial:
+    """Encode a trial, including the recorded actions and policy version."""
+    return pb.Trial(trial_id=trial.trial_id, job_id=trial.job_id,
+                    architecture=architecture_to_proto(trial.architecture),
+                    actions=trial.actions, policy_version=trial.policy_version,
+                    attempt=trial.attempt, arch_hash=trial.arch_hash)
+
+
+def trial_from_proto(msg: pb.Trial) -> types.Trial:
+    """Decode a trial."""
+    return types.Trial(trial_id=msg.trial_id, job_id=msg.job_id,
+                       architecture=architecture_from_proto(msg.architecture),
+                       actions=tuple(msg.actions), policy_version=msg.policy_version,
+                       attempt=msg.attempt, arch_hash=msg.arch_hash)
+
+
+def trial_result_to_proto(result: types.TrialResult) -> pb.TrialResult:
+    """Encode a trial result."""
+    return pb.TrialResult(trial_id=result.trial_id, status=_STATUS_TO_PB[result.status],
+                          reward=result.reward, metrics=dict(result.metrics),
+                          cached=result.cached, error=result.error)
+
+
+def trial_result_from_proto(msg: pb.TrialResult) -> types.TrialResult:
+    """Decode a trial result; an unspecified status is a ValueError naming the field."""
+    if msg.status not in _STATUS_FROM_PB:
+        raise ValueError("TrialResult.status must be SUCCEEDED or FAILED")
+    return types.TrialResult(trial_id=msg.trial_id, status=_STATUS_FROM_PB[msg.status],
+                             reward=msg.reward, metrics=dict(msg.metrics), cached=msg.cached,
+                             error=msg.error)

@@ -1,0 +1,137 @@
+"""Immutable, validated values shared by every service (mirrors of the ``nas.v1`` messages).
+
+Algorithm code uses these; only ``protos.codec`` converts them to and from the wire messages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+
+def _frozen_map(values: Mapping[str, object]) -> Mapping[str, object]:
+    return MappingProxyType(dict(sorted(values.items())))
+
+
+@dataclass(frozen=True)
+class Node:
+    """One typed node of an architecture: an ``op`` applied to ``inputs`` (see common.proto)."""
+
+    type: str
+    op: str
+    inputs: tuple[int, ...] = ()
+    cell: str = ""
+    attrs: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("Node.type must not be empty")
+        if not self.op:
+            raise ValueError("Node.op must not be empty")
+        object.__setattr__(self, "inputs", tuple(int(i) for i in self.inputs))
+        object.__setattr__(self, "attrs", _frozen_map({k: int(v) for k, v in self.attrs.items()}))
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.op, self.inputs, self.cell, tuple(self.attrs.items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return (self.type, self.op, self.inputs, self.cell, dict(self.attrs)) == (
+            other.type, other.op, other.inputs, other.cell, dict(other.attrs))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An architecture of a named search space, as its list of nodes in canonical order."""
+
+    space: str
+    nodes: tuple[Node, ...]
+
+    def __post_init__(self) -> None:
+        if not self.space:
+            raise ValueError("Architecture.space must not be empty")
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+
+
+@dataclass(frozen=True)
+class SearchSpaceSpec:
+    """A search space name and its size options (``None``: the space's default)."""
+
+    name: str
+    num_blocks: int | None = None
+    num_layers: int | None = None
+    predict_strides: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("SearchSpaceSpec.name must not be empty")
+        for fname in ("num_blocks", "num_layers"):
+            value = getattr(self, fname)
+            if value is not None and value < 1:
+                raise ValueError(f"SearchSpaceSpec.{fname} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A child to train, with the exact action sequence (and policy version) that produced it."""
+
+    trial_id: str
+    architecture: Architecture
+    actions: tuple[int, ...]
+    arch_hash: str
+    policy_version: int = 0
+    job_id: str = ""
+    attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.trial_id:
+            raise ValueError("Trial.trial_id must not be empty")
+        object.__setattr__(self, "actions", tuple(int(a) for a in self.actions))
+        if any(a < 0 for a in self.actions):
+            raise ValueError("Trial.actions must be non-negative choice indices")
+        if self.policy_version < 0 or self.attempt < 0:
+            raise ValueError("Trial.policy_version and Trial.attempt must be >= 0")
+
+
+class TrialStatus(Enum):
+    """How a trial ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """The outcome of one trial. ``reward`` is the raw validation accuracy in [0, 1]."""
+
+    trial_id: str
+    status: TrialStatus
+    reward: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    cached: bool = False
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.trial_id:
+            raise ValueError("TrialResult.trial_id must not be empty")
+        if not math.isfinite(self.reward):
+            raise ValueError(f"TrialResult.reward must be finite, got {self.reward}")
+        if self.status is TrialStatus.FAILED and not self.error:
+            raise ValueError("TrialResult.error must say why a FAILED trial failed")
+        object.__setattr__(self, "metrics", _frozen_map(
+            {k: float(v) for k, v in self.metrics.items()}))
+
+    def __hash__(self) -> int:
+        return hash((self.trial_id, self.status, self.reward, tuple(self.metrics.items()),
+                     self.cached, self.error))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrialResult):
+            return NotImplemented
+        return (self.trial_id, self.status, self.reward, dict(self.metrics), self.cached,
+                self.error) == (other.trial_id, other.status, other.reward, dict(other.metrics),
+                                other.cached, other.error)

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real NB201 table from ../shared/data (or $NAS_DATA_DIR)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """The shared data directory: $NAS_DATA_DIR, else ../shared/data beside the project."""
+    return Path(os.environ.get("NAS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def nb201_csv() -> Path:
+    path = Path(os.environ.get("NAS_NB201_CSV", data_dir() / "nb201" / "nb201_merged.csv"))
+    assert path.is_file(), f"NB201 table missing at {path}: set NAS_DATA_DIR or NAS_NB201_CSV"
+    return path
+
+
+@pytest.fixture(scope="session")
+def nb201_table(nb201_csv: Path) -> dict[str, tuple[float, float]]:
+    from controller.evaluators.nb201 import load_table
+
+    return load_table(nb201_csv, "cifar10")
