@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from bench.baselines import LogitsReinforce, OptunaTPE
+from bench.plots import OUT, plot_nb201
 from bench.report import ROOT, machine, write_section
 from controller.evaluators.nb201 import NB201Evaluator, default_csv, load_table
 from controller.presets import CONTROLLER_PRESETS
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-idle-proposals", type=int, default=2000,
                    help="stop a run after this many cache hits in a row (2000)")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    p.add_argument("--plot-dir", type=Path, default=OUT, help="where plots go (bench/out)")
     args = p.parse_args(argv)
     budgets = tuple(sorted(int(b) for b in args.budgets.split(",")))
     datasets = args.datasets.split(",")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - start
     command = " ".join(["python -m bench.nb201", f"--seeds {args.seeds}",
                         f"--budgets {args.budgets}", f"--datasets {args.datasets}"])
-    body = render(results, methods, datasets, budgets, command, wall)
+    body = render(results, methods, datasets, budgets, command, wall, args.plot_dir)
     print(body)
     if not args.no_write:
         write_section("nb201", body)
@@ -137,10 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(results: list[RunResult], methods: list[str], datasets: list[str],
-           budgets: tuple[int, ...], command: str, wall: float) -> str:
+           budgets: tuple[int, ...], command: str, wall: float, plot_dir: Path = OUT) -> str:
     """The markdown section, and the plots it references."""
-    from bench.plots import plot_nb201
-
     lines = ["## NAS-Bench-201: search quality at equal budgets", "",
              f"Command: `{command}` ({wall / 60:.1f} min on {machine()}).", "",
              "Budget = child trainings (table lookups); a proposal whose canonical hash "
@@ -170,9 +170,23 @@ def render(results: list[RunResult], methods: list[str], datasets: list[str],
             secs = statistics.mean(r.seconds for r in runs)
             lines.append(f"| {method} | " + " | ".join(cells) +
                          f" | {med} ({share:.0%}) | {hits:.0f} | {secs:.2f} |")
-        png = plot_nb201(results, methods, dataset, budgets)
-        lines += ["", f"![{dataset}]({png.relative_to(ROOT)})", ""]
+        lines += ["", verdict(rows, budgets), ""]
+        png = plot_nb201(results, methods, dataset, budgets, plot_dir)
+        shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
+        lines += [f"![{dataset}]({shown})", ""]
     return "\n".join(lines)
+
+
+def verdict(rows: list[RunResult], budgets: tuple[int, ...]) -> str:
+    """Does ours match or beat regularized evolution at every budget (the issue's target)?"""
+    def mean(method: str, b: int) -> float:
+        return statistics.mean(r.test_at[b] for r in rows if r.method == method)
+
+    ours, rea = "ours (LSTM REINFORCE)", "evolution (REA)"
+    gaps = [100 * (mean(ours, b) - mean(rea, b)) for b in budgets]
+    status = "met" if all(g >= 0 for g in gaps) else "not met"
+    return (f"Target ours >= REA at every budget: **{status}** (ours - REA: " +
+            ", ".join(f"{b}: {g:+.2f}" for b, g in zip(budgets, gaps, strict=True)) + " points).")
 
 
 if __name__ == "__main__":

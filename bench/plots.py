@@ -15,7 +15,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
-               budgets: tuple[int, ...]) -> Path:
+               budgets: tuple[int, ...], out: Path = OUT) -> Path:
     """Mean reported test accuracy against budget, one line per method (+- standard error)."""
     import matplotlib
 
@@ -36,8 +36,8 @@ def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
     ax.set_title(f"NAS-Bench-201 {dataset}: mean over seeds (+- s.e.)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"nb201-{dataset}.png"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"nb201-{dataset}.png"
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
