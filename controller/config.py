@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
 
@@ -55,7 +56,7 @@ class SearchConfig:
         _one_of("controller", self.controller, tuple(CONTROLLER_PRESETS))
         _one_of("evaluator", self.evaluator, EVALUATORS)
         if self.reward_transform is not None:
-            _one_of("reward_transform", self.reward_transform, ("identity", "cubed"))
+            _one_of("reward_transform", self.reward_transform, TRANSFORM_NAMES)
         for name in ("num_blocks", "num_layers", "children"):
             value = getattr(self, name)
             if value is not None and value < 1:

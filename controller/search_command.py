@@ -21,6 +21,7 @@ from controller.config import (
     load_spec,
 )
 from controller.factory import build_evaluator, build_space, build_strategy
+from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome, run_search
 from controller.spaces import SPACE_NAMES
@@ -60,8 +61,9 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--learning-rate", type=float, help="reinforce: Adam learning rate")
     g.add_argument("--entropy-weight", type=float, help="reinforce: entropy bonus weight")
     g.add_argument("--baseline-decay", type=float, help="reinforce: EMA baseline decay")
-    g.add_argument("--reward-transform", choices=("identity", "cubed"),
-                   help="reinforce: reward shaping (Zoph & Le cube the accuracy)")
+    g.add_argument("--reward-transform", choices=TRANSFORM_NAMES,
+                   help="reinforce: reward shaping: cubed (Zoph & Le), rank (quantile among the "
+                        "rewards seen so far)")
     g.add_argument("--population", type=int, help="evolution: population size (10)")
     g.add_argument("--tournament", type=int, help="evolution: tournament sample size (3)")
     g = p.add_argument_group("evaluation")

@@ -137,14 +137,14 @@ def test_update_moves_probability_toward_rewarded_actions() -> None:
     policy = LSTMPolicy(space.decisions, seed=0)
     learner = ReinforceLearner(policy, ReinforceConfig(learning_rate=0.05))
     good, bad = [3] * 6, [0] * 6
-    before = float(policy.log_prob(torch.tensor([good])).log_probs.sum())
+    before = float(policy.log_prob(torch.tensor([good])).log_probs.detach().sum())
     for k in range(30):
         batch = [ScoredTrial(_trial("nb201", good, f"g{k}"),
                              TrialResult(f"g{k}", TrialStatus.SUCCEEDED, 0.9)),
                  ScoredTrial(_trial("nb201", bad, f"b{k}"),
                              TrialResult(f"b{k}", TrialStatus.SUCCEEDED, 0.1))]
         learner.update(batch)
-    after = float(policy.log_prob(torch.tensor([good])).log_probs.sum())
+    after = float(policy.log_prob(torch.tensor([good])).log_probs.detach().sum())
     assert after > before + 1.0
     assert learner.version == 30
 
@@ -159,6 +159,15 @@ def test_entropy_bonus_and_cubed_rewards() -> None:
     loss, stats = learner.loss(batch)
     assert stats.reward == pytest.approx(0.125)
     # first batch: baseline = its mean, advantage 0, so the loss is the entropy bonus alone
-    assert float(loss) == pytest.approx(-0.5 * stats.entropy, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(-0.5 * stats.entropy, rel=1e-5)
     with pytest.raises(ValueError, match="reward_transform"):
         ReinforceConfig(reward_transform="squared")
+
+
+def test_rank_transform_is_the_quantile_among_rewards_seen() -> None:
+    learner = ReinforceLearner(LSTMPolicy(NB201Space().decisions),
+                               ReinforceConfig(reward_transform="rank"))
+    assert learner.transform([0.5]) == [0.5]  # alone: the median of itself
+    assert learner.transform([0.1, 0.9]) == pytest.approx([1 / 6, 5 / 6])
+    # a broken child (10%) and a good one differ by the same step as two good ones
+    assert learner.transform([0.85]) == pytest.approx([5 / 8])

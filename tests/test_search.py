@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from controller.cache import InMemoryCache
 from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator
@@ -95,6 +96,27 @@ def test_reinforce_updates_on_the_trials_it_issued() -> None:
     assert all(t.policy_version == 0 for t in trials)
     assert all(space.decode(t.actions) == t.architecture for t in trials)
     assert strategy.suggest(1)[0].policy_version == 1
+
+
+def test_strategy_update_is_the_gradient_of_the_recorded_actions() -> None:
+    # Arrange: two identical policies; one inside the strategy, one updated by hand.
+    from controller.policy import LSTMPolicy, ReinforceLearner, ScoredTrial
+
+    space = NB201Space()
+    strategy = ReinforceStrategy(space, seed=3, batch_size=4)
+    twin = LSTMPolicy(space.decisions, strategy.policy.config, seed=3)
+    twin_learner = ReinforceLearner(twin, strategy.learner.config)
+    trials = strategy.suggest(4)
+    results = [TrialResult(t.trial_id, TrialStatus.SUCCEEDED, 0.2 * k)
+               for k, t in enumerate(trials)]
+    # Act: the strategy samples more (moving its generator) before the rewards come back.
+    strategy.policy.sample(16, generator=strategy.generator)
+    for trial, result in zip(trials, results, strict=True):
+        strategy.report(trial.trial_id, result)
+    twin_learner.update([ScoredTrial(t, r) for t, r in zip(trials, results, strict=True)])
+    # Assert: the same step, so the strategy used exactly the recorded action sequences.
+    for a, b in zip(strategy.policy.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_evolution_mutates_one_decision_of_a_tournament_winner() -> None:

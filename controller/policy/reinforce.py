@@ -7,6 +7,7 @@ that pairs a reward with freshly sampled actions.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ REWARD_TRANSFORMS: dict[str, Callable[[float], float]] = {
     "identity": lambda r: r,
     "cubed": lambda r: r**3,  # Zoph & Le: sharpen differences between good accuracies
 }
+# "rank": the reward's quantile among all rewards the learner has seen (in [0, 1]); robust to
+# the heavy tail of broken children, like the tournaments of evolution.
+TRANSFORM_NAMES = (*REWARD_TRANSFORMS, "rank")
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ class ReinforceConfig:
             raise ValueError("baseline_decay must be in [0, 1)")
         if self.entropy_weight < 0:
             raise ValueError("entropy_weight must be >= 0")
-        if self.reward_transform not in REWARD_TRANSFORMS:
-            raise ValueError(f"reward_transform must be one of {', '.join(REWARD_TRANSFORMS)}")
+        if self.reward_transform not in TRANSFORM_NAMES:
+            raise ValueError(f"reward_transform must be one of {', '.join(TRANSFORM_NAMES)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError("grad_clip must be > 0")
 
@@ -84,7 +88,19 @@ class ReinforceLearner:
                                           betas=self.config.adam_betas)
         self.baseline: float | None = None
         self._sq_adv: float | None = None  # running mean of squared advantages
+        self._seen: list[float] = []  # sorted raw rewards, for the rank transform
         self.version = 0
+
+    def transform(self, rewards: Sequence[float]) -> list[float]:
+        """Apply the configured reward transform (rank: quantile among all rewards seen)."""
+        if self.config.reward_transform != "rank":
+            fn = REWARD_TRANSFORMS[self.config.reward_transform]
+            return [fn(r) for r in rewards]
+        for r in rewards:
+            bisect.insort(self._seen, r)
+        n = len(self._seen)
+        return [(bisect.bisect_left(self._seen, r) + bisect.bisect_right(self._seen, r)) / (2 * n)
+                for r in rewards]
 
     def advantages(self, rewards: Sequence[float]) -> Tensor:
         """Advantages against the baseline before this batch, then update the EMA baseline."""
@@ -105,8 +121,7 @@ class ReinforceLearner:
         """The surrogate loss whose gradient is the REINFORCE estimate for ``batch``."""
         if not batch:
             raise ValueError("an update needs at least one scored trial")
-        transform = REWARD_TRANSFORMS[self.config.reward_transform]
-        rewards = [transform(s.result.reward) for s in batch]
+        rewards = self.transform([s.result.reward for s in batch])
         base_before = self.baseline if self.baseline is not None else sum(rewards) / len(rewards)
         adv = self.advantages(rewards)
         actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
