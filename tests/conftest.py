@@ -27,3 +27,12 @@ def nb201_table(nb201_csv: Path) -> dict[str, tuple[float, float]]:
     from controller.evaluators.nb201 import load_table
 
     return load_table(nb201_csv, "cifar10")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_installed() -> Path:
+    from worker.datasets_fashion_mnist import FASHION_MNIST_DIR
+
+    assert (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
+        f"Fashion-MNIST not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
+    return FASHION_MNIST_DIR
