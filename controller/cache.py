@@ -18,6 +18,7 @@ class CachedEvaluation:
     reward: float
     arch: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    artifacts: Mapping[str, str] = field(default_factory=dict)
 
 
 class EvaluationCache(ABC):

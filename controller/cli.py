@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller import search_command
+from controller import bundle_command, search_command
+from controller.bundle import BundleError
 from controller.config import ConfigError
 from controller.evaluators.base import EvaluatorError
 from controller.spaces.base import InvalidArchitecture
 
-USER_ERRORS = (ConfigError, EvaluatorError, InvalidArchitecture)
+USER_ERRORS = (ConfigError, EvaluatorError, InvalidArchitecture, BundleError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     search_command.add_parser(sub)
+    bundle_command.add_parsers(sub)
     return parser
 
 

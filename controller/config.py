@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -16,8 +15,10 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
 
 STRATEGIES = ("reinforce", "random", "evolution")
-EVALUATORS = ("nb201",)
+EVALUATORS = ("nb201", "train")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
+TRAIN_DATASETS = ("fashion-mnist", "cifar10")
+DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist"}
 
 
 class ConfigError(ValueError):
@@ -35,15 +36,31 @@ class SearchConfig:
     strategy: str = "reinforce"
     controller: str = "sample-efficient"
     children: int | None = None  # m: children per policy update (None: the preset's)
-    learning_rate: float | None = None
+    controller_lr: float | None = None
     entropy_weight: float | None = None
     baseline_decay: float | None = None
     reward_transform: str | None = None
     population: int = 10
     tournament: int = 3
     evaluator: str = "nb201"
-    dataset: str = "cifar10"
+    dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
     nb201_csv: str | None = None
+    # evaluator "train": data, child size and the training recipe
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    cells: int = 1
+    filters: int = 8
+    drop_path: float = 0.0
+    aux_head: bool = False
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 3e-4
+    label_smoothing: float = 0.0
+    reward: str = "last"
+    cube_reward: bool = False
+    device: str = "auto"
     budget: int = 100
     seed: int = 0
     failure_reward: float = 0.0
@@ -57,23 +74,38 @@ class SearchConfig:
         _one_of("evaluator", self.evaluator, EVALUATORS)
         if self.reward_transform is not None:
             _one_of("reward_transform", self.reward_transform, TRANSFORM_NAMES)
-        for name in ("num_blocks", "num_layers", "children"):
+        if self.dataset is None and self.evaluator in DEFAULT_DATASET:
+            object.__setattr__(self, "dataset", DEFAULT_DATASET[self.evaluator])
+        if self.out is None:
+            object.__setattr__(self, "out", f"runs/{self.space}-{self.strategy}")
+        for name in ("num_blocks", "num_layers", "children", "train_subset", "val_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
         for name, low in (("budget", 1), ("population", 1), ("tournament", 1),
-                          ("max_idle_proposals", 1), ("seed", 0)):
+                          ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
+                          ("epochs", 1), ("batch_size", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
             raise ConfigError(f"tournament: must be <= population ({self.population}), "
                               f"got {self.tournament}")
-        for name in ("learning_rate", "entropy_weight", "baseline_decay", "failure_reward"):
+        for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
+                     "weight_decay", "label_smoothing", "drop_path"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name}: must be a finite number, got {value}")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        for name in ("controller_lr", "lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {value}")
+        for name in ("weight_decay",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("label_smoothing", "drop_path"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        _one_of("reward", self.reward, ("last", "max5"))
         if self.entropy_weight is not None and self.entropy_weight < 0:
             raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
         if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
@@ -83,6 +115,8 @@ class SearchConfig:
                 raise ConfigError(f"space: the nb201 evaluator only scores --space nb201, "
                                   f"got {self.space!r}")
             _one_of("dataset", self.dataset, NB201_DATASETS)
+        else:
+            _one_of("dataset", self.dataset, TRAIN_DATASETS)
 
 
 def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -92,6 +126,8 @@ def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:
 
 def _coerce(name: str, kind: str, value: Any) -> Any:
     if value is None:
+        if "None" not in kind:
+            raise ConfigError(f"{name}: must be set (no null)")
         return None
     if "bool" in kind:
         if not isinstance(value, bool):
@@ -110,22 +146,20 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
     return str(value)
 
 
-def config_from_mapping(values: Mapping[str, Any],
-                        base: SearchConfig | None = None) -> SearchConfig:
-    """Apply ``values`` (YAML keys or flags; ``-`` and ``_`` both accepted) over ``base``."""
+def build_config(*layers: Mapping[str, Any]) -> SearchConfig:
+    """A config from layers of settings (YAML keys or flags; ``-`` and ``_`` both accepted),
+    later layers overriding earlier ones; defaults that depend on others (dataset, out) are
+    resolved once, after merging."""
     known = {f.name: str(f.type) for f in fields(SearchConfig)}
-    updates: dict[str, Any] = {}
-    for raw_key, value in values.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in known:
-            raise ConfigError(f"{raw_key}: unknown setting; known: {', '.join(sorted(known))}")
-        updates[key] = _coerce(key, known[key], value)
-    try:
-        return dataclasses.replace(base or SearchConfig(), **updates)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # pragma: no cover - raised by nested values
-        raise ConfigError(str(exc)) from None
+    merged: dict[str, Any] = {}
+    for values in layers:
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"{raw_key}: unknown setting; known: "
+                                  f"{', '.join(sorted(known))}")
+            merged[key] = _coerce(key, known[key], value)
+    return SearchConfig(**merged)
 
 
 def load_spec(path: Path) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Builds the search's parts from a SearchConfig (registries, no if-chains in the loop)."""
+"""Builds the search's parts from a SearchConfig (registries, no if-chains in the loop).
+
+Part of the composition root: it wires the worker's trainer in as the local ``train`` evaluator.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.config import SearchConfig
+from controller.config import ConfigError, SearchConfig
 from controller.evaluators.base import Evaluator
 from controller.evaluators.nb201 import NB201Evaluator
+from controller.local_training import TrainEvaluator
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SearchSpace, create_space
 from controller.strategies.base import Strategy
@@ -17,6 +21,7 @@ from controller.strategies.evolution import EvolutionStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 from protos.types import SearchSpaceSpec
+from worker.trainer import TrainRecipe
 
 
 def build_space(cfg: SearchConfig) -> SearchSpace:
@@ -27,7 +32,7 @@ def build_space(cfg: SearchConfig) -> SearchSpace:
 
 def _reinforce(space: SearchSpace, cfg: SearchConfig) -> Strategy:
     preset = CONTROLLER_PRESETS[cfg.controller]
-    overrides: dict[str, Any] = {k: v for k, v in (("learning_rate", cfg.learning_rate),
+    overrides: dict[str, Any] = {k: v for k, v in (("learning_rate", cfg.controller_lr),
                                    ("entropy_weight", cfg.entropy_weight),
                                    ("baseline_decay", cfg.baseline_decay),
                                    ("reward_transform", cfg.reward_transform)) if v is not None}
@@ -44,9 +49,25 @@ STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] =
                                                       sample=cfg.tournament),
 }
 
+def _train_evaluator(cfg: SearchConfig) -> Evaluator:
+    try:
+        recipe = TrainRecipe(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr,
+                             weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
+                             reward=cfg.reward, cube_reward=cfg.cube_reward, seed=cfg.seed,
+                             device=cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    spec_args = {"cells": cfg.cells, "filters": cfg.filters, "drop_path": cfg.drop_path,
+                 "aux_head": cfg.aux_head}
+    return TrainEvaluator.from_data(str(cfg.dataset), cfg.data_dir, cfg.seed, cfg.train_subset,
+                                    cfg.val_subset, spec_args, recipe,
+                                    Path(str(cfg.out)) / "children")
+
+
 EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
-    "nb201": lambda cfg: NB201Evaluator(cfg.dataset, Path(cfg.nb201_csv) if cfg.nb201_csv
+    "nb201": lambda cfg: NB201Evaluator(str(cfg.dataset), Path(cfg.nb201_csv) if cfg.nb201_csv
                                         else None),
+    "train": _train_evaluator,
 }
 
 

@@ -30,6 +30,8 @@ class HistoryEntry:
     # isomorphic cache hit)
     status: str = "succeeded"
     error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The result.json form."""
@@ -39,6 +41,10 @@ class HistoryEntry:
             out["same_as"] = self.trained_arch
         if self.status != "succeeded":
             out["status"], out["error"] = self.status, self.error
+        if self.metrics:
+            out["metrics"] = self.metrics
+        if self.artifacts:
+            out["artifacts"] = self.artifacts
         return out
 
 
@@ -119,7 +125,8 @@ def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Ev
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
                              cached=True)
         strategy.report(trial.trial_id, result)
-        return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch)
+        return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
+                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts))
     try:
         evaluation = evaluator.evaluate(trial.architecture)
     except EvaluationFailed as exc:
@@ -127,8 +134,10 @@ def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Ev
         strategy.report(trial.trial_id, result)
         return HistoryEntry(trial.trial_id, arch_str, failure_reward, False, arch_str,
                             status="failed", error=str(exc))
-    cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics))
+    cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics,
+                                    evaluation.artifacts))
     result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
                          evaluation.metrics)
     strategy.report(trial.trial_id, result)
-    return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str)
+    return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str,
+                        metrics=dict(evaluation.metrics), artifacts=dict(evaluation.artifacts))

@@ -16,8 +16,9 @@ from controller.config import (
     EVALUATORS,
     NB201_DATASETS,
     STRATEGIES,
+    TRAIN_DATASETS,
     SearchConfig,
-    config_from_mapping,
+    build_config,
     load_spec,
 )
 from controller.factory import build_evaluator, build_space, build_strategy
@@ -58,7 +59,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--controller", choices=tuple(CONTROLLER_PRESETS),
                    help="reinforce: controller preset (default sample-efficient)")
     g.add_argument("--children", type=int, help="reinforce: children per policy update (m)")
-    g.add_argument("--learning-rate", type=float, help="reinforce: Adam learning rate")
+    g.add_argument("--controller-lr", type=float, help="reinforce: the policy's Adam learning rate")
     g.add_argument("--entropy-weight", type=float, help="reinforce: entropy bonus weight")
     g.add_argument("--baseline-decay", type=float, help="reinforce: EMA baseline decay")
     g.add_argument("--reward-transform", choices=TRANSFORM_NAMES,
@@ -67,10 +68,31 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--population", type=int, help="evolution: population size (10)")
     g.add_argument("--tournament", type=int, help="evolution: tournament sample size (3)")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--evaluator", choices=EVALUATORS, help="how children are scored (nb201)")
-    g.add_argument("--dataset", help=f"nb201: one of {', '.join(NB201_DATASETS)}")
+    g.add_argument("--evaluator", choices=EVALUATORS,
+                   help="nb201: NAS-Bench-201 table lookups (default); train: build and train "
+                        "each child for real")
+    g.add_argument("--dataset", help=f"nb201: {', '.join(NB201_DATASETS)} (cifar10); train: "
+                                     f"{', '.join(TRAIN_DATASETS)} (fashion-mnist)")
     g.add_argument("--nb201-csv", help="nb201 table (default $NAS_NB201_CSV or ../shared/data)")
     g.add_argument("--failure-reward", type=float, help="reward of a failed child (0)")
+    g = p.add_argument_group("child training (--evaluator train)")
+    g.add_argument("--data-dir", help="dataset directory (fashion-mnist: "
+                                      "/usr/share/datasets/fashion-mnist)")
+    g.add_argument("--train-subset", type=int, help="train on this many images (all)")
+    g.add_argument("--val-subset", type=int, help="validate on this many held-out images (all)")
+    g.add_argument("--cells", type=int, help="cells per stage, N (1)")
+    g.add_argument("--filters", type=int, help="initial filters, F (8)")
+    g.add_argument("--drop-path", type=float, help="max ScheduledDropPath probability (0)")
+    g.add_argument("--aux-head", action="store_true", help="auxiliary head (cell spaces)")
+    g.add_argument("--epochs", type=int, help="epochs per child (1)")
+    g.add_argument("--batch-size", type=int, help="batch size (64)")
+    g.add_argument("--lr", type=float, help="SGD learning rate, cosine-annealed (0.1)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (3e-4)")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing (0)")
+    g.add_argument("--reward", choices=("last", "max5"),
+                   help="last epoch's val accuracy, or max of the last 5 (Zoph & Le)")
+    g.add_argument("--cube-reward", action="store_true", help="cube the reward (Zoph & Le)")
+    g.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
     g = p.add_argument_group("run")
     g.add_argument("--budget", type=int, help="child trainings to spend (100)")
     g.add_argument("--seed", type=int, help="random seed; same seed, same result (0)")
@@ -86,8 +108,8 @@ def parse_config(args: argparse.Namespace) -> SearchConfig:
     values = dict(vars(args))
     for key in ("func", "command", "spec", "quiet"):
         values.pop(key, None)
-    base = config_from_mapping(load_spec(args.spec)) if getattr(args, "spec", None) else None
-    return config_from_mapping(values, base)
+    spec = load_spec(args.spec) if getattr(args, "spec", None) else {}
+    return build_config(spec, values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,13 +133,14 @@ def run(args: argparse.Namespace) -> int:
                              max_idle_proposals=cfg.max_idle_proposals, on_progress=progress)
     finally:
         bar.close()
-    out_dir = Path(cfg.out or f"runs/{cfg.space}-{cfg.strategy}")
-    path = write_result(out_dir, result_json(cfg, outcome))
+    out_dir = Path(str(cfg.out))
+    path = write_result(out_dir, result_json(cfg, outcome, evaluator.describe()))
     print(summary(cfg, outcome, path))
     return 0
 
 
-def result_json(cfg: SearchConfig, outcome: SearchOutcome) -> dict[str, Any]:
+def result_json(cfg: SearchConfig, outcome: SearchOutcome,
+                evaluator_info: dict[str, object]) -> dict[str, Any]:
     """The result.json document."""
     best = outcome.best
     return {
@@ -130,6 +153,7 @@ def result_json(cfg: SearchConfig, outcome: SearchOutcome) -> dict[str, Any]:
         "wall_seconds": round(outcome.wall_seconds, 3),
         "stopped_reason": outcome.stopped_reason,
         "config": {k: v for k, v in vars(cfg).items() if k != "out"},
+        "evaluator": evaluator_info,
         "history": [h.to_json() for h in outcome.history],
     }
 

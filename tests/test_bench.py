@@ -31,3 +31,22 @@ def test_sections_are_replaced_in_place(tmp_path: Path) -> None:
     text = path.read_text()
     assert "second" in text and "first" not in text and "other" in text
     assert text.index("second") < text.index("other")
+
+
+def test_baseline_resnet_is_matched_in_parameters() -> None:
+    from bench.fashion import SmallResNet, matched_resnet, params
+
+    target = params(SmallResNet(1, 10, 10))
+    assert params(matched_resnet(target, 1, 10)) == target
+    near = matched_resnet(target + 500, 1, 10)
+    assert abs(params(near) - target - 500) < 0.2 * target
+
+
+def test_fashion_benchmark_runs(fashion_mnist_installed: Path, capsys: object) -> None:
+    from bench import fashion
+
+    code = fashion.main(["--budget", "2", "--search-subset", "1000", "--final-epochs", "1",
+                         "--final-subset", "1000", "--no-write"])
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert code == 0
+    assert "| searched cell |" in out and "| hand-designed ResNet |" in out

@@ -77,7 +77,7 @@ def test_yaml_spec_with_flags_overriding(tmp_path: Path, nb201_csv: Path) -> Non
     (["--budget", "0"], "budget: must be >= 1"),
     (["--space", "macro"], "space: the nb201 evaluator only scores --space nb201"),
     (["--tournament", "20"], "tournament: must be <= population"),
-    (["--learning-rate", "-1"], "learning_rate: must be > 0"),
+    (["--controller-lr", "-1"], "controller_lr: must be > 0"),
 ])
 def test_bad_flags_exit_2_naming_the_field(args: list[str], message: str,
                                            nb201_csv: Path) -> None:

@@ -41,3 +41,16 @@ def test_services_do_not_import_each_other() -> None:
         for path in (ROOT / package).rglob("*.py"):
             bad = {n for n in _imports(path) if n.split(".")[0] in others}
             assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+# The composition root: the `nas` command and what it wires together (the local layout runs the
+# worker's trainer in-process). Nothing else in the controller may import another service.
+COMPOSITION_ROOT = {"cli.py", "factory.py", "local_training.py", "bundle.py", "bundle_command.py"}
+
+
+def test_only_the_composition_root_imports_other_services() -> None:
+    for path in (ROOT / "controller").rglob("*.py"):
+        if path.parent == ROOT / "controller" and path.name in COMPOSITION_ROOT:
+            continue
+        bad = {n for n in _imports(path) if n.split(".")[0] in ("worker", "paramserver")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"

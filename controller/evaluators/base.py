@@ -23,6 +23,7 @@ class Evaluation:
 
     reward: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    artifacts: Mapping[str, str] = field(default_factory=dict)  # e.g. {"weights": path}
 
 
 class Evaluator(ABC):
@@ -39,6 +40,10 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, arch: Architecture) -> Evaluation:
         """The reward of one architecture; raises EvaluationFailed for a failed child."""
+
+    def describe(self) -> dict[str, object]:
+        """What result.json records about this evaluator."""
+        return {"name": self.name, "cache_key": self.cache_key}
 
     def test_accuracy(self, arch: Architecture) -> float | None:
         """Test accuracy in [0, 1] of a reported architecture, when the evaluator has one."""

@@ -1,0 +1,111 @@
+"""The ``train`` evaluator: children built and trained for real, in this process.
+
+Part of the composition root (with ``controller.cli`` and ``controller.factory``): the one place in
+the controller that uses the worker package, as the local layout of what Ray workers do in a
+cluster. Each trained child's weights are kept so the best can be tested and exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator, EvaluatorError
+from protos.types import Architecture
+from worker.builders import ChildNet, ModelSpec, build_model
+from worker.datasets import DatasetError, DatasetSplits, load_dataset
+from worker.trainer import TrainingFailed, TrainRecipe, evaluate, train
+from worker.trainer_recipe import resolve_device
+
+
+def arch_key(arch: Architecture) -> str:
+    """A file-name-safe digest of an architecture's nodes."""
+    nodes = [[n.type, n.op, list(n.inputs), n.cell, dict(n.attrs)] for n in arch.nodes]
+    return hashlib.sha256(json.dumps([arch.space, nodes]).encode()).hexdigest()[:16]
+
+
+class TrainEvaluator(Evaluator):
+    """Builds the child with ``spec``, trains it with ``recipe`` on ``splits``; reward = the
+    recipe's reward (validation accuracy). The test split is used only by ``test_accuracy``."""
+
+    name = "train"
+
+    def __init__(self, splits: DatasetSplits, spec: ModelSpec, recipe: TrainRecipe,
+                 weights_dir: Path) -> None:
+        self.splits = splits
+        self.spec = spec
+        self.recipe = recipe
+        self.weights_dir = weights_dir
+        self.device = resolve_device(recipe.device)
+        weights_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_data(cls, dataset: str, data_dir: str | None, seed: int, train_subset: int | None,
+                  val_subset: int | None, spec_args: Mapping[str, object], recipe: TrainRecipe,
+                  weights_dir: Path) -> TrainEvaluator:
+        """Load the dataset (EvaluatorError when it is missing) and size the children for it."""
+        try:
+            splits = load_dataset(dataset, data_dir, seed=seed, train_subset=train_subset,
+                                  val_subset=val_subset)
+        except DatasetError as exc:
+            raise EvaluatorError(str(exc)) from None
+        except ValueError as exc:
+            raise EvaluatorError(f"dataset: {exc}") from None
+        spec = ModelSpec(in_channels=splits.in_channels, num_classes=splits.num_classes,
+                         **spec_args)  # type: ignore[arg-type]
+        return cls(splits, spec, recipe, weights_dir)
+
+    @property
+    def cache_key(self) -> str:
+        s = self.splits
+        recipe = {k: v for k, v in vars(self.recipe).items() if k != "device"}
+        ident = json.dumps([s.name, len(s.train_labels), len(s.val_labels),
+                            int(s.train_indices.sum()), vars(self.spec), recipe], sort_keys=True)
+        return f"train:{s.name}:{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+    def build(self, arch: Architecture) -> ChildNet:
+        """The untrained child network of ``arch``."""
+        return build_model(arch, self.spec)
+
+    def evaluate(self, arch: Architecture) -> Evaluation:
+        try:
+            model = self.build(arch)
+        except (KeyError, ValueError) as exc:
+            raise EvaluationFailed(f"cannot build the child: {exc}") from None
+        try:
+            report = train(model, self.splits, self.recipe)
+        except TrainingFailed as exc:
+            raise EvaluationFailed(str(exc)) from None
+        path = self.weights_dir / f"{arch_key(arch)}.pt"
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+        size = (self.splits.image_size, self.splits.image_size)
+        metrics = {"val_accuracy": report.final_val_accuracy, "params": float(model.num_params()),
+                   "flops": float(model.cpu().flops(size)),
+                   "train_seconds": report.train_seconds, "epochs": float(report.epochs_trained),
+                   "train_loss": report.train_losses[-1]}
+        return Evaluation(reward=report.reward, metrics=metrics, artifacts={"weights": str(path)})
+
+    def load_trained(self, arch: Architecture) -> ChildNet:
+        """The child of ``arch`` with the weights its evaluation saved."""
+        model = self.build(arch)
+        state = torch.load(self.weights_dir / f"{arch_key(arch)}.pt", weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def test_accuracy(self, arch: Architecture) -> float | None:
+        model = self.load_trained(arch)
+        return evaluate(model.to(self.device), self.splits.test_images, self.splits.test_labels,
+                        batch_size=2 * self.recipe.batch_size, device=self.device)
+
+    def describe(self) -> dict[str, object]:
+        """The recipe, the child size and the normalisation the exported bundle needs."""
+        s = self.splits
+        return {"name": self.name, "cache_key": self.cache_key, "dataset": s.name,
+                "image_size": s.image_size, "train_images": len(s.train_labels),
+                "val_images": len(s.val_labels), "test_images": len(s.test_labels),
+                "mean": list(s.mean), "std": list(s.std), "model": vars(self.spec),
+                "recipe": vars(self.recipe)}
