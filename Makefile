@@ -1,13 +1,16 @@
 # Two commands do everything on a fresh machine:
-#   make search   - set up .venv and run a real search (REINFORCE on NAS-Bench-201, CIFAR-10)
+#   make search   - set up .venv, run a real search on Fashion-MNIST (children trained for real)
+#                   and export the best child as a bundle
 #   make test     - set up .venv, lint, type-check and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/quickstart
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install search test lint bench protos clean
+.PHONY: install search search-nb201 test lint bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,19 +19,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-search: $(STAMP)
+$(FMNIST):
+	@echo "Fashion-MNIST is missing: installing Debian's dataset-fashion-mnist"
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+search: $(STAMP) $(FMNIST)
+	$(BIN)/nas search --space enas-micro --strategy reinforce --evaluator train \
+		--dataset fashion-mnist --budget 8 --epochs 1 --train-subset 8000 --val-subset 2000 \
+		--seed 0 --out $(OUT)
+	$(BIN)/nas export $(OUT) --top 1 --to $(OUT)/bundle
+
+search-nb201: $(STAMP)
 	$(BIN)/nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \
-		--budget 100 --seed 0 --out $(OUT)
+		--budget 100 --seed 0 --out runs/nb201
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(FMNIST)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.nb201
+	$(BIN)/python -m bench.nb201 --seeds 100
+	$(BIN)/python -m bench.fashion
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
