@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +38,13 @@ def fashion_mnist_installed() -> Path:
     assert (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
         f"Fashion-MNIST not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a busy 2-core machine, intra-op threads fighting for the cores make
+    small trainings many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,12 +24,7 @@ NASNET_ARCH = ("normal:sep_conv_3x3~1+identity~0,conv_1x7_7x1~2&max_pool_3x3~1;"
                "reduction:avg_pool_3x3~0+dil_conv_3x3~1,sep_conv_5x5~2&identity~0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sample(space: str, seed: int) -> Architecture:

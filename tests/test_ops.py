@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,13 +9,7 @@ from controller.spaces.cell import ENAS_OPS, NASNET_OPS
 from controller.spaces.nb201 import OPS as NB201_OPS
 from worker.ops import OP_NAMES, OPS, create_op
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("stride", [1, 2])

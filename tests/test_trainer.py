@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -66,13 +65,6 @@ class _WithAux(_Linear):
         return self(x), self.aux(x.flatten(1)) if self.aux is not None else None
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # On a busy machine, intra-op threads fighting for cores make training ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
