@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from protos import types
+from protos.errors import InvalidArgumentError
 from protos.v1 import common_pb2 as pb
+from protos.v1 import paramserver_pb2 as ps
 
 _STATUS_TO_PB = {
     types.TrialStatus.SUCCEEDED: pb.TRIAL_STATUS_SUCCEEDED,
@@ -78,3 +82,47 @@ def trial_result_from_proto(msg: pb.TrialResult) -> types.TrialResult:
     return types.TrialResult(trial_id=msg.trial_id, status=_STATUS_FROM_PB[msg.status],
                              reward=msg.reward, metrics=dict(msg.metrics), cached=msg.cached,
                              error=msg.error)
+
+
+_POLICY_TO_PB = {types.UpdatePolicy.ASYNC: ps.UPDATE_POLICY_ASYNC,
+                 types.UpdatePolicy.SYNC: ps.UPDATE_POLICY_SYNC}
+_POLICY_FROM_PB = {v: k for k, v in _POLICY_TO_PB.items()}
+
+
+def layout_to_proto(spec: types.LayoutSpec) -> ps.Layout:
+    """Encode a layout."""
+    return ps.Layout(layout_id=spec.layout_id, total_size=spec.total_size,
+                     num_shards=spec.num_shards, policy=_POLICY_TO_PB[spec.policy],
+                     staleness=spec.staleness, sync_pushes=spec.sync_pushes,
+                     learning_rate=spec.learning_rate, beta1=spec.beta1, beta2=spec.beta2,
+                     eps=spec.eps, checkpoint_every=spec.checkpoint_every)
+
+
+def layout_from_proto(msg: ps.Layout) -> types.LayoutSpec:
+    """Decode a layout; InvalidArgumentError names what is wrong."""
+    if msg.policy not in _POLICY_FROM_PB:
+        raise InvalidArgumentError("layout.policy: must be ASYNC or SYNC")
+    try:
+        return types.LayoutSpec(
+            layout_id=msg.layout_id, total_size=msg.total_size, num_shards=msg.num_shards,
+            policy=_POLICY_FROM_PB[msg.policy], staleness=msg.staleness,
+            sync_pushes=msg.sync_pushes, learning_rate=msg.learning_rate, beta1=msg.beta1,
+            beta2=msg.beta2, eps=msg.eps, checkpoint_every=msg.checkpoint_every)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"layout: {exc}") from None
+
+
+def tensor_to_proto(start: int, values: np.ndarray) -> ps.Tensor:
+    """Encode a float32 range of the flat vector (little-endian bytes)."""
+    data = np.ascontiguousarray(values, dtype="<f4")
+    return ps.Tensor(start=start, length=data.size, dtype="float32", data=data.tobytes())
+
+
+def tensor_from_proto(msg: ps.Tensor, field: str = "tensor") -> np.ndarray:
+    """Decode a float32 range (a fresh, writable array); InvalidArgumentError names the field."""
+    if msg.dtype != "float32":
+        raise InvalidArgumentError(f"{field}.dtype: only float32 is accepted, got {msg.dtype!r}")
+    if msg.length < 0 or len(msg.data) != 4 * msg.length:
+        raise InvalidArgumentError(f"{field}.data: {len(msg.data)} bytes for length "
+                                   f"{msg.length} float32 values")
+    return np.frombuffer(msg.data, dtype="<f4").astype(np.float32)

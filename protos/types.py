@@ -135,3 +135,54 @@ class TrialResult:
         return (self.trial_id, self.status, self.reward, dict(self.metrics), self.cached,
                 self.error) == (other.trial_id, other.status, other.reward, dict(other.metrics),
                                 other.cached, other.error)
+
+
+class UpdatePolicy(Enum):
+    """How a shard applies pushes."""
+
+    ASYNC = "async"  # each push applied; pushes more than `staleness` versions old rejected
+    SYNC = "sync"  # `sync_pushes` pushes on the current version averaged into one update
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A flat float32 parameter vector split over ``num_shards`` shards, and its update rule
+    (Adam, with the given hyper-parameters, applied by each shard to its own range)."""
+
+    layout_id: str
+    total_size: int
+    num_shards: int
+    policy: UpdatePolicy = UpdatePolicy.ASYNC
+    staleness: int = 4
+    sync_pushes: int = 1
+    learning_rate: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.layout_id:
+            raise ValueError("layout_id must not be empty")
+        if self.total_size < 1:
+            raise ValueError(f"total_size must be >= 1, got {self.total_size}")
+        if not 1 <= self.num_shards <= self.total_size:
+            raise ValueError(f"num_shards must be in [1, total_size], got {self.num_shards}")
+        if self.staleness < 0 or self.sync_pushes < 1 or self.checkpoint_every < 0:
+            raise ValueError("staleness >= 0, sync_pushes >= 1 and checkpoint_every >= 0 needed")
+        if not (self.learning_rate > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1
+                and self.eps > 0):
+            raise ValueError("Adam needs learning_rate > 0, betas in [0, 1) and eps > 0")
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """(start, length) of shard ``shard``: even ranges as ps-lite splits keys."""
+        return shard_range(self.total_size, self.num_shards, shard)
+
+
+def shard_range(total_size: int, num_shards: int, shard: int) -> tuple[int, int]:
+    """Shard ``shard`` of ``num_shards`` owns [shard*N//S, (shard+1)*N//S)."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+    start = shard * total_size // num_shards
+    end = (shard + 1) * total_size // num_shards
+    return start, end - start
