@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 
@@ -171,3 +173,25 @@ def test_rank_transform_is_the_quantile_among_rewards_seen() -> None:
     assert learner.transform([0.1, 0.9]) == pytest.approx([1 / 6, 5 / 6])
     # a broken child (10%) and a good one differ by the same step as two good ones
     assert learner.transform([0.85]) == pytest.approx([5 / 8])
+
+
+def test_gradient_clipping_bounds_the_norm_handed_to_the_updater() -> None:
+    from controller.policy.updaters import ParameterUpdater
+
+    class Recorder(ParameterUpdater):
+        def __init__(self) -> None:
+            self.seen: list[torch.Tensor] = []
+
+        def apply(self, grads: Sequence[torch.Tensor]) -> int:
+            self.seen = list(grads)
+            self.version += 1
+            return self.version
+
+    recorder = Recorder()
+    policy = LSTMPolicy(NB201Space().decisions)
+    learner = ReinforceLearner(policy, ReinforceConfig(grad_clip=0.5), updater=recorder)
+    big = [torch.full_like(p, 3.0) for p in policy.parameters()]
+    assert learner.apply(big) == 1
+    norm = torch.sqrt(sum((g**2).sum() for g in recorder.seen))
+    assert float(norm) == pytest.approx(0.5, rel=1e-4)
+    assert float(big[0].flatten()[0]) == 3.0  # the caller's tensors are left alone

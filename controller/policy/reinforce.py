@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from controller.policy.lstm import LSTMPolicy
+from controller.policy.updaters import LocalAdam, ParameterUpdater
 from protos.types import Trial, TrialResult
 
 REWARD_TRANSFORMS: dict[str, Callable[[float], float]] = {
@@ -79,17 +80,23 @@ class UpdateStats:
 
 
 class ReinforceLearner:
-    """Owns the policy's optimizer, the baseline and the version counter."""
+    """Owns the baseline and reward statistics; the ``updater`` owns the parameters' optimizer
+    state and version (local Adam by default, parameter-server shards in a replica)."""
 
-    def __init__(self, policy: LSTMPolicy, config: ReinforceConfig | None = None) -> None:
+    def __init__(self, policy: LSTMPolicy, config: ReinforceConfig | None = None,
+                 updater: ParameterUpdater | None = None) -> None:
         self.policy = policy
         self.config = config or ReinforceConfig()
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=self.config.learning_rate,
-                                          betas=self.config.adam_betas)
+        self.updater = updater or LocalAdam(policy.parameters(), self.config.learning_rate,
+                                            self.config.adam_betas)
         self.baseline: float | None = None
         self._sq_adv: float | None = None  # running mean of squared advantages
         self._seen: list[float] = []  # sorted raw rewards, for the rank transform
-        self.version = 0
+
+    @property
+    def version(self) -> int:
+        """The version of the parameters the policy holds."""
+        return self.updater.version
 
     def transform(self, rewards: Sequence[float]) -> list[float]:
         """Apply the configured reward transform (rank: quantile among all rewards seen)."""
@@ -143,16 +150,14 @@ class ReinforceLearner:
                                                                          strict=True)], stats
 
     def apply(self, grads: Sequence[Tensor]) -> int:
-        """Apply a gradient with the optimizer; return the new policy version."""
-        params = list(self.policy.parameters())
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()
+        """Clip (if configured) and hand the gradient to the updater; return the new version."""
+        grads = [g.detach().clone() for g in grads]
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.version += 1
-        return self.version
+            norm = torch.sqrt(torch.stack([(g.double() ** 2).sum() for g in grads]).sum())
+            scale = float(self.config.grad_clip / (norm + 1e-6))
+            if scale < 1.0:
+                grads = [g * scale for g in grads]
+        return self.updater.apply(grads)
 
     def update(self, batch: Sequence[ScoredTrial]) -> UpdateStats:
         """Compute and apply the gradient for ``batch``."""
