@@ -1,2 +1,9 @@
 """Parameter-server shards: an even range of the flattened policy vector per shard, Adam state,
-versions, bounded staleness and idempotent pushes. Filled by the parameter-server issue."""
+versions, bounded staleness and idempotent pushes.
+
+- ``shard``: :class:`ShardState`, the pure update rules of one shard of one layout.
+- ``snapshot``: the checkpoint blob format; ``checkpoint``: :class:`CheckpointStore` backends.
+- ``registry``: the layouts one server holds, with periodic checkpoints; ``metrics``.
+- ``servicer`` / ``server`` / ``__main__``: the gRPC adapter and the process entry point (the
+  only modules that import grpc or ``protos.v1``).
+"""

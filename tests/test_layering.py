@@ -10,7 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHM_CODE = ["controller/spaces", "controller/policy", "controller/strategies",
                   "controller/evaluators", "controller/search.py", "controller/cache.py",
-                  "worker", "paramserver"]
+                  "worker", "paramserver/shard.py", "paramserver/snapshot.py",
+                  "paramserver/checkpoint.py", "paramserver/registry.py",
+                  "paramserver/metrics.py"]
 
 
 def _imports(path: Path) -> set[str]:

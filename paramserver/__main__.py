@@ -1,0 +1,112 @@
+"""``python -m paramserver``: run one parameter-server shard with checkpoints in Redis.
+
+Prints one line once serving (launchers parse it; with ``--port 0`` it holds the real port):
+``paramserver shard I/S listening on HOST:PORT [metrics http://HOST:MPORT/metrics]``.
+SIGTERM or SIGINT checkpoints every layout, stops the server and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import redis
+
+from paramserver.checkpoint import RedisCheckpointStore
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="python -m paramserver",
+        description="Serve shard I of S of every registered parameter layout (gRPC nas.v1."
+                    "ParameterServer), with Adam, versions, bounded staleness and idempotent "
+                    "pushes. Layouts checkpointed in Redis for this shard are restored at start.",
+        epilog="Once serving, one line is printed to stdout: 'paramserver shard I/S listening on "
+               "HOST:PORT' (plus ' metrics http://HOST:MPORT/metrics' with --metrics-port). "
+               "SIGTERM/SIGINT checkpoint every layout and exit 0.")
+    parser.add_argument("--shard", type=int, required=True, help="this shard's index I, 0-based")
+    parser.add_argument("--num-shards", type=_count, required=True,
+                        help="number of shards S (layouts must use the same)")
+    parser.add_argument("--port", type=_port, required=True, help="gRPC port (0: any free one)")
+    parser.add_argument("--redis", required=True, metavar="URL",
+                        help="Redis URL for checkpoints, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-prefix", default="nas",
+                        help="key prefix in Redis (default: nas)")
+    parser.add_argument("--metrics-port", type=_port, default=None,
+                        help="serve Prometheus /metrics over HTTP on this port (0: any free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds in-flight calls get on shutdown (default: 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a shard until SIGTERM/SIGINT; 2 on bad arguments or an unreachable Redis."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.shard < args.num_shards:
+        parser.error(f"--shard: must be in [0, {args.num_shards}) for --num-shards "
+                     f"{args.num_shards}, got {args.shard}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = RedisCheckpointStore(args.redis, prefix=args.redis_prefix)
+        store.ping()
+    except ValueError as exc:
+        parser.error(f"--redis: {exc}")
+    except redis.RedisError as exc:
+        print(f"paramserver: error: cannot reach Redis at {args.redis}: {exc}", file=sys.stderr)
+        return 2
+    from paramserver.server import serve  # here: --help and bad arguments skip loading torch
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        running = serve(args.shard, args.num_shards, store, host=args.host, port=args.port,
+                        metrics_port=args.metrics_port)
+    except (OSError, redis.RedisError) as exc:
+        print(f"paramserver: error: {exc}", file=sys.stderr)
+        return 2
+    line = f"paramserver shard {args.shard}/{args.num_shards} listening on {running.address}"
+    if running.metrics_port is not None:
+        line += f" metrics http://{args.host}:{running.metrics_port}/metrics"
+    print(line, flush=True)
+    stop.wait()
+    try:
+        running.stop(args.grace)
+    except redis.RedisError as exc:
+        print(f"paramserver: error: final checkpoint failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""One shard of a layout: its range of the flat vector, Adam state, version and push rules.
+
+Pure logic (no network): the servicer decodes requests and calls :class:`ShardState`. Adam is
+elementwise, so each shard applying ``torch.optim.Adam`` to its own range gives exactly what one
+Adam on the whole vector gives.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from paramserver import snapshot
+from protos.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from protos.types import LayoutSpec, UpdatePolicy
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the version after it, whether it applied an update, whether it was a
+    duplicate, and (accepted async pushes) how many versions behind its base was."""
+
+    version: int
+    applied: bool
+    duplicate: bool
+    staleness: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """A consistent view of a shard's counters."""
+
+    version: int
+    pushes: int
+    rejected_stale: int
+    duplicates: int
+
+
+class ShardState:
+    """The state of shard ``shard`` of ``layout``; every public method is thread-safe."""
+
+    def __init__(self, layout: LayoutSpec, shard: int, initial: np.ndarray) -> None:
+        self.layout = layout
+        self.shard = shard
+        self.start, self.length = layout.shard_range(shard)
+        values = np.asarray(initial)
+        if values.ndim != 1 or values.size != self.length:
+            raise InvalidArgumentError(f"initial.length: shard {shard} of {layout.layout_id!r} "
+                                       f"holds {self.length} values, got {values.size}")
+        if not np.all(np.isfinite(values)):
+            raise InvalidArgumentError("initial.data: non-finite values")
+        self._param = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
+        self._adam = torch.optim.Adam([self._param], lr=layout.learning_rate,
+                                      betas=(layout.beta1, layout.beta2), eps=layout.eps,
+                                      foreach=False)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._closed = False
+        self.version = 0
+        self.pushes = 0
+        self.rejected_stale = 0
+        self.duplicates = 0
+        self._last_seq: dict[str, int] = {}
+        self._pending_sum = np.zeros(self.length, dtype=np.float64)
+        self._pending_count = 0
+
+    def pull(self, start: int, length: int) -> tuple[int, np.ndarray]:
+        """(version, a copy of values[start:start+length]); ``length`` 0 reads the whole range
+        (``start`` is then ignored). A range outside the shard: InvalidArgumentError."""
+        if length < 0:
+            raise InvalidArgumentError(f"length: must be >= 0, got {length}")
+        if length == 0:
+            start, length = self.start, self.length
+        end = self.start + self.length
+        if not (self.start <= start and start + length <= end):
+            raise InvalidArgumentError(f"start: range [{start}, {start + length}) is outside "
+                                       f"this shard's range [{self.start}, {end})")
+        with self._lock:
+            flat = self._param.detach().numpy()
+            return self.version, flat[start - self.start:start - self.start + length].copy()
+
+    def wait_for_version(self, min_version: int, timeout: float) -> bool:
+        """Block until the version is >= ``min_version`` (True) or ``timeout`` seconds pass
+        (False). UnavailableError when the shard is closed while waiting."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version >= min_version or self._closed,
+                                   timeout=max(timeout, 0.0))
+            if self.version < min_version and self._closed:
+                raise UnavailableError("the parameter server is shutting down")
+            return self.version >= min_version
+
+    def close(self) -> None:
+        """Wake every waiter (shutdown); the state stays readable."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def stats(self) -> ShardStats:
+        """The version and counters, read together."""
+        with self._lock:
+            return ShardStats(self.version, self.pushes, self.rejected_stale, self.duplicates)
+
+    def push(self, replica_id: str, seq: int, base_version: int, start: int,
+             gradient: np.ndarray) -> PushResult:
+        """Apply (or, for SYNC, accumulate) a gradient of exactly this shard's range computed at
+        ``base_version``. Idempotent by ``(replica_id, seq)``: a seq not above the replica's
+        highest accepted one is a duplicate and changes nothing. Bad gradient:
+        InvalidArgumentError naming the field; too stale or from the future:
+        FailedPreconditionError (re-pull and recompute)."""
+        grad = self._check_gradient(start, gradient)
+        with self._changed:
+            if seq <= self._last_seq.get(replica_id, seq - 1):
+                self.duplicates += 1
+                return PushResult(self.version, applied=False, duplicate=True)
+            self._check_base(base_version)
+            self._last_seq[replica_id] = seq
+            self.pushes += 1
+            if self.layout.policy is UpdatePolicy.ASYNC:
+                staleness = self.version - base_version
+                self._apply(grad.astype(np.float32))
+                return PushResult(self.version, applied=True, duplicate=False,
+                                  staleness=staleness)
+            self._pending_sum += grad
+            self._pending_count += 1
+            if self._pending_count < self.layout.sync_pushes:
+                return PushResult(self.version, applied=False, duplicate=False)
+            mean = (self._pending_sum / self._pending_count).astype(np.float32)
+            self._pending_sum[:] = 0.0
+            self._pending_count = 0
+            self._apply(mean)
+            return PushResult(self.version, applied=True, duplicate=False)
+
+    def _check_gradient(self, start: int, gradient: np.ndarray) -> np.ndarray:
+        if start != self.start:
+            raise InvalidArgumentError(f"gradient.start: must be this shard's start "
+                                       f"{self.start}, got {start}")
+        grad = np.asarray(gradient, dtype=np.float64)
+        if grad.ndim != 1 or grad.size != self.length:
+            raise InvalidArgumentError(f"gradient.length: must be this shard's length "
+                                       f"{self.length}, got {grad.size}")
+        if not np.all(np.isfinite(grad)):
+            raise InvalidArgumentError("gradient.data: non-finite values")
+        return grad
+
+    def _check_base(self, base_version: int) -> None:
+        # Called with the lock held; counts and raises a rejected push.
+        version, tau = self.version, self.layout.staleness
+        if base_version > version:
+            message = (f"base_version {base_version} is ahead of version {version} (the shard "
+                       "was restored from an older checkpoint); re-pull")
+        elif self.layout.policy is UpdatePolicy.SYNC and base_version != version:
+            message = (f"stale push: base_version {base_version} is not the current version "
+                       f"{version} (sync); re-pull")
+        elif version - base_version > tau:
+            message = (f"stale push: base_version {base_version} is {version - base_version} "
+                       f"versions behind version {version} (staleness bound {tau}); re-pull")
+        else:
+            return
+        self.rejected_stale += 1
+        raise FailedPreconditionError(message)
+
+    def _apply(self, grad: np.ndarray) -> None:
+        self._param.grad = torch.from_numpy(grad)
+        self._adam.step()
+        self._param.grad = None
+        self.version += 1
+        self._changed.notify_all()
+
+    def to_bytes(self) -> bytes:
+        """The whole state (layout, values, Adam moments, version, counters, de-duplication
+        table, pending sync sum) as bytes that :meth:`from_bytes` restores exactly."""
+        with self._lock:
+            return snapshot.encode(snapshot.ShardSnapshot(
+                layout=self.layout, shard=self.shard,
+                params=self._param.detach().numpy().copy(), adam=self._adam_state(),
+                version=self.version, counters=(self.pushes, self.rejected_stale,
+                                                self.duplicates),
+                last_seq=dict(self._last_seq), pending_sum=self._pending_sum.copy(),
+                pending_count=self._pending_count))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShardState:
+        """Rebuild a shard saved by :meth:`to_bytes`; ValueError on a malformed blob."""
+        snap = snapshot.decode(data)
+        state = cls(snap.layout, snap.shard, snap.params)
+        state.version = snap.version
+        state.pushes, state.rejected_stale, state.duplicates = snap.counters
+        state._last_seq = dict(snap.last_seq)
+        state._pending_sum = snap.pending_sum.astype(np.float64)
+        state._pending_count = snap.pending_count
+        if snap.adam is not None:
+            step, exp_avg, exp_avg_sq = snap.adam
+            state._adam.state[state._param] = {
+                "step": torch.tensor(step, dtype=torch.float32),
+                "exp_avg": torch.tensor(exp_avg, dtype=torch.float32),
+                "exp_avg_sq": torch.tensor(exp_avg_sq, dtype=torch.float32)}
+        return state
+
+    def _adam_state(self) -> tuple[float, np.ndarray, np.ndarray] | None:
+        state = self._adam.state.get(self._param)
+        if not state:
+            return None
+        return (float(state["step"]), state["exp_avg"].detach().numpy().copy(),
+                state["exp_avg_sq"].detach().numpy().copy())
