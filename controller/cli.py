@@ -23,11 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     search_command.add_parser(sub)
     bundle_command.add_parsers(sub)
+    serve = sub.add_parser("serve", help="run one service of the cluster in this process",
+                           description="Run a service. `nas serve paramserver --help` lists "
+                           "the shard's options.")
+    services = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    services.add_parser("paramserver", help="a parameter-server shard (options: "
+                        "`nas serve paramserver --help`)")
     return parser
+
+
+def _paramserver_main(argv: list[str]) -> int:
+    from paramserver.__main__ import main as paramserver_main
+
+    return paramserver_main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input exits 2 with one line naming the field, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["serve", "paramserver"]:  # the service parses its own options
+        return _paramserver_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

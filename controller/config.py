@@ -45,6 +45,8 @@ class SearchConfig:
     evaluator: str = "nb201"
     dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
     nb201_csv: str | None = None
+    simulate_seconds: float = 0.0  # nb201: each table lookup takes this long, like a training
+    parallel: int = 1  # children of one batch evaluated at once (threads)
     # evaluator "train": data, child size and the training recipe
     data_dir: str | None = None
     train_subset: int | None = None
@@ -66,6 +68,15 @@ class SearchConfig:
     failure_reward: float = 0.0
     max_idle_proposals: int = 2000
     out: str | None = None
+    # distributed layout (Zoph & Le): S parameter-server shards, K controller replicas
+    shards: int = 1
+    replicas: int = 1
+    redis: str | None = None  # None: a private redis-server when the layout is distributed
+    update_policy: str = "async"
+    staleness: int = 4
+    sync_pushes: int | None = None  # None: one push per replica (K)
+    checkpoint_every: int = 10
+    replicas_per_process: int = 1  # replicas run as threads of one process (large K)
 
     def __post_init__(self) -> None:
         _one_of("space", self.space, SPACE_NAMES)
@@ -78,20 +89,23 @@ class SearchConfig:
             object.__setattr__(self, "dataset", DEFAULT_DATASET[self.evaluator])
         if self.out is None:
             object.__setattr__(self, "out", f"runs/{self.space}-{self.strategy}")
-        for name in ("num_blocks", "num_layers", "children", "train_subset", "val_subset"):
+        for name in ("num_blocks", "num_layers", "children", "train_subset", "val_subset",
+                     "sync_pushes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
         for name, low in (("budget", 1), ("population", 1), ("tournament", 1),
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
-                          ("epochs", 1), ("batch_size", 1)):
+                          ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
+                          ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
+                          ("replicas_per_process", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
             raise ConfigError(f"tournament: must be <= population ({self.population}), "
                               f"got {self.tournament}")
         for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
-                     "weight_decay", "label_smoothing", "drop_path"):
+                     "weight_decay", "label_smoothing", "drop_path", "simulate_seconds"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name}: must be a finite number, got {value}")
@@ -99,7 +113,7 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {value}")
-        for name in ("weight_decay",):
+        for name in ("weight_decay", "simulate_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("label_smoothing", "drop_path"):
@@ -110,6 +124,10 @@ class SearchConfig:
             raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
         if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
             raise ConfigError(f"baseline_decay: must be in [0, 1), got {self.baseline_decay}")
+        _one_of("update_policy", self.update_policy, ("async", "sync"))
+        if self.distributed and self.strategy != "reinforce":
+            raise ConfigError(f"strategy: --shards/--replicas/--redis distribute the REINFORCE "
+                              f"controller; {self.strategy!r} has no parameters to shard")
         if self.evaluator == "nb201":
             if self.space != "nb201":
                 raise ConfigError(f"space: the nb201 evaluator only scores --space nb201, "
@@ -117,6 +135,12 @@ class SearchConfig:
             _one_of("dataset", self.dataset, NB201_DATASETS)
         else:
             _one_of("dataset", self.dataset, TRAIN_DATASETS)
+
+
+    @property
+    def distributed(self) -> bool:
+        """Run as shard and replica processes (else everything stays in this process)."""
+        return self.shards > 1 or self.replicas > 1 or self.redis is not None
 
 
 def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:

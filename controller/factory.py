@@ -14,6 +14,9 @@ from controller.config import ConfigError, SearchConfig
 from controller.evaluators.base import Evaluator
 from controller.evaluators.nb201 import NB201Evaluator
 from controller.local_training import TrainEvaluator
+from controller.policy.lstm import LSTMPolicy
+from controller.policy.reinforce import ReinforceConfig
+from controller.policy.updaters import ParameterUpdater
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SearchSpace, create_space
 from controller.strategies.base import Strategy
@@ -30,19 +33,27 @@ def build_space(cfg: SearchConfig) -> SearchSpace:
                                         cfg.predict_strides))
 
 
-def _reinforce(space: SearchSpace, cfg: SearchConfig) -> Strategy:
-    preset = CONTROLLER_PRESETS[cfg.controller]
+def learner_config(cfg: SearchConfig) -> ReinforceConfig:
+    """The controller preset's learning rule with the config's overrides."""
     overrides: dict[str, Any] = {k: v for k, v in (("learning_rate", cfg.controller_lr),
                                    ("entropy_weight", cfg.entropy_weight),
                                    ("baseline_decay", cfg.baseline_decay),
                                    ("reward_transform", cfg.reward_transform)) if v is not None}
-    learner = dataclasses.replace(preset.learner, **overrides)
-    return ReinforceStrategy(space, seed=cfg.seed, batch_size=cfg.children or preset.children,
-                             policy=preset.policy, learner=learner)
+    return dataclasses.replace(CONTROLLER_PRESETS[cfg.controller].learner, **overrides)
+
+
+def build_reinforce(space: SearchSpace, cfg: SearchConfig, seed: int | None = None,
+                    updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None
+                    ) -> ReinforceStrategy:
+    """The REINFORCE strategy of a config (sampling ``seed``, parameters kept by ``updater``)."""
+    preset = CONTROLLER_PRESETS[cfg.controller]
+    return ReinforceStrategy(space, seed=cfg.seed if seed is None else seed,
+                             batch_size=cfg.children or preset.children, policy=preset.policy,
+                             learner=learner_config(cfg), updater=updater)
 
 
 STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] = {
-    "reinforce": _reinforce,
+    "reinforce": lambda space, cfg: build_reinforce(space, cfg),
     "random": lambda space, cfg: RandomStrategy(space, seed=cfg.seed),
     "evolution": lambda space, cfg: EvolutionStrategy(space, seed=cfg.seed,
                                                       population=cfg.population,
@@ -66,7 +77,7 @@ def _train_evaluator(cfg: SearchConfig) -> Evaluator:
 
 EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
     "nb201": lambda cfg: NB201Evaluator(str(cfg.dataset), Path(cfg.nb201_csv) if cfg.nb201_csv
-                                        else None),
+                                        else None, simulate_seconds=cfg.simulate_seconds),
     "train": _train_evaluator,
 }
 

@@ -6,8 +6,10 @@ gets the stored result for free. A failed child gets ``failure_reward`` (and cos
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,14 @@ class HistoryEntry:
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> HistoryEntry:
+        """Read back what ``to_json`` wrote."""
+        return cls(doc["trial_id"], doc["arch"], doc["reward"], doc["cached"],
+                   doc.get("same_as", doc["arch"]), doc.get("status", "succeeded"),
+                   doc.get("error", ""), dict(doc.get("metrics", {})),
+                   dict(doc.get("artifacts", {})))
 
     def to_json(self) -> dict[str, Any]:
         """The result.json form."""
@@ -61,6 +71,16 @@ class SearchOutcome:
     wall_seconds: float = 0.0
     stopped_reason: str = "budget"
 
+    def add(self, entry: HistoryEntry) -> None:
+        """Count one history entry (training or cache hit) and track the best."""
+        self.history.append(entry)
+        if entry.cached:
+            self.cache_hits += 1
+        else:
+            self.trainings += 1
+        if entry.status == "succeeded" and (self.best is None or entry.reward > self.best.reward):
+            self.best = entry
+
     def trainings_to_reach(self, reward: float) -> int | None:
         """How many trainings it took until an architecture with >= ``reward`` was seen."""
         trained = 0
@@ -77,38 +97,49 @@ ProgressFn = Callable[[SearchOutcome, Strategy], None]
 def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, budget: int,
                cache: EvaluationCache | None = None, failure_reward: float = 0.0,
                max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
-               report_test: bool = True) -> SearchOutcome:
+               report_test: bool = True, claim: Callable[[], bool] | None = None,
+               on_entry: Callable[[HistoryEntry], None] | None = None,
+               parallel: int = 1) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
-    were all cache hits: the strategy keeps proposing what it has already seen.
+    were all cache hits: the strategy keeps proposing what it has already seen. With several
+    replicas sharing one budget, ``claim()`` is asked before each training and the search stops
+    when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
+    evaluates the trials of one suggested batch concurrently (reports stay in order).
     """
     if budget < 1:
         raise ValueError("budget must be >= 1")
     cache = cache if cache is not None else InMemoryCache()
     outcome = SearchOutcome(budget=budget)
+    claim = claim if claim is not None else _LocalBudget(budget).claim
+    pool = ThreadPoolExecutor(parallel) if parallel > 1 else None
     start = time.perf_counter()
     idle = 0
-    while outcome.trainings < budget:
-        if idle >= max_idle_proposals:
-            outcome.stopped_reason = "converged"
-            break
-        for trial in strategy.suggest(strategy.batch_size):
-            if outcome.trainings >= budget:
-                break  # the batch's remainder is never evaluated nor reported
-            entry = _run_trial(trial, space, evaluator, cache, failure_reward, strategy)
-            outcome.history.append(entry)
-            if entry.cached:
-                outcome.cache_hits += 1
-                idle += 1
-            else:
-                outcome.trainings += 1
-                idle = 0
-            if entry.status == "succeeded" and (outcome.best is None
-                                                or entry.reward > outcome.best.reward):
-                outcome.best = entry
-            if on_progress is not None:
-                on_progress(outcome, strategy)
+    try:
+        while outcome.trainings < budget:
+            if idle >= max_idle_proposals:
+                outcome.stopped_reason = "converged"
+                break
+            trials = strategy.suggest(strategy.batch_size)
+            def run(t: Trial) -> tuple[HistoryEntry, TrialResult] | None:
+                return _run_trial(t, space, evaluator, cache, failure_reward, claim)
+            done = pool.map(run, trials) if pool is not None else map(run, trials)
+            for trial, evaluated in zip(trials, done, strict=False):
+                if evaluated is None:  # the budget is spent (here or by other replicas)
+                    budget = outcome.trainings
+                    break
+                entry, result = evaluated
+                strategy.report(trial.trial_id, result)
+                if on_entry is not None:
+                    on_entry(entry)
+                outcome.add(entry)
+                idle = idle + 1 if entry.cached else 0
+                if on_progress is not None:
+                    on_progress(outcome, strategy)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if report_test and outcome.best is not None:
         best_arch = space.from_string(outcome.best.trained_arch)
         outcome.best_test_accuracy = evaluator.test_accuracy(best_arch)
@@ -116,28 +147,46 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
     return outcome
 
 
+class _LocalBudget:
+    """claim() for a search alone on its budget (thread-safe for parallel evaluation)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.claimed = 0
+        self.lock = threading.Lock()
+
+    def claim(self) -> bool:
+        with self.lock:
+            if self.claimed >= self.budget:
+                return False
+            self.claimed += 1
+            return True
+
+
 def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
-               failure_reward: float, strategy: Strategy) -> HistoryEntry:
+               failure_reward: float,
+               claim: Callable[[], bool]) -> tuple[HistoryEntry, TrialResult] | None:
+    """Cache hit, or a claimed training; None when no training may be claimed."""
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
     if hit is not None:
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
                              cached=True)
-        strategy.report(trial.trial_id, result)
         return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
-                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts))
+                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result
+    if not claim():
+        return None
     try:
         evaluation = evaluator.evaluate(trial.architecture)
     except EvaluationFailed as exc:
         result = TrialResult(trial.trial_id, TrialStatus.FAILED, failure_reward, error=str(exc))
-        strategy.report(trial.trial_id, result)
         return HistoryEntry(trial.trial_id, arch_str, failure_reward, False, arch_str,
-                            status="failed", error=str(exc))
+                            status="failed", error=str(exc)), result
     cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics,
                                     evaluation.artifacts))
     result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
                          evaluation.metrics)
-    strategy.report(trial.trial_id, result)
     return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str,
-                        metrics=dict(evaluation.metrics), artifacts=dict(evaluation.artifacts))
+                        metrics=dict(evaluation.metrics),
+                        artifacts=dict(evaluation.artifacts)), result

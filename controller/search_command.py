@@ -21,6 +21,7 @@ from controller.config import (
     build_config,
     load_spec,
 )
+from controller.distributed.launcher import run_local_cluster
 from controller.factory import build_evaluator, build_space, build_strategy
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
@@ -75,6 +76,9 @@ def add_parser(sub: Any) -> None:
                                      f"{', '.join(TRAIN_DATASETS)} (fashion-mnist)")
     g.add_argument("--nb201-csv", help="nb201 table (default $NAS_NB201_CSV or ../shared/data)")
     g.add_argument("--failure-reward", type=float, help="reward of a failed child (0)")
+    g.add_argument("--simulate-seconds", type=float,
+                   help="nb201: make each lookup take this long, like a child's training")
+    g.add_argument("--parallel", type=int, help="children of one batch evaluated at once (1)")
     g = p.add_argument_group("child training (--evaluator train)")
     g.add_argument("--data-dir", help="dataset directory (fashion-mnist: "
                                       "/usr/share/datasets/fashion-mnist)")
@@ -93,6 +97,20 @@ def add_parser(sub: Any) -> None:
                    help="last epoch's val accuracy, or max of the last 5 (Zoph & Le)")
     g.add_argument("--cube-reward", action="store_true", help="cube the reward (Zoph & Le)")
     g.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+    g = p.add_argument_group("distributed layout (Zoph & Le: S shards, K replicas, m children)")
+    g.add_argument("--shards", type=int, help="parameter-server shards, S (1)")
+    g.add_argument("--replicas", type=int, help="controller replicas, K (1); > 1 or --shards "
+                   "> 1 runs shard and replica processes on loopback")
+    g.add_argument("--redis", help="Redis URL (default with S or K > 1: a private redis-server)")
+    g.add_argument("--update-policy", choices=("async", "sync"),
+                   help="async: apply each push, reject pushes older than --staleness; sync: "
+                        "average --sync-pushes pushes per update (async)")
+    g.add_argument("--staleness", type=int, help="async: staleness bound tau in versions (4)")
+    g.add_argument("--sync-pushes", type=int, help="sync: pushes per update (K)")
+    g.add_argument("--checkpoint-every", type=int,
+                   help="shards checkpoint to Redis every N updates (10)")
+    g.add_argument("--replicas-per-process", type=int,
+                   help="run replicas as threads, this many per process (1; for large K)")
     g = p.add_argument_group("run")
     g.add_argument("--budget", type=int, help="child trainings to spend (100)")
     g.add_argument("--seed", type=int, help="random seed; same seed, same result (0)")
@@ -127,14 +145,25 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(best=f"{best:.4f}", hits=outcome.cache_hits, refresh=False)
         bar.update(outcome.trainings - bar.n)
 
+    def progress_to(trainings: int) -> None:
+        bar.update(trainings - bar.n)
+
+    layout: dict[str, Any] | None = None
     try:
-        outcome = run_search(space, strategy, evaluator, cfg.budget,
-                             failure_reward=cfg.failure_reward,
-                             max_idle_proposals=cfg.max_idle_proposals, on_progress=progress)
+        if cfg.distributed:
+            outcome, layout = run_local_cluster(cfg, space, evaluator, progress_to)
+        else:
+            outcome = run_search(space, strategy, evaluator, cfg.budget,
+                                 failure_reward=cfg.failure_reward,
+                                 max_idle_proposals=cfg.max_idle_proposals,
+                                 on_progress=progress, parallel=cfg.parallel)
     finally:
         bar.close()
     out_dir = Path(str(cfg.out))
-    path = write_result(out_dir, result_json(cfg, outcome, evaluator.describe()))
+    doc = result_json(cfg, outcome, evaluator.describe())
+    if layout is not None:
+        doc["layout"] = layout
+    path = write_result(out_dir, doc)
     print(summary(cfg, outcome, path))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,10 @@ class NB201Evaluator(Evaluator):
     name = "nb201"
 
     def __init__(self, dataset: str = "cifar10", csv_path: Path | str | None = None,
-                 table: dict[str, tuple[float, float]] | None = None) -> None:
+                 table: dict[str, tuple[float, float]] | None = None,
+                 simulate_seconds: float = 0.0) -> None:
         self.dataset = dataset
+        self.simulate_seconds = simulate_seconds
         self.path = Path(csv_path) if csv_path is not None else default_csv()
         self.table = table if table is not None else load_table(self.path, dataset)
         self.space = NB201Space()
@@ -105,6 +108,8 @@ class NB201Evaluator(Evaluator):
                 from None
 
     def evaluate(self, arch: Architecture) -> Evaluation:
+        if self.simulate_seconds > 0:  # stand in for a child's training time
+            time.sleep(self.simulate_seconds)
         return Evaluation(reward=self._row(arch)[0])
 
     def test_accuracy(self, arch: Architecture) -> float | None:

@@ -6,10 +6,13 @@ computed on exactly their recorded actions and applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from controller.policy.lstm import LSTMPolicy, PolicyConfig
 from controller.policy.reinforce import ReinforceConfig, ReinforceLearner, ScoredTrial, UpdateStats
+from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Trial, TrialResult
@@ -22,13 +25,15 @@ class ReinforceStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, batch_size: int = 1,
                  policy: PolicyConfig | None = None, learner: ReinforceConfig | None = None,
-                 job_id: str = "") -> None:
+                 job_id: str = "",
+                 updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         super().__init__(space, job_id)
         self.batch_size = batch_size
         self.policy = LSTMPolicy(space.decisions, policy, seed=seed)
-        self.learner = ReinforceLearner(self.policy, learner)
+        self.learner = ReinforceLearner(self.policy, learner,
+                                        updater(self.policy) if updater is not None else None)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self._scored: list[ScoredTrial] = []
         self.last_update: UpdateStats | None = None
