@@ -42,3 +42,27 @@ def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], name: str, title: str,
+                out: Path = OUT) -> Path:
+    """Best reward so far against trainings, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for label, points in curves.items():
+        ax.step([p[0] for p in points], [p[1] for p in points], where="post", label=label)
+    ax.set_xlabel("trainings")
+    ax.set_ylabel("best reward so far")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -118,6 +118,20 @@ def _layout(cfg: SearchConfig, job_id: str, size: int, lr: float,
                       beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every)
 
 
+def _distributions(reports: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Percentiles over all replicas of staleness (versions) and push/pull latency (ms)."""
+    out = {}
+    for key, name, scale in (("staleness", "staleness_versions", 1.0),
+                             ("push_seconds", "push_ms", 1000.0),
+                             ("pull_seconds", "pull_ms", 1000.0)):
+        values = np.array([v for r in reports for v in r.get(key, [])], dtype=float) * scale
+        if values.size:
+            out[name] = {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+            out[name]["max"] = float(values.max())
+            out[name]["count"] = float(values.size)
+    return out
+
+
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -177,7 +191,8 @@ def run_local_cluster(cfg: SearchConfig, space: SearchSpace, evaluator: Evaluato
                   "shard_versions": [int(s.version) for s in statuses],
                   "restarts": cluster.restarts, "metrics": cluster.metrics,
                   "replica_reports": {k: {n: v for n, v in r.items() if not isinstance(v, list)}
-                                      for k, r in replica_reports.items()}}
+                                      for k, r in replica_reports.items()},
+                  **_distributions(list(replica_reports.values()))}
         client.close()
     finally:
         cluster.stop()

@@ -35,6 +35,16 @@ class Child:
     args: list[str]
     log: Path
     proc: subprocess.Popen[bytes]
+    offset: int = 0  # where this run's output starts in the (appended) log
+
+    def output(self) -> str:
+        """What this run of the child wrote to its log."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def alive(self) -> bool:
         """Still running."""
@@ -42,10 +52,7 @@ class Child:
 
     def tail(self, lines: int = 15) -> str:
         """The end of the child's log."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return "\n".join(self.output().splitlines()[-lines:])
 
 
 def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Child:
@@ -53,10 +60,11 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     with log.open("ab") as out:
+        offset = out.tell()
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
                                 env={**os.environ, **(env or {})})
-    return Child(name, args, log, proc)
+    return Child(name, args, log, proc, offset)
 
 
 def wait_for_line(child: Child, pattern: str, timeout: float = 60.0) -> re.Match[str]:
@@ -64,8 +72,7 @@ def wait_for_line(child: Child, pattern: str, timeout: float = 60.0) -> re.Match
     regex = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = child.log.read_text(errors="replace") if child.log.exists() else ""
-        for line in reversed(text.splitlines()):
+        for line in reversed(child.output().splitlines()):
             match = regex.search(line)
             if match:
                 return match
