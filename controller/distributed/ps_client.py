@@ -34,7 +34,7 @@ class PushOutcome:
 class ShardedParameterClient:
     """Talks to every shard of one layout. ``addresses[i]`` serves shard i."""
 
-    def __init__(self, addresses: Sequence[str], layout: LayoutSpec, timeout: float = 10.0,
+    def __init__(self, addresses: Sequence[str], layout: LayoutSpec, timeout: float = 30.0,
                  retry_for: float = 60.0) -> None:
         if len(addresses) != layout.num_shards:
             raise ValueError(f"addresses: {len(addresses)} given for {layout.num_shards} shards")
@@ -81,7 +81,8 @@ class ShardedParameterClient:
             request = ps.RegisterLayoutRequest(layout=layout, shard=i, initial=codec.
                                                tensor_to_proto(start, initial[start:start +
                                                                                 length]))
-            return int(self._stubs[i].RegisterLayout(request, timeout=self.timeout).version)
+            # once per job, while freshly started shards may still be warming up
+            return int(self._stubs[i].RegisterLayout(request, timeout=4 * self.timeout).version)
 
         return self._each(one)
 
