@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from protos import types
 from protos.errors import InvalidArgumentError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import paramserver_pb2 as ps
+from protos.v1 import worker_pb2 as wk
 
 _STATUS_TO_PB = {
     types.TrialStatus.SUCCEEDED: pb.TRIAL_STATUS_SUCCEEDED,
@@ -126,3 +129,45 @@ def tensor_from_proto(msg: ps.Tensor, field: str = "tensor") -> np.ndarray:
         raise InvalidArgumentError(f"{field}.data: {len(msg.data)} bytes for length "
                                    f"{msg.length} float32 values")
     return np.frombuffer(msg.data, dtype="<f4").astype(np.float32)
+
+
+def resources_to_proto(res: types.Resources) -> wk.Resources:
+    """Encode a resource request."""
+    return wk.Resources(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+
+
+def resources_from_proto(msg: wk.Resources) -> types.Resources:
+    """Decode a resource request; bad values are INVALID_ARGUMENT naming the field."""
+    try:
+        return types.Resources(msg.num_cpus, msg.num_gpus)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"resources.{exc}") from None
+
+
+def workload_to_proto(w: types.Workload) -> wk.Workload:
+    """Encode a workload (model and recipe as JSON objects)."""
+    return wk.Workload(dataset=w.dataset, data_dir=w.data_dir or "",
+                       train_subset=w.train_subset or 0, val_subset=w.val_subset or 0,
+                       data_seed=w.data_seed, model_json=json.dumps(dict(w.model)),
+                       recipe_json=json.dumps(dict(w.recipe)), weights_dir=w.weights_dir)
+
+
+def workload_from_proto(msg: wk.Workload) -> types.Workload:
+    """Decode a workload; malformed fields are INVALID_ARGUMENT naming the field."""
+    parts: dict[str, dict[str, object]] = {}
+    for name in ("model_json", "recipe_json"):
+        try:
+            value = json.loads(getattr(msg, name) or "{}")
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"workload.{name}: not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InvalidArgumentError(f"workload.{name}: must be a JSON object")
+        parts[name] = value
+    try:
+        return types.Workload(dataset=msg.dataset, model=parts["model_json"],
+                              recipe=parts["recipe_json"], weights_dir=msg.weights_dir,
+                              data_dir=msg.data_dir or None,
+                              train_subset=msg.train_subset or None,
+                              val_subset=msg.val_subset or None, data_seed=msg.data_seed)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"workload.{exc}") from None

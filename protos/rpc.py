@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from protos.errors import ERRORS_BY_STATUS, NasError, status_name
+from protos.errors import ERRORS_BY_STATUS, NasError, UnavailableError, status_name
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -40,3 +41,21 @@ def error_from_rpc(exc: grpc.RpcError) -> Exception:
         return exc
     details = exc.details() if isinstance(exc, grpc.Call) else ""
     return cls(details or code.name if code else "")
+
+
+def call_with_retry(fn: Callable[[], R], retry_for: float,
+                    retry_on: tuple[type[Exception], ...] = (UnavailableError,)) -> R:
+    """Run one RPC, retrying the errors in ``retry_on`` (a server restarting) with exponential
+    backoff for up to ``retry_for`` seconds; other failures raise their domain error. Only for
+    idempotent calls."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc)
+            if not isinstance(err, retry_on) or time.monotonic() > deadline:
+                raise err from None
+        time.sleep(delay)
+        delay = min(1.0, delay * 2)

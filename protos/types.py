@@ -186,3 +186,51 @@ def shard_range(total_size: int, num_shards: int, shard: int) -> tuple[int, int]
     start = shard * total_size // num_shards
     end = (shard + 1) * total_size // num_shards
     return start, end - start
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one child needs from the machine that trains it (fractional GPUs pack children)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ValueError("num_cpus: a child needs some CPU or GPU, got 0 of both")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How the children of one job are trained: data, child size, recipe, where weights go.
+
+    ``model`` and ``recipe`` hold the worker's ModelSpec and TrainRecipe fields.
+    """
+
+    dataset: str
+    model: Mapping[str, object]
+    recipe: Mapping[str, object]
+    weights_dir: str
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ValueError("dataset: must not be empty")
+        object.__setattr__(self, "model", _frozen_map(self.model))
+        object.__setattr__(self, "recipe", _frozen_map(self.recipe))
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: must be >= 1 or unset, got {value}")
+
+    def __hash__(self) -> int:
+        return hash((self.dataset, tuple(self.model.items()), tuple(self.recipe.items()),
+                     self.weights_dir, self.data_dir, self.train_subset, self.val_subset,
+                     self.data_seed))

@@ -3,7 +3,6 @@ with deadlines and retries on UNAVAILABLE (pushes are idempotent by replica id a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,8 +12,7 @@ import grpc
 import numpy as np
 
 from protos import codec
-from protos.errors import UnavailableError
-from protos.rpc import CHANNEL_OPTIONS, error_from_rpc
+from protos.rpc import CHANNEL_OPTIONS, call_with_retry
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
@@ -53,19 +51,8 @@ class ShardedParameterClient:
             channel.close()
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Run one RPC, retrying UNAVAILABLE (a shard restarting) with backoff for retry_for s;
-        other failures raise their domain error."""
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
-        while True:
-            try:
-                return fn()
-            except grpc.RpcError as exc:
-                err = error_from_rpc(exc)
-                if not isinstance(err, UnavailableError) or time.monotonic() > deadline:
-                    raise err from None
-            time.sleep(delay)
-            delay = min(1.0, delay * 2)
+        """Run one RPC, retrying UNAVAILABLE (a shard restarting) for retry_for s."""
+        return call_with_retry(fn, self.retry_for)
 
     def _each(self, fn: Callable[[int], T]) -> list[T]:
         return list(self._pool.map(lambda i: self._call(lambda: fn(i)),
