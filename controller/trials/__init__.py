@@ -1,0 +1,1 @@
+"""Trials handed to workers: the board that tracks them and its gRPC service."""

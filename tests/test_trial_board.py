@@ -1,0 +1,257 @@
+"""The trial board and its TrialReport gRPC service: attempts, retries, timeouts, exactly one
+result per trial, idempotent reports, bad input (a real server on a free loopback port)."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.early_stopping import SuccessiveHalving
+from controller.trials.board import TrialBoard
+from controller.trials.servicer import RunningTrialReport, TrialMetrics, serve_trial_reports
+from protos import codec
+from protos.errors import FailedPreconditionError, NotFoundError
+from protos.types import (
+    Architecture,
+    Node,
+    Resources,
+    Trial,
+    TrialResult,
+    TrialStatus,
+    Workload,
+)
+from protos.v1 import worker_pb2 as wk
+from protos.v1 import worker_pb2_grpc as wk_grpc
+from worker.reporting import TrialReporter
+
+WORKLOAD = Workload("fashion-mnist", {"filters": 4}, {"epochs": 3}, "/tmp/weights")
+ARCH = Architecture("nb201", (Node("edge", "skip_connect", (0,), attrs={"to": 1}),))
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _trial(i: int) -> Trial:
+    return Trial(f"t{i}", ARCH, (0,), f"h{i}")
+
+
+def _ok(trial_id: str, reward: float = 0.5) -> TrialResult:
+    return TrialResult(trial_id, TrialStatus.SUCCEEDED, reward, {"epochs": 3.0})
+
+
+def _board(**kwargs: object) -> tuple[TrialBoard, Clock]:
+    clock = Clock()
+    defaults: dict[str, object] = {"max_attempts": 3, "heartbeat_seconds": 1.0,
+                                   "heartbeat_timeout": 5.0, "start_timeout": 20.0}
+    board = TrialBoard(clock=clock, **{**defaults, **kwargs})  # type: ignore[arg-type]
+    return board, clock
+
+
+def test_first_result_wins_and_replays_are_duplicates() -> None:
+    board, _ = _board()
+    handle = board.submit(_trial(1), WORKLOAD, Resources())
+    (task,), _ = board.lease(4)
+    assert task.trial.attempt == 1 and task.workload == WORKLOAD
+    assert board.start("t1", 1, "host:1").accepted
+    assert board.start("t1", 1, "host:1").duplicate
+    assert board.result("t1", 1, _ok("t1", 0.7)).accepted
+    replay = board.result("t1", 1, _ok("t1", 0.7))
+    other = board.result("t1", 1, _ok("t1", 0.1))
+    assert replay.duplicate and other.duplicate and not other.accepted
+    outcome = handle.wait(1)
+    assert outcome is not None and outcome.result.reward == 0.7 and outcome.attempts == 1
+    assert board.counters.succeeded == 1 and board.counters.duplicates == 2
+
+
+def test_a_lost_attempt_is_retried_with_a_new_number_until_max_attempts() -> None:
+    board, _ = _board(max_attempts=2)
+    handle = board.submit(_trial(1), WORKLOAD, Resources())
+    (first,), _ = board.lease(1)
+    assert first.trial.attempt == 1
+    board.start("t1", 1, "host:1")
+    assert board.lost("t1", 1, "WorkerCrashedError: killed").accepted
+    (second,), _ = board.lease(1)
+    assert second.trial.attempt == 2
+    # The dead attempt's reports are now answered "superseded" (abandon, no result).
+    assert board.heartbeat("t1", 1).superseded
+    assert board.lost("t1", 2, "killed again").accepted
+    outcome = handle.wait(1)
+    assert outcome is not None and outcome.result.status is TrialStatus.FAILED
+    assert "gave up after 2 attempts" in outcome.result.error
+    assert board.counters.retried_lost == 1 and board.counters.failed == 1
+
+
+def test_a_non_retryable_loss_fails_the_trial_at_once() -> None:
+    board, _ = _board()
+    handle = board.submit(_trial(1), WORKLOAD, Resources(1, 4))
+    board.lease(1)
+    board.lost("t1", 1, "resources: no node has 4 GPUs", retryable=False)
+    outcome = handle.wait(1)
+    assert outcome is not None and outcome.attempts == 1
+    assert outcome.result.error == "resources: no node has 4 GPUs"
+
+
+def test_silence_past_the_heartbeat_timeout_retries_and_cancels_the_old_attempt() -> None:
+    board, clock = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    board.start("t1", 1, "host:1")
+    clock.now = 4.0
+    assert board.heartbeat("t1", 1).accepted
+    clock.now = 9.5  # 5.5 s since the last heartbeat
+    (retry,), cancel = board.lease(1, running=[("t1", 1)])
+    assert retry.trial.attempt == 2 and cancel == [("t1", 1)]
+    assert board.counters.retried_timeout == 1
+    # A result from the old attempt that arrives anyway is still the trial's one result.
+    assert board.result("t1", 1, _ok("t1")).accepted
+    assert board.result("t1", 2, _ok("t1")).duplicate
+    assert board.progress("t1", 2, 1, 0.5, 0.5).superseded
+
+
+def test_a_leased_attempt_that_never_starts_times_out_on_the_start_timeout() -> None:
+    board, clock = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    clock.now = 10.0  # past the heartbeat timeout, not the start timeout: queued by Ray
+    assert board.lease(1) == ([], [])
+    clock.now = 21.0
+    (retry,), _ = board.lease(1)
+    assert retry.trial.attempt == 2
+
+
+def test_reports_for_unknown_trials_or_unleased_attempts_are_refused() -> None:
+    board, _ = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    with pytest.raises(NotFoundError, match="trial_id"):
+        board.heartbeat("nope", 1)
+    with pytest.raises(FailedPreconditionError, match="attempt"):
+        board.start("t1", 1, "host:1")  # not leased yet
+    board.lease(1)
+    with pytest.raises(FailedPreconditionError, match="attempt"):
+        board.result("t1", 2, _ok("t1"))
+
+
+def test_progress_asks_the_stopper_and_records_the_stop() -> None:
+    board, _ = _board(stopper=SuccessiveHalving(max_epochs=3, grace_epochs=1, eta=2))
+    for i in (1, 2):
+        board.submit(_trial(i), WORKLOAD, Resources())
+    board.lease(2)
+    assert not board.progress("t1", 1, 1, 1.0, 0.8).stop
+    ack = board.progress("t2", 1, 1, 1.0, 0.2)
+    assert ack.stop and "asha" in ack.reason
+    assert board.progress("t2", 1, 1, 1.0, 0.2).duplicate  # replayed: same answer, no recount
+    board.result("t2", 1, _ok("t2", 0.2))
+    outcome = board.outcome("t2")
+    assert outcome is not None and outcome.stopped_at_epoch == 1
+    assert board.counters.stopped_early == 1
+
+
+def test_close_releases_every_waiter_with_a_failure() -> None:
+    board, _ = _board()
+    handle = board.submit(_trial(1), WORKLOAD, Resources())
+    board.close("interrupted")
+    outcome = handle.wait(1)
+    assert outcome is not None and "interrupted" in outcome.result.error
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[TrialBoard, RunningTrialReport]]:
+    board = TrialBoard(heartbeat_seconds=1.0, heartbeat_timeout=30.0)
+    running = serve_trial_reports(board)
+    yield board, running
+    running.stop()
+
+
+def test_over_grpc_a_retried_result_after_a_lost_ack_is_accepted_once(
+        served: tuple[TrialBoard, RunningTrialReport]) -> None:
+    board, running = served
+    handle = board.submit(_trial(1), WORKLOAD, Resources())
+    reporter = TrialReporter(running.address, timeout=5, retry_for=5)
+    try:
+        lease = reporter.lease("w1", 2, 1.0, [])
+        assert [t.trial.trial_id for t in lease.tasks] == ["t1"]
+        assert codec.workload_from_proto(lease.tasks[0].workload) == WORKLOAD
+        assert reporter.start("t1", 1, "host:1", "cpu").accepted
+        assert reporter.progress("t1", 1, 1, 2.0, 0.4).accepted
+        first = reporter.result("t1", 1, _ok("t1", 0.6), {"weights": "/w.pt"})
+        again = reporter.result("t1", 1, _ok("t1", 0.6), {"weights": "/w.pt"})
+    finally:
+        reporter.close()
+    assert first.accepted and not first.duplicate
+    assert again.duplicate and not again.accepted
+    outcome = handle.wait(5)
+    assert outcome is not None and outcome.artifacts == {"weights": "/w.pt"}
+    assert board.counters.succeeded == 1
+
+
+@pytest.mark.parametrize(("method", "request_msg", "code", "field"), [
+    ("ReportProgress", wk.ProgressReport(trial_id="t1", attempt=1, epoch=0), "INVALID_ARGUMENT",
+     "epoch"),
+    ("ReportProgress", wk.ProgressReport(trial_id="t1", attempt=1, epoch=1, val_accuracy=2.0),
+     "INVALID_ARGUMENT", "val_accuracy"),
+    ("Heartbeat", wk.HeartbeatReport(trial_id="", attempt=1), "INVALID_ARGUMENT", "trial_id"),
+    ("Heartbeat", wk.HeartbeatReport(trial_id="ghost", attempt=1), "NOT_FOUND", "trial_id"),
+    ("ReportStart", wk.StartReport(trial_id="t1", attempt=7), "FAILED_PRECONDITION", "attempt"),
+    ("ReportResult", wk.ResultReport(trial_id="t1", attempt=1), "INVALID_ARGUMENT", "result"),
+    ("ReportLost", wk.LostReport(trial_id="t1", attempt=1), "INVALID_ARGUMENT", "reason"),
+    ("LeaseTrials", wk.LeaseRequest(max_trials=-1), "INVALID_ARGUMENT", "max_trials"),
+])
+def test_bad_reports_get_a_status_naming_the_field(
+        served: tuple[TrialBoard, RunningTrialReport], method: str, request_msg: object,
+        code: str, field: str) -> None:
+    board, running = served
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = wk_grpc.TrialReportStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(stub, method)(request_msg, timeout=5)
+    assert info.value.code() == grpc.StatusCode[code]
+    assert field in (info.value.details() or "")
+    # Nothing already accepted was lost: the trial is still leased and can finish.
+    assert board.result("t1", 1, _ok("t1")).accepted
+
+
+def test_trial_metrics_are_exported_with_bounded_labels() -> None:
+    board, _ = _board(max_attempts=1)
+    registry = CollectorRegistry()
+    registry.register(TrialMetrics(board))
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.submit(_trial(2), WORKLOAD, Resources())
+    board.lease(2)
+    board.result("t1", 1, _ok("t1"))
+    board.result("t1", 1, _ok("t1"))
+    board.lost("t2", 1, "died")
+    text = generate_latest(registry).decode()
+    assert 'nas_trials_total{status="succeeded"} 1.0' in text
+    assert 'nas_trials_total{status="failed"} 1.0' in text
+    assert "nas_trial_duplicate_reports_total 1.0" in text
+    assert "nas_trials_running 0.0" in text
+    assert "t1" not in text and "t2" not in text  # never a trial id
+
+
+def test_metrics_http_endpoint_serves_the_board() -> None:
+    from prometheus_client import start_http_server
+
+    board, _ = _board()
+    registry = CollectorRegistry()
+    registry.register(TrialMetrics(board))
+    http, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{http.server_port}/metrics",
+                                      timeout=5).read().decode()
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert "nas_trials_queued 0.0" in body
