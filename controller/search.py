@@ -64,6 +64,7 @@ class SearchOutcome:
 
     budget: int
     trainings: int = 0
+    charged: float = 0.0  # budget spent: trainings, less the epochs early stopping saved
     cache_hits: int = 0
     history: list[HistoryEntry] = field(default_factory=list)
     best: HistoryEntry | None = None
@@ -71,13 +72,15 @@ class SearchOutcome:
     wall_seconds: float = 0.0
     stopped_reason: str = "budget"
 
-    def add(self, entry: HistoryEntry) -> None:
-        """Count one history entry (training or cache hit) and track the best."""
+    def add(self, entry: HistoryEntry, cost: float = 1.0) -> None:
+        """Count one history entry (training or cache hit) and track the best; a training
+        charges ``cost`` of the budget."""
         self.history.append(entry)
         if entry.cached:
             self.cache_hits += 1
         else:
             self.trainings += 1
+            self.charged += cost
         if entry.status == "succeeded" and (self.best is None or entry.reward > self.best.reward):
             self.best = entry
 
@@ -107,33 +110,38 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
     replicas sharing one budget, ``claim()`` is asked before each training and the search stops
     when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
     evaluates the trials of one suggested batch concurrently (reports stay in order).
+
+    A child stopped early costs the share of its epochs it trained: with the local budget the
+    rest is spent on more children (``outcome.charged`` <= ``budget``; ``trainings`` may be more).
     """
     if budget < 1:
         raise ValueError("budget must be >= 1")
     cache = cache if cache is not None else InMemoryCache()
     outcome = SearchOutcome(budget=budget)
-    claim = claim if claim is not None else _LocalBudget(budget).claim
+    local = _LocalBudget(budget)
+    refund = local.refund if claim is None else None
+    claim = claim if claim is not None else local.claim
     pool = ThreadPoolExecutor(parallel) if parallel > 1 else None
     start = time.perf_counter()
     idle = 0
     try:
-        while outcome.trainings < budget:
+        while outcome.charged <= budget - 1 + 1e-9:
             if idle >= max_idle_proposals:
                 outcome.stopped_reason = "converged"
                 break
-            trials = strategy.suggest(strategy.batch_size)
-            def run(t: Trial) -> tuple[HistoryEntry, TrialResult] | None:
-                return _run_trial(t, space, evaluator, cache, failure_reward, claim)
+            trials = strategy.suggest(max(strategy.batch_size, parallel))
+            def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
+                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             for trial, evaluated in zip(trials, done, strict=False):
                 if evaluated is None:  # the budget is spent (here or by other replicas)
-                    budget = outcome.trainings
+                    budget = min(budget, int(outcome.charged))
                     break
-                entry, result = evaluated
+                entry, result, cost = evaluated
                 strategy.report(trial.trial_id, result)
                 if on_entry is not None:
                     on_entry(entry)
-                outcome.add(entry)
+                outcome.add(entry, cost)
                 idle = idle + 1 if entry.cached else 0
                 if on_progress is not None:
                     on_progress(outcome, strategy)
@@ -152,21 +160,28 @@ class _LocalBudget:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.claimed = 0
+        self.claimed = 0.0
         self.lock = threading.Lock()
 
     def claim(self) -> bool:
         with self.lock:
-            if self.claimed >= self.budget:
+            if self.claimed + 1 > self.budget + 1e-9:
                 return False
             self.claimed += 1
             return True
 
+    def refund(self, unused: float) -> None:
+        """Give back the part of a claimed training that was not trained."""
+        with self.lock:
+            self.claimed -= unused
+
 
 def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
-               failure_reward: float,
-               claim: Callable[[], bool]) -> tuple[HistoryEntry, TrialResult] | None:
-    """Cache hit, or a claimed training; None when no training may be claimed."""
+               failure_reward: float, claim: Callable[[], bool],
+               refund: Callable[[float], None] | None
+               ) -> tuple[HistoryEntry, TrialResult, float] | None:
+    """Cache hit, or a claimed training, with the budget it cost; None when no training may be
+    claimed. Without ``refund`` (a budget shared by replicas) a training costs 1."""
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
@@ -174,19 +189,23 @@ def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Ev
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
                              cached=True)
         return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
-                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result
+                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result, 0.0
     if not claim():
         return None
     try:
-        evaluation = evaluator.evaluate(trial.architecture)
+        evaluation = evaluator.evaluate_trial(trial)
     except EvaluationFailed as exc:
         result = TrialResult(trial.trial_id, TrialStatus.FAILED, failure_reward, error=str(exc))
         return HistoryEntry(trial.trial_id, arch_str, failure_reward, False, arch_str,
-                            status="failed", error=str(exc)), result
+                            status="failed", error=str(exc)), result, 1.0
+    cost = 1.0
+    if refund is not None:
+        cost = min(max(evaluation.cost, 0.0), 1.0)
+        refund(1.0 - cost)
     cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics,
                                     evaluation.artifacts))
     result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
                          evaluation.metrics)
     return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str,
                         metrics=dict(evaluation.metrics),
-                        artifacts=dict(evaluation.artifacts)), result
+                        artifacts=dict(evaluation.artifacts)), result, cost

@@ -177,3 +177,33 @@ def _mean_reward(strategy: ReinforceStrategy, table: Table) -> float:
     space = strategy.space
     rewards = [table[space.to_string(space.decode(row))][0] for row in out.actions.tolist()]
     return sum(rewards) / len(rewards)
+
+
+class _StoppedEarlyEvaluator(NB201Evaluator):
+    """The NB201 table, every other child stopped early after a quarter of its training."""
+
+    calls = 0
+
+    def evaluate(self, arch: Architecture) -> Evaluation:
+        self.calls += 1
+        full = super().evaluate(arch)
+        return Evaluation(full.reward, full.metrics, cost=0.25 if self.calls % 2 else 1.0)
+
+
+def test_early_stopped_children_are_charged_their_share_and_free_budget(
+        nb201_table: Table) -> None:
+    space = NB201Space()
+    evaluator = _StoppedEarlyEvaluator("cifar10", table=nb201_table)
+    outcome = run_search(space, RandomStrategy(space, 0), evaluator, budget=10,
+                         report_test=False)
+    # children cost 0.25, 1, 0.25, 1, ...: 8 children charge 5, 16 charge 10
+    assert outcome.trainings == 16 and outcome.charged == pytest.approx(10.0)
+
+
+def test_parallel_evaluation_with_a_policy_batch_of_one_spends_the_budget(
+        nb201_table: Table) -> None:
+    space = NB201Space()
+    outcome = run_search(space, ReinforceStrategy(space, 0, batch_size=1),
+                         NB201Evaluator("cifar10", table=nb201_table), budget=12, parallel=4,
+                         report_test=False)
+    assert outcome.trainings == 12 and outcome.charged == 12

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from protos.types import Architecture
+from protos.types import Architecture, Trial
 
 
 class EvaluatorError(RuntimeError):
@@ -19,11 +19,16 @@ class EvaluationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A child's reward (validation accuracy in [0, 1]) and what else was measured."""
+    """A child's reward (validation accuracy in [0, 1]) and what else was measured.
+
+    ``cost`` is the share of one full training it took (below 1 when stopped early); the
+    search's budget is charged that much.
+    """
 
     reward: float
     metrics: Mapping[str, float] = field(default_factory=dict)
     artifacts: Mapping[str, str] = field(default_factory=dict)  # e.g. {"weights": path}
+    cost: float = 1.0
 
 
 class Evaluator(ABC):
@@ -40,6 +45,10 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, arch: Architecture) -> Evaluation:
         """The reward of one architecture; raises EvaluationFailed for a failed child."""
+
+    def evaluate_trial(self, trial: Trial) -> Evaluation:
+        """The reward of one trial (evaluators that dispatch trials use its id)."""
+        return self.evaluate(trial.architecture)
 
     def describe(self) -> dict[str, object]:
         """What result.json records about this evaluator."""
