@@ -17,15 +17,10 @@ import torch
 from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator, EvaluatorError
 from protos.types import Architecture
 from worker.builders import ChildNet, ModelSpec, build_model
+from worker.child import ChildFailed, arch_key, train_child
 from worker.datasets import DatasetError, DatasetSplits, load_dataset
-from worker.trainer import TrainingFailed, TrainRecipe, evaluate, train
+from worker.trainer import TrainRecipe, evaluate
 from worker.trainer_recipe import resolve_device
-
-
-def arch_key(arch: Architecture) -> str:
-    """A file-name-safe digest of an architecture's nodes."""
-    nodes = [[n.type, n.op, list(n.inputs), n.cell, dict(n.attrs)] for n in arch.nodes]
-    return hashlib.sha256(json.dumps([arch.space, nodes]).encode()).hexdigest()[:16]
 
 
 class TrainEvaluator(Evaluator):
@@ -35,8 +30,12 @@ class TrainEvaluator(Evaluator):
     name = "train"
 
     def __init__(self, splits: DatasetSplits, spec: ModelSpec, recipe: TrainRecipe,
-                 weights_dir: Path) -> None:
+                 weights_dir: Path, data_dir: str | None = None, train_subset: int | None = None,
+                 val_subset: int | None = None, data_seed: int = 0) -> None:
         self.splits = splits
+        # where the splits came from, so a worker can load the same ones
+        self.data_dir, self.data_seed = data_dir, data_seed
+        self.train_subset, self.val_subset = train_subset, val_subset
         self.spec = spec
         self.recipe = recipe
         self.weights_dir = weights_dir
@@ -57,7 +56,7 @@ class TrainEvaluator(Evaluator):
             raise EvaluatorError(f"dataset: {exc}") from None
         spec = ModelSpec(in_channels=splits.in_channels, num_classes=splits.num_classes,
                          **spec_args)  # type: ignore[arg-type]
-        return cls(splits, spec, recipe, weights_dir)
+        return cls(splits, spec, recipe, weights_dir, data_dir, train_subset, val_subset, seed)
 
     @property
     def cache_key(self) -> str:
@@ -73,21 +72,11 @@ class TrainEvaluator(Evaluator):
 
     def evaluate(self, arch: Architecture) -> Evaluation:
         try:
-            model = self.build(arch)
-        except (KeyError, ValueError) as exc:
-            raise EvaluationFailed(f"cannot build the child: {exc}") from None
-        try:
-            report = train(model, self.splits, self.recipe)
-        except TrainingFailed as exc:
+            child = train_child(arch, self.splits, self.spec, self.recipe, self.weights_dir)
+        except ChildFailed as exc:
             raise EvaluationFailed(str(exc)) from None
-        path = self.weights_dir / f"{arch_key(arch)}.pt"
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
-        size = (self.splits.image_size, self.splits.image_size)
-        metrics = {"val_accuracy": report.final_val_accuracy, "params": float(model.num_params()),
-                   "flops": float(model.cpu().flops(size)),
-                   "train_seconds": report.train_seconds, "epochs": float(report.epochs_trained),
-                   "train_loss": report.train_losses[-1]}
-        return Evaluation(reward=report.reward, metrics=metrics, artifacts={"weights": str(path)})
+        return Evaluation(reward=child.reward, metrics=child.metrics,
+                          artifacts={"weights": str(child.weights)})
 
     def load_trained(self, arch: Architecture) -> ChildNet:
         """The child of ``arch`` with the weights its evaluation saved."""

@@ -34,7 +34,8 @@ from worker.trainer_recipe import (
 __all__ = ["ProgressCallback", "TrainRecipe", "TrainReport", "TrainingFailed", "evaluate",
            "train"]
 
-ProgressCallback = Callable[[int, float, float], None]
+# (epoch, train_loss, val_accuracy) -> True to stop training after this epoch
+ProgressCallback = Callable[[int, float, float], bool | None]
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -164,8 +165,8 @@ def _fit(model: nn.Module, splits: DatasetSplits, recipe: TrainRecipe, device: t
             set_progress(epoch / recipe.epochs)
         losses.append(runner.run_epoch(epoch))
         accuracies.append(evaluate(model, val_images, val_labels, 2 * recipe.batch_size, device))
-        if progress_cb is not None:
-            progress_cb(epoch, losses[-1], accuracies[-1])
+        if progress_cb is not None and progress_cb(epoch, losses[-1], accuracies[-1]):
+            break  # stopped early: the report covers the epochs trained
     return losses, accuracies
 
 
@@ -174,9 +175,11 @@ def train(model: nn.Module, splits: DatasetSplits, recipe: TrainRecipe,
     """Train ``model`` on ``splits.train_*`` and report per-epoch validation accuracy.
 
     ``progress_cb(epoch, train_loss, val_acc)`` is called after each epoch (epoch counts
-    from 0). Seeds torch's global RNG with ``recipe.seed`` (dropout and the like) and shuffles
-    with its own generator. Leaves the model on the recipe's device. Raises TrainingFailed on a
-    non-finite loss, CUDA out of memory, or CUDA asked for where there is none.
+    from 0); when it returns True training stops there (early stopping), and the report and
+    reward cover the epochs trained. Seeds torch's global RNG with ``recipe.seed`` (dropout and
+    the like) and shuffles with its own generator. Leaves the model on the recipe's device.
+    Raises TrainingFailed on a non-finite loss, CUDA out of memory, or CUDA asked for where
+    there is none.
     """
     if len(splits.train_images) < 2:
         raise ValueError(f"splits: need at least 2 training images, got "

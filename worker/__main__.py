@@ -1,0 +1,79 @@
+"""``nas serve worker``: lease trials from a controller and train them on a Ray cluster.
+
+    nas serve worker --controller 10.0.0.2:50061 --ray-address 10.0.0.5:6380
+    nas serve worker --controller 127.0.0.1:50061 --num-cpus 4     # a private local Ray
+
+Runs until SIGTERM or Ctrl-C; attempts still running are cancelled (the controller retries them
+elsewhere after its heartbeat timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker service's options."""
+    p = argparse.ArgumentParser(prog="nas serve worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--controller", required=True, metavar="HOST:PORT",
+                   help="the controller's TrialReport endpoint (trials come from there, "
+                        "reports go there)")
+    p.add_argument("--ray-address", help="a running Ray cluster (default: start a private "
+                   "local Ray on loopback)")
+    p.add_argument("--num-cpus", type=int, help="local Ray: CPUs to use (default: all)")
+    p.add_argument("--num-gpus", type=int, help="local Ray: GPUs to use (default: all)")
+    p.add_argument("--slots", type=int, help="at most this many children at once (default: as "
+                   "many as the cluster's resources fit)")
+    p.add_argument("--worker-id", help="name in the controller's logs (default host:pid)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker service; bad options exit 2 with a message."""
+    args = build_parser().parse_args(argv)
+    if ":" not in args.controller:
+        print(f"nas serve worker: error: --controller: want HOST:PORT, got {args.controller!r}",
+              file=sys.stderr)
+        return 2
+    for name in ("num_cpus", "num_gpus", "slots"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "slots" else 0):
+            print(f"nas serve worker: error: --{name.replace('_', '-')}: got {value}",
+                  file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from worker.scheduler import RayScheduler
+    from worker.service import WorkerService
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    scheduler = RayScheduler(address=args.ray_address, num_cpus=args.num_cpus,
+                             num_gpus=args.num_gpus)
+    # after ray.init, which installs handlers of its own that exit at once
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service = WorkerService(scheduler, args.controller, worker_id=args.worker_id,
+                            max_slots=args.slots).start()
+    print(f"worker service {service.worker_id} serving controller {args.controller} "
+          f"(Ray: {args.ray_address or 'local'})", flush=True)
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+        scheduler.close()
+    print("worker service stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

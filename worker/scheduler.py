@@ -1,0 +1,204 @@
+"""Where children run: the Scheduler interface, and its Ray implementation.
+
+Ray stays at this edge: a Ray task is a thin wrapper that calls ``worker.task.run_attempt`` (the
+trainer with its reports). Ray's own retries are off (``max_retries=0``): the controller counts
+attempts, so a retried attempt gets a new number and its reports cannot be mistaken for the old
+one's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protos import codec
+from protos.types import Resources
+from protos.v1 import worker_pb2 as wk
+
+Key = tuple[str, int]  # (trial_id, attempt)
+
+# Keep a local Ray on loopback and quiet: no usage reports, no cloud metadata probes.
+RAY_LOOPBACK_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+class InfeasibleResources(ValueError):
+    """No machine of the cluster can ever run a child of this size; the message says how to
+    fix it."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An attempt whose task ended. ``lost``: its process died (or it could not report), so the
+    controller never heard a result from it and should retry it."""
+
+    trial_id: str
+    attempt: int
+    lost: bool
+    reason: str = ""
+
+
+class Scheduler(ABC):
+    """Runs attempts somewhere with the resources they declare."""
+
+    @abstractmethod
+    def check_feasible(self, resources: Resources) -> None:
+        """Raise InfeasibleResources when no machine could ever run a child this size."""
+
+    @abstractmethod
+    def capacity(self, resources: Resources) -> int:
+        """How many children of this size fit on the cluster at once."""
+
+    @abstractmethod
+    def submit(self, task: wk.TrialTask, controller: str) -> None:
+        """Start one attempt; it reports to the controller at ``controller`` (host:port)."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[Finished]:
+        """Attempts that ended within ``timeout`` seconds (each returned once)."""
+
+    @abstractmethod
+    def cancel(self, trial_id: str, attempt: int) -> None:
+        """Kill an attempt (superseded or no longer wanted); it ends without being lost."""
+
+    @abstractmethod
+    def running(self) -> list[Key]:
+        """The attempts submitted and not yet returned by ``wait``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the scheduler's resources."""
+
+
+def _ray_entry(task_bytes: bytes, controller: str) -> dict[str, Any]:
+    """The Ray task: decode and run one attempt (imports stay inside: a fresh worker process)."""
+    from worker.task import run_attempt
+
+    summary = run_attempt(wk.TrialTask.FromString(task_bytes), controller)
+    return {"trial_id": summary.trial_id, "attempt": summary.attempt,
+            "outcome": summary.outcome, "worker": summary.worker}
+
+
+class RayScheduler(Scheduler):
+    """Attempts as Ray tasks, on a running cluster (``address``) or a private local Ray.
+
+    A local Ray is started with ``num_cpus`` / ``num_gpus`` (None: what the machine has), on
+    loopback only, its files under a fresh temporary directory; ``close`` shuts it down. An
+    already initialised Ray in this process is used as it is (and left running).
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 num_gpus: int | None = None, temp_dir: str | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            for key, value in RAY_LOOPBACK_ENV.items():
+                os.environ.setdefault(key, value)
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "logging_level": "WARNING",
+                                      "configure_logging": True}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                temp = temp_dir or tempfile.mkdtemp(prefix="nas-ray-")
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                         _temp_dir=str(Path(temp).resolve()), _node_ip_address="127.0.0.1",
+                         **kwargs)
+            self._owns = True
+        self._remote = ray.remote(max_retries=0, retry_exceptions=False)(_ray_entry)
+        self._refs: dict[Any, Key] = {}
+        self._lock = threading.Lock()
+
+    def _nodes(self) -> list[dict[str, float]]:
+        return [dict(n.get("Resources", {})) for n in self._ray.nodes() if n.get("Alive")]
+
+    def check_feasible(self, resources: Resources) -> None:
+        nodes = self._nodes()
+        fits = [n for n in nodes if n.get("CPU", 0.0) >= resources.num_cpus
+                and n.get("GPU", 0.0) >= resources.num_gpus]
+        if fits:
+            return
+        total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+        total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+        best_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        best_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        raise InfeasibleResources(
+            f"resources: a child asks for num_cpus={resources.num_cpus:g}, "
+            f"num_gpus={resources.num_gpus:g}, but no node of the Ray cluster has that much "
+            f"(largest node: {best_cpu:g} CPUs, {best_gpu:g} GPUs; cluster: {total_cpu:g} CPUs, "
+            f"{total_gpu:g} GPUs in {len(nodes)} nodes). Lower --cpus-per-child / "
+            f"--gpus-per-child, or add larger workers to the cluster.")
+
+    def capacity(self, resources: Resources) -> int:
+        total = 0
+        for node in self._nodes():
+            fits = [int(node.get("CPU", 0.0) // resources.num_cpus)] if resources.num_cpus else []
+            if resources.num_gpus:
+                fits.append(int(node.get("GPU", 0.0) / resources.num_gpus + 1e-9))
+            total += min(fits) if fits else 0
+        return total
+
+    def submit(self, task: wk.TrialTask, controller: str) -> None:
+        res = codec.resources_from_proto(task.resources)
+        key = (task.trial.trial_id, task.trial.attempt)
+        ref = self._remote.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                   name=f"trial {key[0]} attempt {key[1]}").remote(
+            task.SerializeToString(), controller)
+        with self._lock:
+            self._refs[ref] = key
+
+    def wait(self, timeout: float) -> list[Finished]:
+        with self._lock:
+            refs = list(self._refs)
+        if not refs:
+            return []
+        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        finished = []
+        for ref in ready:
+            with self._lock:
+                key = self._refs.pop(ref, None)
+            if key is not None:
+                finished.append(self._finished(ref, key))
+        return finished
+
+    def _finished(self, ref: Any, key: Key) -> Finished:
+        exceptions = self._ray.exceptions
+        try:
+            self._ray.get(ref, timeout=30)
+        except exceptions.TaskCancelledError:
+            return Finished(*key, lost=False, reason="cancelled")
+        except exceptions.RayTaskError as exc:  # the attempt raised: it could not report
+            return Finished(*key, lost=True, reason=f"the attempt raised: "
+                                                    f"{str(exc.cause or exc).splitlines()[0]}")
+        except exceptions.RayError as exc:  # worker or node died, out of memory, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Finished(*key, lost=True, reason=f"{type(exc).__name__}: {first}")
+        return Finished(*key, lost=False)
+
+    def cancel(self, trial_id: str, attempt: int) -> None:
+        with self._lock:
+            refs = [r for r, k in self._refs.items() if k == (trial_id, attempt)]
+        for ref in refs:
+            self._ray.cancel(ref, force=True)
+
+    def running(self) -> list[Key]:
+        with self._lock:
+            return list(self._refs.values())
+
+    def close(self) -> None:
+        with self._lock:
+            refs = list(self._refs)
+            self._refs.clear()
+        for ref in refs:
+            self._ray.cancel(ref, force=True)
+        if self._owns:
+            self._ray.shutdown()

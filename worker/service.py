@@ -1,0 +1,98 @@
+"""The worker service: leases trials from the controller and runs them on a Scheduler (Ray).
+
+Loop: lease up to the free capacity (telling the controller what runs here, so it can name
+attempts to cancel) -> submit -> collect ended attempts. An attempt whose process died is
+reported lost (the controller retries it with a new attempt number); one that asks for more than
+any machine has is reported lost and not retryable, so it fails at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from protos import codec
+from protos.errors import NasError
+from protos.types import Resources
+from worker.reporting import TrialReporter
+from worker.scheduler import Finished, InfeasibleResources, Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    """Feeds ``scheduler`` with trials of the controller at ``controller`` (host:port)."""
+
+    def __init__(self, scheduler: Scheduler, controller: str, worker_id: str | None = None,
+                 poll_seconds: float = 0.5, max_slots: int | None = None) -> None:
+        self.scheduler = scheduler
+        self.controller = controller
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.poll_seconds = poll_seconds
+        self.max_slots = max_slots
+        self.reporter = TrialReporter(controller)
+        self.lost_reported = 0
+        self._last_resources = Resources()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> WorkerService:
+        """Run the loop in a background thread."""
+        self._thread = threading.Thread(target=self.run, name="worker-service", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop leasing and leave the loop (running attempts are the scheduler's to close)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.reporter.close()
+
+    def run(self) -> None:
+        """Serve until ``stop``."""
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except NasError as exc:  # the controller is away or refused: wait and go on
+                log.warning("worker service: %s", exc)
+                self._stop.wait(1.0)
+
+    def free_slots(self) -> int:
+        """How many more attempts to take now."""
+        slots = self.scheduler.capacity(self._last_resources)
+        if self.max_slots is not None:
+            slots = min(slots, self.max_slots)
+        return max(0, slots - len(self.scheduler.running()))
+
+    def step(self) -> None:
+        """One lease, submit, collect round."""
+        free = self.free_slots()
+        lease = self.reporter.lease(self.worker_id, free, self.poll_seconds if free else 0.0,
+                                    self.scheduler.running())
+        for attempt in lease.cancel:
+            self.scheduler.cancel(attempt.trial_id, attempt.attempt)
+        for task in lease.tasks:
+            key = (task.trial.trial_id, task.trial.attempt)
+            try:
+                resources = codec.resources_from_proto(task.resources)
+                self._last_resources = resources
+                self.scheduler.check_feasible(resources)
+            except (InfeasibleResources, NasError) as exc:
+                self._report_lost(Finished(*key, lost=True, reason=str(exc)), retryable=False)
+                continue
+            self.scheduler.submit(task, self.controller)
+        # full: wait for an attempt to end; else the lease's long poll already waited
+        for ended in self.scheduler.wait(0.0 if free else self.poll_seconds):
+            if ended.lost:
+                self._report_lost(ended)
+
+    def _report_lost(self, ended: Finished, retryable: bool = True) -> None:
+        log.warning("trial %s attempt %d lost: %s", ended.trial_id, ended.attempt, ended.reason)
+        try:
+            self.reporter.lost(ended.trial_id, ended.attempt, ended.reason, retryable)
+            self.lost_reported += 1
+        except NasError as exc:  # e.g. the trial is gone: nothing to retry
+            log.warning("could not report the lost attempt: %s", exc)
