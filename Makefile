@@ -43,6 +43,8 @@ test: lint $(FMNIST)
 bench: $(STAMP)
 	$(BIN)/python -m bench.nb201 --seeds 100
 	$(BIN)/python -m bench.fashion
+	$(BIN)/python -m bench.paramserver
+	$(BIN)/python -m bench.orchestration
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     services = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
     services.add_parser("paramserver", help="a parameter-server shard (options: "
                         "`nas serve paramserver --help`)")
+    services.add_parser("worker", help="a worker service: trains a controller's trials on Ray "
+                        "(options: `nas serve worker --help`)")
     return parser
 
 
@@ -38,11 +40,20 @@ def _paramserver_main(argv: list[str]) -> int:
     return paramserver_main(argv)
 
 
+def _worker_main(argv: list[str]) -> int:
+    from worker.__main__ import main as worker_main
+
+    return worker_main(argv)
+
+
+SERVICES = {"paramserver": _paramserver_main, "worker": _worker_main}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input exits 2 with one line naming the field, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["serve", "paramserver"]:  # the service parses its own options
-        return _paramserver_main(argv[2:])
+    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in SERVICES:
+        return SERVICES[argv[1]](argv[2:])  # each service parses its own options
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

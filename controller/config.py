@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from controller.early_stopping import EARLY_STOPPING
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
@@ -77,6 +78,19 @@ class SearchConfig:
     sync_pushes: int | None = None  # None: one push per replica (K)
     checkpoint_every: int = 10
     replicas_per_process: int = 1  # replicas run as threads of one process (large K)
+    # Ray workers (evaluator "train"): children trained by Ray tasks, results over gRPC
+    workers: int = 0  # children trained at once on Ray (0: in this process, one at a time)
+    ray_address: str | None = None  # a running Ray cluster (None: a private local Ray)
+    cpus_per_child: float = 1.0
+    gpus_per_child: float | None = None  # None: 0.25 when the Ray cluster has GPUs, else 0
+    max_attempts: int = 3  # attempts per trial when worker processes die or go silent
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout: float = 60.0
+    early_stopping: str = "none"  # none | median | asha
+    grace_epochs: int = 1  # early stopping: epochs every child trains before it may be stopped
+    asha_eta: int = 3
+    median_min_trials: int = 3
+    metrics_port: int | None = None  # serve the trial metrics while the search runs (0: free)
 
     def __post_init__(self) -> None:
         _one_of("space", self.space, SPACE_NAMES)
@@ -98,14 +112,17 @@ class SearchConfig:
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
-                          ("replicas_per_process", 1)):
+                          ("replicas_per_process", 1), ("workers", 0), ("max_attempts", 1),
+                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
             raise ConfigError(f"tournament: must be <= population ({self.population}), "
                               f"got {self.tournament}")
         for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
-                     "weight_decay", "label_smoothing", "drop_path", "simulate_seconds"):
+                     "weight_decay", "label_smoothing", "drop_path", "simulate_seconds",
+                     "cpus_per_child", "gpus_per_child", "heartbeat_seconds",
+                     "heartbeat_timeout"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name}: must be a finite number, got {value}")
@@ -113,9 +130,10 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {value}")
-        for name in ("weight_decay", "simulate_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "simulate_seconds", "cpus_per_child", "gpus_per_child"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {value}")
         for name in ("label_smoothing", "drop_path"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -125,6 +143,8 @@ class SearchConfig:
         if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
             raise ConfigError(f"baseline_decay: must be in [0, 1), got {self.baseline_decay}")
         _one_of("update_policy", self.update_policy, ("async", "sync"))
+        _one_of("early_stopping", self.early_stopping, EARLY_STOPPING)
+        self._check_workers()
         if self.distributed and self.strategy != "reinforce":
             raise ConfigError(f"strategy: --shards/--replicas/--redis distribute the REINFORCE "
                               f"controller; {self.strategy!r} has no parameters to shard")
@@ -136,6 +156,34 @@ class SearchConfig:
         else:
             _one_of("dataset", self.dataset, TRAIN_DATASETS)
 
+
+    def _check_workers(self) -> None:
+        if self.cpus_per_child == 0 and not self.gpus_per_child:
+            raise ConfigError("cpus_per_child: a child needs some CPU (or set gpus_per_child)")
+        if not 0 < self.heartbeat_seconds < self.heartbeat_timeout:
+            raise ConfigError(f"heartbeat_timeout: must exceed heartbeat_seconds "
+                              f"({self.heartbeat_seconds}), got {self.heartbeat_timeout}")
+        if self.ray_address is not None and self.workers == 0:
+            raise ConfigError("workers: with --ray-address, say how many children to train at "
+                              "once (--workers N)")
+        if self.workers and self.evaluator != "train":
+            raise ConfigError(f"workers: Ray workers train children (--evaluator train); the "
+                              f"{self.evaluator} evaluator looks results up (use --parallel)")
+        if self.workers and self.distributed:
+            raise ConfigError("workers: --workers runs with one controller process; drop "
+                              "--shards/--replicas/--redis (each replica trains in-process)")
+        if self.metrics_port is not None and not (self.workers and 0 <= self.metrics_port
+                                                  <= 65535):
+            raise ConfigError(f"metrics_port: a port in [0, 65535] for the trial metrics of "
+                              f"--workers, got {self.metrics_port}")
+        if self.early_stopping != "none":
+            if not self.workers:
+                raise ConfigError("early_stopping: children report their epochs to the "
+                                  "controller through Ray workers: add --workers N")
+            if self.epochs <= self.grace_epochs:
+                raise ConfigError(f"early_stopping: children train {self.epochs} epochs, no "
+                                  f"more than grace_epochs ({self.grace_epochs}): nothing to "
+                                  f"stop; raise --epochs")
 
     @property
     def distributed(self) -> bool:

@@ -22,11 +22,16 @@ from controller.config import (
     load_spec,
 )
 from controller.distributed.launcher import run_local_cluster
+from controller.early_stopping import EARLY_STOPPING
+from controller.evaluators.base import Evaluator
 from controller.factory import build_evaluator, build_space, build_strategy
+from controller.local_training import TrainEvaluator
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
-from controller.search import SearchOutcome, run_search
+from controller.ray_training import ray_workers
+from controller.search import ProgressFn, SearchOutcome, run_search
 from controller.spaces import SPACE_NAMES
+from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 
 EPILOG = """examples:
@@ -111,6 +116,31 @@ def add_parser(sub: Any) -> None:
                    help="shards checkpoint to Redis every N updates (10)")
     g.add_argument("--replicas-per-process", type=int,
                    help="run replicas as threads, this many per process (1; for large K)")
+    g = p.add_argument_group("Ray workers (--evaluator train): children trained in parallel, "
+                             "results reported over gRPC")
+    g.add_argument("--workers", type=int, help="children trained at once by Ray tasks (0: one "
+                   "at a time in this process); at least this many are sampled per round")
+    g.add_argument("--ray-address", help="a running Ray cluster, e.g. 10.0.0.5:6380 (default: "
+                   "a private local Ray on loopback)")
+    g.add_argument("--cpus-per-child", type=float, help="CPUs (and torch threads) per child (1)")
+    g.add_argument("--gpus-per-child", type=float, help="GPUs per child; 0.25 packs four on one "
+                   "GPU (default 0.25 when the cluster has GPUs, else 0)")
+    g.add_argument("--max-attempts", type=int, help="attempts per child when its worker process "
+                   "dies or stops heartbeating (3); a child that fails by itself is not retried")
+    g.add_argument("--heartbeat-seconds", type=float, help="workers report this often (5)")
+    g.add_argument("--heartbeat-timeout", type=float,
+                   help="a child silent this long is presumed lost and retried (60)")
+    g.add_argument("--early-stopping", choices=EARLY_STOPPING,
+                   help="stop children that learn badly: median (Vizier's median stopping "
+                        "rule) or asha (successive halving); the budget is charged only the "
+                        "epochs trained (none)")
+    g.add_argument("--grace-epochs", type=int,
+                   help="early stopping: epochs every child trains first (1)")
+    g.add_argument("--asha-eta", type=int, help="asha: keep the top 1/eta at each rung (3)")
+    g.add_argument("--median-min-trials", type=int,
+                   help="median: finished children needed before stopping any (3)")
+    g.add_argument("--metrics-port", type=int, help="serve the trial metrics (nas_trials_*) at "
+                   "http://127.0.0.1:PORT/metrics while the search runs (0: a free port)")
     g = p.add_argument_group("run")
     g.add_argument("--budget", type=int, help="child trainings to spend (100)")
     g.add_argument("--seed", type=int, help="random seed; same seed, same result (0)")
@@ -149,9 +179,12 @@ def run(args: argparse.Namespace) -> int:
         bar.update(trainings - bar.n)
 
     layout: dict[str, Any] | None = None
+    workers: dict[str, Any] | None = None
     try:
         if cfg.distributed:
             outcome, layout = run_local_cluster(cfg, space, evaluator, progress_to)
+        elif cfg.workers:
+            outcome, workers = _search_on_ray(cfg, space, strategy, evaluator, progress)
         else:
             outcome = run_search(space, strategy, evaluator, cfg.budget,
                                  failure_reward=cfg.failure_reward,
@@ -163,9 +196,26 @@ def run(args: argparse.Namespace) -> int:
     doc = result_json(cfg, outcome, evaluator.describe())
     if layout is not None:
         doc["layout"] = layout
+    if workers is not None:
+        doc["workers"] = workers
     path = write_result(out_dir, doc)
     print(summary(cfg, outcome, path))
     return 0
+
+
+def _search_on_ray(cfg: SearchConfig, space: SearchSpace, strategy: Strategy,
+                   evaluator: Evaluator, progress: ProgressFn
+                   ) -> tuple[SearchOutcome, dict[str, Any]]:
+    """The search with children trained by Ray tasks reporting over gRPC."""
+    assert isinstance(evaluator, TrainEvaluator)  # the config allows workers only with train
+    with ray_workers(cfg, evaluator, cfg.metrics_port) as running:
+        if running.metrics_url:
+            print(f"trial metrics: {running.metrics_url}", file=sys.stderr, flush=True)
+        outcome = run_search(space, strategy, running.evaluator, cfg.budget,
+                             failure_reward=cfg.failure_reward,
+                             max_idle_proposals=cfg.max_idle_proposals, on_progress=progress,
+                             parallel=cfg.workers)
+        return outcome, running.summary()
 
 
 def result_json(cfg: SearchConfig, outcome: SearchOutcome,
@@ -178,6 +228,7 @@ def result_json(cfg: SearchConfig, outcome: SearchOutcome,
                  "test_accuracy": outcome.best_test_accuracy},
         "budget": cfg.budget,
         "trainings": outcome.trainings,
+        "budget_charged": round(outcome.charged, 4),
         "cache_hits": outcome.cache_hits,
         "wall_seconds": round(outcome.wall_seconds, 3),
         "stopped_reason": outcome.stopped_reason,

@@ -1,0 +1,283 @@
+"""Children trained by real Ray tasks (a local Ray, 2 CPUs) on a slice of Fashion-MNIST, with
+results reported over real gRPC: parallel children, a SIGKILLed worker process, a worker that
+stops heartbeating, replayed reports, early stopping, and the `nas` entry points."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.early_stopping import EarlyStopper, SuccessiveHalving
+from controller.spaces import create_space
+from controller.trials.board import TrialBoard, TrialOutcome
+from controller.trials.servicer import RunningTrialReport, serve_trial_reports
+from protos.types import Resources, SearchSpaceSpec, Trial, TrialStatus, Workload
+from worker.reporting import TrialReporter
+from worker.scheduler import RAY_LOOPBACK_ENV, InfeasibleResources, RayScheduler
+from worker.service import WorkerService
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|"
+        "skip_connect~2|")
+SPACE = create_space(SearchSpaceSpec("nb201"))
+RECIPE = {"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "seed": 0, "device": "cpu"}
+WAIT_S = 180.0  # every wait on Ray is bounded
+
+
+def _ray_env(home: Path) -> dict[str, str]:
+    """Loopback-only Ray settings (DEVELOPERS.md), for this process and subprocesses."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("{}\n")
+    return {**RAY_LOOPBACK_ENV, "HOME": str(home)}
+
+
+@pytest.fixture(scope="module")
+def ray_local(fashion_mnist_installed: Path) -> Iterator[None]:
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="nas-rt-"))
+    saved = {k: os.environ.get(k) for k in ("HOME", *RAY_LOOPBACK_ENV)}
+    os.environ.update(_ray_env(tmp / "home"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"),
+             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class Rig:
+    """Board + TrialReport server + Ray scheduler + worker service, all real."""
+
+    board: TrialBoard
+    server: RunningTrialReport
+    scheduler: RayScheduler
+    service: WorkerService
+    weights: Path
+
+    def workload(self, **recipe: Any) -> Workload:
+        return Workload("fashion-mnist", {"cells": 1, "filters": 4}, {**RECIPE, **recipe},
+                        str(self.weights), train_subset=512, val_subset=256)
+
+    def submit(self, trial_id: str, arch: str = GOOD, **recipe: Any) -> Any:
+        trial = Trial(trial_id, SPACE.from_string(arch), (), "")
+        return self.board.submit(trial, self.workload(**recipe), Resources(1.0, 0.0))
+
+    def wait_started(self, trial_id: str, attempt: int = 1) -> int:
+        """The pid of the process running ``trial_id``'s attempt, once it reported its start."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            current, worker = self.board.attempt(trial_id)
+            if current == attempt and worker:
+                return int(worker.rsplit(":", 1)[1])
+            time.sleep(0.05)
+        raise AssertionError(f"{trial_id} attempt {attempt} never started")
+
+
+def _wait(handle: Any) -> TrialOutcome:
+    outcome = handle.wait(WAIT_S)
+    assert outcome is not None, "no result within the deadline"
+    return outcome
+
+
+@pytest.fixture
+def rig(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    options = getattr(request, "param", {})
+    stopper: EarlyStopper | None = options.get("stopper")
+    board = TrialBoard(max_attempts=3, heartbeat_seconds=0.5,
+                       heartbeat_timeout=options.get("heartbeat_timeout", 30.0),
+                       start_timeout=120.0, stopper=stopper)
+    server = serve_trial_reports(board)
+    scheduler = RayScheduler()
+    service = WorkerService(scheduler, server.address, poll_seconds=0.2).start()
+    try:
+        yield Rig(board, server, scheduler, service, tmp_path / "weights")
+    finally:
+        board.close()
+        service.stop()
+        for trial_id, attempt in scheduler.running():
+            scheduler.cancel(trial_id, attempt)
+        scheduler.wait(10)
+        server.stop()
+
+
+def test_two_children_train_in_parallel_and_report_over_grpc(rig: Rig) -> None:
+    handles = [rig.submit("a"), rig.submit("b")]
+    outcomes = [_wait(h) for h in handles]
+    assert all(o.result.status is TrialStatus.SUCCEEDED for o in outcomes)
+    assert all(0 < o.result.reward <= 1 for o in outcomes)
+    assert len({o.worker for o in outcomes}) == 2  # two processes
+    a, b = outcomes
+    assert a.started_at is not None and b.started_at is not None
+    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # overlapping
+    assert all(Path(o.artifacts["weights"]).is_file() for o in outcomes)
+    # A replayed result (an acknowledgement lost on the way back) changes nothing.
+    reporter = TrialReporter(rig.server.address)
+    try:
+        replay = reporter.result("a", 1, a.result, a.artifacts)
+    finally:
+        reporter.close()
+    assert replay.duplicate and not replay.accepted
+    assert rig.board.counters.succeeded == 2 and rig.board.counters.duplicates == 1
+
+
+def test_a_sigkilled_worker_process_is_retried_and_no_trial_is_lost(rig: Rig) -> None:
+    handles = {t: rig.submit(t, epochs=3) for t in ("k", "x", "y")}
+    pid = rig.wait_started("k")
+    os.kill(pid, signal.SIGKILL)
+    outcomes = {t: _wait(h) for t, h in handles.items()}
+    assert all(o.result.status is TrialStatus.SUCCEEDED for o in outcomes.values())
+    killed = outcomes["k"]
+    assert killed.attempts == 2 and len(killed.lost) == 1
+    assert killed.worker != f"{os.uname().nodename}:{pid}"
+    assert rig.board.counters.retried_lost == 1
+    # exactly one result per trial: three accepted, none counted twice
+    assert rig.board.counters.succeeded == 3 and rig.board.counters.failed == 0
+
+
+@pytest.mark.parametrize("rig", [{"heartbeat_timeout": 3.0}], indirect=True)
+def test_a_worker_that_stops_heartbeating_is_timed_out_and_retried(rig: Rig) -> None:
+    handle = rig.submit("frozen", epochs=3)
+    pid = rig.wait_started("frozen")
+    os.kill(pid, signal.SIGSTOP)  # alive but silent
+    try:
+        outcome = _wait(handle)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # Ray's cancel may have killed it
+            os.kill(pid, signal.SIGKILL)
+    assert outcome.result.status is TrialStatus.SUCCEEDED
+    assert outcome.attempts == 2 and "no heartbeat" in outcome.lost[0]
+    assert rig.board.counters.retried_timeout == 1
+
+
+@pytest.mark.parametrize(
+    "rig", [{"stopper": SuccessiveHalving(max_epochs=3, grace_epochs=1, eta=2)}], indirect=True)
+def test_early_stopping_stops_the_child_that_learns_badly(rig: Rig) -> None:
+    # A reference child trains all 3 epochs and sets the rungs (after 1 and 2 epochs).
+    first = _wait(rig.submit("ref", epochs=3))
+    assert first.result.metrics["epochs"] == 3 and first.stopped_at_epoch is None
+    # The same child again (deterministic on the CPU: the same accuracies, never below the
+    # cutoff) and one whose learning rate is too small to learn anything.
+    same, slow = rig.submit("same", epochs=3), rig.submit("slow", epochs=3, learning_rate=1e-6)
+    kept, stopped = _wait(same), _wait(slow)
+    assert kept.stopped_at_epoch is None and kept.result.metrics["epochs"] == 3
+    assert kept.result.reward == first.result.reward
+    assert stopped.stopped_at_epoch == 1
+    assert stopped.result.metrics["epochs"] == 1  # the worker really stopped training
+    assert stopped.result.metrics["stopped_early"] == 1
+    assert rig.board.counters.stopped_early == 1
+
+
+def test_a_child_that_fails_by_itself_is_reported_failed_and_not_retried(rig: Rig) -> None:
+    outcome = _wait(rig.submit("nan", learning_rate=1e30))
+    assert outcome.result.status is TrialStatus.FAILED
+    assert "non-finite" in outcome.result.error and outcome.attempts == 1
+
+
+def test_an_infeasible_request_fails_fast_with_the_fix(ray_local: None) -> None:
+    scheduler = RayScheduler()
+    with pytest.raises(InfeasibleResources, match=r"num_gpus=1.*--gpus-per-child"):
+        scheduler.check_feasible(Resources(1.0, 1.0))
+    assert scheduler.capacity(Resources(1.0, 0.0)) == 2
+    assert scheduler.capacity(Resources(0.5, 0.0)) == 4
+
+
+def test_an_infeasible_trial_fails_at_once_instead_of_hanging(rig: Rig) -> None:
+    trial = Trial("big", SPACE.from_string(GOOD), (), "")
+    outcome = _wait(rig.board.submit(trial, rig.workload(), Resources(1.0, 2.0)))
+    assert outcome.result.status is TrialStatus.FAILED and outcome.attempts == 1
+    assert "no node of the Ray cluster" in outcome.result.error
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, **_ray_env(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+
+
+def test_nas_search_with_two_workers_trains_children_through_ray(tmp_path: Path,
+                                                                fashion_mnist_installed: Path
+                                                                ) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "controller", "search", "--space", "nb201", "--evaluator",
+           "train", "--budget", "3", "--epochs", "2", "--train-subset", "512", "--val-subset",
+           "256", "--filters", "4", "--workers", "2", "--early-stopping", "median",
+           "--median-min-trials", "1", "--metrics-port", "0", "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trial metrics: http://127.0.0.1:" in proc.stderr
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["workers"]["succeeded"] == doc["trainings"] >= 3
+    assert doc["budget_charged"] <= 3
+    assert doc["best"]["test_accuracy"] is not None
+    for entry in doc["history"]:
+        assert entry["metrics"]["attempts"] == 1
+        assert Path(entry["artifacts"]["weights"]).is_file()
+
+
+def test_nas_search_refuses_workers_without_training(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "controller", "search", "--evaluator", "nb201",
+                           "--workers", "2", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "workers:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nas_serve_worker_trains_a_controllers_trials_and_stops_cleanly(
+        tmp_path: Path, fashion_mnist_installed: Path) -> None:
+    board = TrialBoard(heartbeat_seconds=0.5, heartbeat_timeout=60.0)
+    server = serve_trial_reports(board)
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "worker",
+                             "--controller", server.address, "--num-cpus", "2"],
+                            env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        workload = Workload("fashion-mnist", {"cells": 1, "filters": 4}, RECIPE,
+                            str(tmp_path / "w"), train_subset=512, val_subset=256)
+        handles = [board.submit(Trial(f"s{i}", SPACE.from_string(GOOD), (), ""), workload,
+                                Resources()) for i in range(2)]
+        outcomes = [h.wait(WAIT_S) for h in handles]
+        assert all(o is not None and o.result.status is TrialStatus.SUCCEEDED
+                   for o in outcomes)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        board.close()
+        server.stop()
+    assert proc.returncode == 0, output[-3000:]
+    assert "worker service stopped" in output
+    # no orphans: nothing of its process group (Ray's processes included) is left
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
+
+def test_orchestration_benchmark_runs(ray_local: None, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    from bench import orchestration
+
+    code = orchestration.main(["--children", "4", "--workers", "2", "--epochs", "1",
+                               "--train-subset", "256", "--no-write"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| dispatch (submit -> worker started) |" in out and "of a 60 s child" in out
