@@ -55,6 +55,8 @@ class ShardedParameterClient:
         return call_with_retry(fn, self.retry_for)
 
     def _each(self, fn: Callable[[int], T]) -> list[T]:
+        if self.layout.num_shards == 1:  # no thread hand-off for a single shard
+            return [self._call(lambda: fn(0))]
         return list(self._pool.map(lambda i: self._call(lambda: fn(i)),
                                    range(self.layout.num_shards)))
 
