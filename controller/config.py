@@ -82,7 +82,7 @@ class SearchConfig:
     workers: int = 0  # children trained at once on Ray (0: in this process, one at a time)
     ray_address: str | None = None  # a running Ray cluster (None: a private local Ray)
     cpus_per_child: float = 1.0
-    gpus_per_child: float | None = None  # None: 0.25 when the Ray cluster has GPUs, else 0
+    gpus_per_child: float | None = None  # None: 0.125 when the Ray cluster has GPUs, else 0
     max_attempts: int = 3  # attempts per trial when worker processes die or go silent
     heartbeat_seconds: float = 5.0
     heartbeat_timeout: float = 60.0

@@ -25,7 +25,10 @@ from protos.types import Resources, Workload
 from worker.scheduler import InfeasibleResources, RayScheduler
 from worker.service import WorkerService
 
-DEFAULT_GPU_SHARE = 0.25  # children packed per GPU by default: 4 (see BENCHMARKS.md)
+# Children packed per GPU by default: 8. The one measurement so far (issue 5, an H200, a
+# NASNet-search child): 8 packed processes 6,819 images/s > 4 packed 6,126 > 1 child 2,429.
+# bench/gpu_children.py re-measures it on the GPU at hand.
+DEFAULT_GPU_SHARE = 0.125
 
 
 def workload_of(local: TrainEvaluator) -> Workload:

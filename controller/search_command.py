@@ -124,7 +124,7 @@ def add_parser(sub: Any) -> None:
                    "a private local Ray on loopback)")
     g.add_argument("--cpus-per-child", type=float, help="CPUs (and torch threads) per child (1)")
     g.add_argument("--gpus-per-child", type=float, help="GPUs per child; 0.25 packs four on one "
-                   "GPU (default 0.25 when the cluster has GPUs, else 0)")
+                   "GPU (default 0.125 when the cluster has GPUs, else 0)")
     g.add_argument("--max-attempts", type=int, help="attempts per child when its worker process "
                    "dies or stops heartbeating (3); a child that fails by itself is not retried")
     g.add_argument("--heartbeat-seconds", type=float, help="workers report this often (5)")
