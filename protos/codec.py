@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
+from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
 
 from protos import types
 from protos.errors import InvalidArgumentError
@@ -87,6 +89,8 @@ def trial_result_from_proto(msg: pb.TrialResult) -> types.TrialResult:
                              error=msg.error)
 
 
+T = TypeVar("T", bound=Message)
+
 _POLICY_TO_PB = {types.UpdatePolicy.ASYNC: ps.UPDATE_POLICY_ASYNC,
                  types.UpdatePolicy.SYNC: ps.UPDATE_POLICY_SYNC}
 _POLICY_FROM_PB = {v: k for k, v in _POLICY_TO_PB.items()}
@@ -144,29 +148,50 @@ def resources_from_proto(msg: wk.Resources) -> types.Resources:
         raise InvalidArgumentError(f"resources.{exc}") from None
 
 
+_MODEL_FIELDS = ("cells", "filters", "drop_path", "aux_head")
+_RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing",
+                  "lr_schedule", "grad_clip", "reward", "cube_reward", "seed", "aux_weight",
+                  "device")
+
+
+def _typed(msg_type: type[T], values: Mapping[str, object], known: tuple[str, ...],
+           name: str) -> T:
+    unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values))
+    if unknown or missing:
+        raise InvalidArgumentError(f"workload.{name}: unknown fields {unknown}, missing fields "
+                                   f"{missing}; the wire carries exactly {', '.join(known)}")
+    try:
+        return msg_type(**{k: v for k, v in values.items() if v is not None})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"workload.{name}: {exc}") from None
+
+
+def _fields(msg: Message, known: tuple[str, ...]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key in known:
+        if msg.DESCRIPTOR.fields_by_name[key].has_presence and not msg.HasField(key):
+            out[key] = None  # an unset optional: e.g. no gradient clipping
+        else:
+            out[key] = getattr(msg, key)
+    return out
+
+
 def workload_to_proto(w: types.Workload) -> wk.Workload:
-    """Encode a workload (model and recipe as JSON objects)."""
+    """Encode a workload; a model or recipe key the wire does not know is INVALID_ARGUMENT."""
     return wk.Workload(dataset=w.dataset, data_dir=w.data_dir or "",
                        train_subset=w.train_subset or 0, val_subset=w.val_subset or 0,
-                       data_seed=w.data_seed, model_json=json.dumps(dict(w.model)),
-                       recipe_json=json.dumps(dict(w.recipe)), weights_dir=w.weights_dir)
+                       data_seed=w.data_seed,
+                       model=_typed(wk.ChildSize, w.model, _MODEL_FIELDS, "model"),
+                       recipe=_typed(wk.TrainingRecipe, w.recipe, _RECIPE_FIELDS, "recipe"),
+                       weights_dir=w.weights_dir)
 
 
 def workload_from_proto(msg: wk.Workload) -> types.Workload:
     """Decode a workload; malformed fields are INVALID_ARGUMENT naming the field."""
-    parts: dict[str, dict[str, object]] = {}
-    for name in ("model_json", "recipe_json"):
-        try:
-            value = json.loads(getattr(msg, name) or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"workload.{name}: not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise InvalidArgumentError(f"workload.{name}: must be a JSON object")
-        parts[name] = value
     try:
-        return types.Workload(dataset=msg.dataset, model=parts["model_json"],
-                              recipe=parts["recipe_json"], weights_dir=msg.weights_dir,
-                              data_dir=msg.data_dir or None,
+        return types.Workload(dataset=msg.dataset, model=_fields(msg.model, _MODEL_FIELDS),
+                              recipe=_fields(msg.recipe, _RECIPE_FIELDS),
+                              weights_dir=msg.weights_dir, data_dir=msg.data_dir or None,
                               train_subset=msg.train_subset or None,
                               val_subset=msg.val_subset or None, data_seed=msg.data_seed)
     except ValueError as exc:

@@ -5,6 +5,7 @@ stops heartbeating, replayed reports, early stopping, and the `nas` entry points
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -27,12 +28,15 @@ from protos.types import Resources, SearchSpaceSpec, Trial, TrialStatus, Workloa
 from worker.reporting import TrialReporter
 from worker.scheduler import RAY_LOOPBACK_ENV, InfeasibleResources, RayScheduler
 from worker.service import WorkerService
+from worker.trainer import TrainRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|"
         "skip_connect~2|")
 SPACE = create_space(SearchSpaceSpec("nb201"))
-RECIPE = {"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "seed": 0, "device": "cpu"}
+RECIPE = dataclasses.asdict(TrainRecipe(epochs=1, batch_size=32, learning_rate=0.1, seed=0,
+                                      device="cpu"))
+MODEL = {"cells": 1, "filters": 4, "drop_path": 0.0, "aux_head": False}
 WAIT_S = 180.0  # every wait on Ray is bounded
 
 
@@ -74,7 +78,7 @@ class Rig:
     weights: Path
 
     def workload(self, **recipe: Any) -> Workload:
-        return Workload("fashion-mnist", {"cells": 1, "filters": 4}, {**RECIPE, **recipe},
+        return Workload("fashion-mnist", MODEL, {**RECIPE, **recipe},
                         str(self.weights), train_subset=512, val_subset=256)
 
     def submit(self, trial_id: str, arch: str = GOOD, **recipe: Any) -> Any:
@@ -249,7 +253,7 @@ def test_nas_serve_worker_trains_a_controllers_trials_and_stops_cleanly(
                             env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        workload = Workload("fashion-mnist", {"cells": 1, "filters": 4}, RECIPE,
+        workload = Workload("fashion-mnist", MODEL, RECIPE,
                             str(tmp_path / "w"), train_subset=512, val_subset=256)
         handles = [board.submit(Trial(f"s{i}", SPACE.from_string(GOOD), (), ""), workload,
                                 Resources()) for i in range(2)]

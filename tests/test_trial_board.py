@@ -3,6 +3,7 @@ result per trial, idempotent reports, bad input (a real server on a free loopbac
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.request
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ from controller.early_stopping import SuccessiveHalving
 from controller.trials.board import TrialBoard
 from controller.trials.servicer import RunningTrialReport, TrialMetrics, serve_trial_reports
 from protos import codec
-from protos.errors import FailedPreconditionError, NotFoundError
+from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from protos.types import (
     Architecture,
     Node,
@@ -27,8 +28,11 @@ from protos.types import (
 from protos.v1 import worker_pb2 as wk
 from protos.v1 import worker_pb2_grpc as wk_grpc
 from worker.reporting import TrialReporter
+from worker.trainer import TrainRecipe
 
-WORKLOAD = Workload("fashion-mnist", {"filters": 4}, {"epochs": 3}, "/tmp/weights")
+WORKLOAD = Workload("fashion-mnist", {"cells": 1, "filters": 4, "drop_path": 0.0,
+                                      "aux_head": False},
+                    dataclasses.asdict(TrainRecipe(epochs=3, grad_clip=None)), "/tmp/weights")
 ARCH = Architecture("nb201", (Node("edge", "skip_connect", (0,), attrs={"to": 1}),))
 
 
@@ -255,3 +259,10 @@ def test_metrics_http_endpoint_serves_the_board() -> None:
         http.shutdown()
         http.server_close()
     assert "nas_trials_queued 0.0" in body
+
+
+def test_workloads_cross_the_wire_typed_and_complete() -> None:
+    assert codec.workload_from_proto(codec.workload_to_proto(WORKLOAD)) == WORKLOAD
+    partial = Workload("fashion-mnist", {"filters": 4}, {"epochs": 3, "momentum": 0.9}, "/w")
+    with pytest.raises(InvalidArgumentError, match=r"workload.model: .*missing"):
+        codec.workload_to_proto(partial)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import common_pb2 as protos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/worker.proto\x12\x06nas.v1\x1a\x16protos/v1/common.proto\"/\n\tResources\x12\x10\n\x08num_cpus\x18\x01 \x01(\x01\x12\x10\n\x08num_gpus\x18\x02 \x01(\x01\"\xa8\x01\n\x08Workload\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_dir\x18\x02 \x01(\t\x12\x14\n\x0ctrain_subset\x18\x03 \x01(\x05\x12\x12\n\nval_subset\x18\x04 \x01(\x05\x12\x11\n\tdata_seed\x18\x05 \x01(\x03\x12\x12\n\nmodel_json\x18\x06 \x01(\t\x12\x13\n\x0brecipe_json\x18\x07 \x01(\t\x12\x13\n\x0bweights_dir\x18\x08 \x01(\t\"\x8e\x01\n\tTrialTask\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.nas.v1.Trial\x12\"\n\x08workload\x18\x02 \x01(\x0b\x32\x10.nas.v1.Workload\x12$\n\tresources\x18\x03 \x01(\x0b\x32\x11.nas.v1.Resources\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x01\"r\n\x0cLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nmax_trials\x18\x02 \x01(\x05\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12%\n\x07running\x18\x04 \x03(\x0b\x32\x14.nas.v1.TrialAttempt\"1\n\x0cTrialAttempt\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"W\n\rLeaseResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.nas.v1.TrialTask\x12$\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x14.nas.v1.TrialAttempt\"P\n\x0bStartReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"4\n\x0fHeartbeatReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"l\n\x0eProgressReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x05 \x01(\x01\"\xc0\x01\n\x0cResultReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.nas.v1.TrialResult\x12\x36\n\tartifacts\x18\x04 \x03(\x0b\x32#.nas.v1.ResultReport.ArtifactsEntry\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\nLostReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"b\n\tReportAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0c\n\x04stop\x18\x03 \x01(\x08\x12\x12\n\nsuperseded\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xe4\x02\n\x0bTrialReport\x12:\n\x0bLeaseTrials\x12\x14.nas.v1.LeaseRequest\x1a\x15.nas.v1.LeaseResponse\x12\x35\n\x0bReportStart\x12\x13.nas.v1.StartReport\x1a\x11.nas.v1.ReportAck\x12\x37\n\tHeartbeat\x12\x17.nas.v1.HeartbeatReport\x1a\x11.nas.v1.ReportAck\x12;\n\x0eReportProgress\x12\x16.nas.v1.ProgressReport\x1a\x11.nas.v1.ReportAck\x12\x37\n\x0cReportResult\x12\x14.nas.v1.ResultReport\x1a\x11.nas.v1.ReportAck\x12\x33\n\nReportLost\x12\x12.nas.v1.LostReport\x1a\x11.nas.v1.ReportAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/worker.proto\x12\x06nas.v1\x1a\x16protos/v1/common.proto\"/\n\tResources\x12\x10\n\x08num_cpus\x18\x01 \x01(\x01\x12\x10\n\x08num_gpus\x18\x02 \x01(\x01\"P\n\tChildSize\x12\r\n\x05\x63\x65lls\x18\x01 \x01(\x05\x12\x0f\n\x07\x66ilters\x18\x02 \x01(\x05\x12\x11\n\tdrop_path\x18\x03 \x01(\x01\x12\x10\n\x08\x61ux_head\x18\x04 \x01(\x08\"\x8c\x02\n\x0eTrainingRecipe\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x04 \x01(\x01\x12\x17\n\x0flabel_smoothing\x18\x05 \x01(\x01\x12\x13\n\x0blr_schedule\x18\x06 \x01(\t\x12\x16\n\tgrad_clip\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06reward\x18\x08 \x01(\t\x12\x13\n\x0b\x63ube_reward\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x12\n\naux_weight\x18\x0b \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\tB\x0c\n\n_grad_clip\"\xc9\x01\n\x08Workload\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_dir\x18\x02 \x01(\t\x12\x14\n\x0ctrain_subset\x18\x03 \x01(\x05\x12\x12\n\nval_subset\x18\x04 \x01(\x05\x12\x11\n\tdata_seed\x18\x05 \x01(\x03\x12 \n\x05model\x18\x06 \x01(\x0b\x32\x11.nas.v1.ChildSize\x12&\n\x06recipe\x18\x07 \x01(\x0b\x32\x16.nas.v1.TrainingRecipe\x12\x13\n\x0bweights_dir\x18\x08 \x01(\t\"\x8e\x01\n\tTrialTask\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.nas.v1.Trial\x12\"\n\x08workload\x18\x02 \x01(\x0b\x32\x10.nas.v1.Workload\x12$\n\tresources\x18\x03 \x01(\x0b\x32\x11.nas.v1.Resources\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x01\"r\n\x0cLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nmax_trials\x18\x02 \x01(\x05\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12%\n\x07running\x18\x04 \x03(\x0b\x32\x14.nas.v1.TrialAttempt\"1\n\x0cTrialAttempt\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"W\n\rLeaseResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.nas.v1.TrialTask\x12$\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x14.nas.v1.TrialAttempt\"P\n\x0bStartReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"4\n\x0fHeartbeatReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"l\n\x0eProgressReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x05 \x01(\x01\"\xc0\x01\n\x0cResultReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.nas.v1.TrialResult\x12\x36\n\tartifacts\x18\x04 \x03(\x0b\x32#.nas.v1.ResultReport.ArtifactsEntry\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\nLostReport\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"b\n\tReportAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0c\n\x04stop\x18\x03 \x01(\x08\x12\x12\n\nsuperseded\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xe4\x02\n\x0bTrialReport\x12:\n\x0bLeaseTrials\x12\x14.nas.v1.LeaseRequest\x1a\x15.nas.v1.LeaseResponse\x12\x35\n\x0bReportStart\x12\x13.nas.v1.StartReport\x1a\x11.nas.v1.ReportAck\x12\x37\n\tHeartbeat\x12\x17.nas.v1.HeartbeatReport\x1a\x11.nas.v1.ReportAck\x12;\n\x0eReportProgress\x12\x16.nas.v1.ProgressReport\x1a\x11.nas.v1.ReportAck\x12\x37\n\x0cReportResult\x12\x14.nas.v1.ResultReport\x1a\x11.nas.v1.ReportAck\x12\x33\n\nReportLost\x12\x12.nas.v1.LostReport\x1a\x11.nas.v1.ReportAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTREPORT_ARTIFACTSENTRY']._serialized_options = b'8\001'
   _globals['_RESOURCES']._serialized_start=58
   _globals['_RESOURCES']._serialized_end=105
-  _globals['_WORKLOAD']._serialized_start=108
-  _globals['_WORKLOAD']._serialized_end=276
-  _globals['_TRIALTASK']._serialized_start=279
-  _globals['_TRIALTASK']._serialized_end=421
-  _globals['_LEASEREQUEST']._serialized_start=423
-  _globals['_LEASEREQUEST']._serialized_end=537
-  _globals['_TRIALATTEMPT']._serialized_start=539
-  _globals['_TRIALATTEMPT']._serialized_end=588
-  _globals['_LEASERESPONSE']._serialized_start=590
-  _globals['_LEASERESPONSE']._serialized_end=677
-  _globals['_STARTREPORT']._serialized_start=679
-  _globals['_STARTREPORT']._serialized_end=759
-  _globals['_HEARTBEATREPORT']._serialized_start=761
-  _globals['_HEARTBEATREPORT']._serialized_end=813
-  _globals['_PROGRESSREPORT']._serialized_start=815
-  _globals['_PROGRESSREPORT']._serialized_end=923
-  _globals['_RESULTREPORT']._serialized_start=926
-  _globals['_RESULTREPORT']._serialized_end=1118
-  _globals['_RESULTREPORT_ARTIFACTSENTRY']._serialized_start=1070
-  _globals['_RESULTREPORT_ARTIFACTSENTRY']._serialized_end=1118
-  _globals['_LOSTREPORT']._serialized_start=1120
-  _globals['_LOSTREPORT']._serialized_end=1202
-  _globals['_REPORTACK']._serialized_start=1204
-  _globals['_REPORTACK']._serialized_end=1302
-  _globals['_TRIALREPORT']._serialized_start=1305
-  _globals['_TRIALREPORT']._serialized_end=1661
+  _globals['_CHILDSIZE']._serialized_start=107
+  _globals['_CHILDSIZE']._serialized_end=187
+  _globals['_TRAININGRECIPE']._serialized_start=190
+  _globals['_TRAININGRECIPE']._serialized_end=458
+  _globals['_WORKLOAD']._serialized_start=461
+  _globals['_WORKLOAD']._serialized_end=662
+  _globals['_TRIALTASK']._serialized_start=665
+  _globals['_TRIALTASK']._serialized_end=807
+  _globals['_LEASEREQUEST']._serialized_start=809
+  _globals['_LEASEREQUEST']._serialized_end=923
+  _globals['_TRIALATTEMPT']._serialized_start=925
+  _globals['_TRIALATTEMPT']._serialized_end=974
+  _globals['_LEASERESPONSE']._serialized_start=976
+  _globals['_LEASERESPONSE']._serialized_end=1063
+  _globals['_STARTREPORT']._serialized_start=1065
+  _globals['_STARTREPORT']._serialized_end=1145
+  _globals['_HEARTBEATREPORT']._serialized_start=1147
+  _globals['_HEARTBEATREPORT']._serialized_end=1199
+  _globals['_PROGRESSREPORT']._serialized_start=1201
+  _globals['_PROGRESSREPORT']._serialized_end=1309
+  _globals['_RESULTREPORT']._serialized_start=1312
+  _globals['_RESULTREPORT']._serialized_end=1504
+  _globals['_RESULTREPORT_ARTIFACTSENTRY']._serialized_start=1456
+  _globals['_RESULTREPORT_ARTIFACTSENTRY']._serialized_end=1504
+  _globals['_LOSTREPORT']._serialized_start=1506
+  _globals['_LOSTREPORT']._serialized_end=1588
+  _globals['_REPORTACK']._serialized_start=1590
+  _globals['_REPORTACK']._serialized_end=1688
+  _globals['_TRIALREPORT']._serialized_start=1691
+  _globals['_TRIALREPORT']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)

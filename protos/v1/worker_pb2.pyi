@@ -49,6 +49,99 @@ class Resources(_message.Message):
 Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
+class ChildSize(_message.Message):
+    """How big to build a child (the worker's ModelSpec; channels and classes come from the data)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    DROP_PATH_FIELD_NUMBER: _builtins.int
+    AUX_HEAD_FIELD_NUMBER: _builtins.int
+    cells: _builtins.int
+    """N, cells per stage"""
+    filters: _builtins.int
+    """F, the first stage's channels"""
+    drop_path: _builtins.float
+    """the largest ScheduledDropPath probability"""
+    aux_head: _builtins.bool
+    def __init__(
+        self,
+        *,
+        cells: _builtins.int = ...,
+        filters: _builtins.int = ...,
+        drop_path: _builtins.float = ...,
+        aux_head: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_head", b"aux_head", "cells", b"cells", "drop_path", b"drop_path", "filters", b"filters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildSize: _TypeAlias = ChildSize  # noqa: Y015
+
+@_typing.final
+class TrainingRecipe(_message.Message):
+    """How to train a child (the worker's TrainRecipe): SGD, Nesterov momentum, cosine schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
+    LABEL_SMOOTHING_FIELD_NUMBER: _builtins.int
+    LR_SCHEDULE_FIELD_NUMBER: _builtins.int
+    GRAD_CLIP_FIELD_NUMBER: _builtins.int
+    REWARD_FIELD_NUMBER: _builtins.int
+    CUBE_REWARD_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    AUX_WEIGHT_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    epochs: _builtins.int
+    batch_size: _builtins.int
+    learning_rate: _builtins.float
+    weight_decay: _builtins.float
+    label_smoothing: _builtins.float
+    lr_schedule: _builtins.str
+    """cosine-step | cosine-epoch"""
+    grad_clip: _builtins.float
+    """unset: no clipping"""
+    reward: _builtins.str
+    """last | max5"""
+    cube_reward: _builtins.bool
+    seed: _builtins.int
+    aux_weight: _builtins.float
+    device: _builtins.str
+    """auto | cpu | cuda | cuda:N"""
+    def __init__(
+        self,
+        *,
+        epochs: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
+        weight_decay: _builtins.float = ...,
+        label_smoothing: _builtins.float = ...,
+        lr_schedule: _builtins.str = ...,
+        grad_clip: _builtins.float | None = ...,
+        reward: _builtins.str = ...,
+        cube_reward: _builtins.bool = ...,
+        seed: _builtins.int = ...,
+        aux_weight: _builtins.float = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grad_clip", b"_grad_clip", "grad_clip", b"grad_clip"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grad_clip", b"_grad_clip", "aux_weight", b"aux_weight", "batch_size", b"batch_size", "cube_reward", b"cube_reward", "device", b"device", "epochs", b"epochs", "grad_clip", b"grad_clip", "label_smoothing", b"label_smoothing", "learning_rate", b"learning_rate", "lr_schedule", b"lr_schedule", "reward", b"reward", "seed", b"seed", "weight_decay", b"weight_decay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grad_clip: _TypeAlias = _typing.Literal["grad_clip"]  # noqa: Y015
+    _WhichOneofArgType__grad_clip: _TypeAlias = _typing.Literal["_grad_clip", b"_grad_clip"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grad_clip) -> _WhichOneofReturnType__grad_clip | None: ...
+
+Global___TrainingRecipe: _TypeAlias = TrainingRecipe  # noqa: Y015
+
+@_typing.final
 class Workload(_message.Message):
     """How to train the children of a job: the same for all of its trials."""
 
@@ -59,8 +152,8 @@ class Workload(_message.Message):
     TRAIN_SUBSET_FIELD_NUMBER: _builtins.int
     VAL_SUBSET_FIELD_NUMBER: _builtins.int
     DATA_SEED_FIELD_NUMBER: _builtins.int
-    MODEL_JSON_FIELD_NUMBER: _builtins.int
-    RECIPE_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
     WEIGHTS_DIR_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """fashion-mnist, cifar10"""
@@ -72,12 +165,12 @@ class Workload(_message.Message):
     """0: all"""
     data_seed: _builtins.int
     """the train/validation split"""
-    model_json: _builtins.str
-    """the child's size (ModelSpec fields: cells, filters, ...)"""
-    recipe_json: _builtins.str
-    """the training recipe (TrainRecipe fields: epochs, lr, ...)"""
     weights_dir: _builtins.str
     """where the trained weights go (shared with the controller)"""
+    @_builtins.property
+    def model(self) -> Global___ChildSize: ...
+    @_builtins.property
+    def recipe(self) -> Global___TrainingRecipe: ...
     def __init__(
         self,
         *,
@@ -86,13 +179,13 @@ class Workload(_message.Message):
         train_subset: _builtins.int = ...,
         val_subset: _builtins.int = ...,
         data_seed: _builtins.int = ...,
-        model_json: _builtins.str = ...,
-        recipe_json: _builtins.str = ...,
+        model: Global___ChildSize | None = ...,
+        recipe: Global___TrainingRecipe | None = ...,
         weights_dir: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "recipe", b"recipe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "data_seed", b"data_seed", "dataset", b"dataset", "model_json", b"model_json", "recipe_json", b"recipe_json", "train_subset", b"train_subset", "val_subset", b"val_subset", "weights_dir", b"weights_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "data_seed", b"data_seed", "dataset", b"dataset", "model", b"model", "recipe", b"recipe", "train_subset", b"train_subset", "val_subset", b"val_subset", "weights_dir", b"weights_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
