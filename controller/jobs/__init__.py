@@ -1,0 +1,1 @@
+"""Search jobs: the job store (an append-only journal per job) and its backends."""

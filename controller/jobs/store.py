@@ -1,0 +1,256 @@
+"""The job store: search jobs, their trials and results, as an append-only journal per job.
+
+Contract (every backend runs ``tests/test_job_store.py``):
+- Values are passed by value: what a method returns is a copy the caller may keep.
+- ``create`` a job id twice raises AlreadyExistsError; any call naming an unknown job raises
+  NotFoundError.
+- States move PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (PENDING may also end
+  directly); a move out of an ended state raises FailedPreconditionError. ``set_state`` to the
+  state a job is already in changes nothing.
+- A trial's result is recorded once: a second ``finish_trial`` for the same trial is a no-op
+  that returns False (a replay, or another attempt arriving late), never an overwrite.
+- Writes are atomic: a reader never sees half a write; concurrent writers of one job are
+  serialised (optimistic: each append names the journal length it read).
+
+The job's current view is the fold of its journal (``JobView.apply``); backends may store
+snapshots of the view to read less, but the journal stays the truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+
+STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+MOVES = {"PENDING": {"RUNNING", *ENDED}, "RUNNING": set(ENDED)}
+TRIAL_STATUSES = ("running", "succeeded", "failed")
+
+
+class ConflictError(RuntimeError):
+    """Another writer appended first; re-read and retry (handled inside the store)."""
+
+
+@dataclass
+class JobView:
+    """What a job's journal says now."""
+
+    job_id: str
+    owner: str
+    tenant: str
+    spec: dict[str, Any]
+    state: str = "PENDING"
+    reason: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # insertion-ordered
+    length: int = 0  # journal entries folded in
+
+    def apply(self, entry: Mapping[str, Any]) -> None:
+        """Fold one journal entry into the view."""
+        op, at = entry["op"], float(entry.get("at", 0.0))
+        if op == "state":
+            self.state, self.reason = entry["state"], entry.get("reason", "")
+        elif op == "trial":
+            self.trials.setdefault(entry["trial"]["trial_id"],
+                                   {**entry["trial"], "status": "running"})
+        elif op == "result":
+            trial = self.trials.setdefault(entry["trial_id"], {"trial_id": entry["trial_id"]})
+            if trial.get("status") in (None, "running"):
+                trial.update(entry["result"])
+        self.updated_at = max(self.updated_at, at)
+        self.length += 1
+
+    @classmethod
+    def from_journal(cls, entries: Iterable[Mapping[str, Any]]) -> JobView:
+        """Fold a whole journal (its first entry creates the job)."""
+        it = iter(entries)
+        first = next(it, None)
+        if first is None or first["op"] != "create":
+            raise ValueError("a job's journal must start with its create entry")
+        job = first["job"]
+        view = cls(job["job_id"], job["owner"], job["tenant"], copy.deepcopy(job["spec"]),
+                   created_at=float(first["at"]), updated_at=float(first["at"]), length=1)
+        for entry in it:
+            view.apply(entry)
+        return view
+
+    def to_json(self) -> dict[str, Any]:
+        """A snapshot of the view."""
+        return copy.deepcopy(vars(self))
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> JobView:
+        """Read back ``to_json``."""
+        return cls(**copy.deepcopy(dict(doc)))
+
+
+class JobStore(ABC):
+    """Jobs and their trials. See the module docstring for the contract."""
+
+    @abstractmethod
+    def create(self, job_id: str, owner: str, tenant: str, spec: Mapping[str, Any]) -> JobView:
+        """Record a new PENDING job."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobView:
+        """The job's current view."""
+
+    @abstractmethod
+    def jobs(self, tenant: str | None = None, state: str | None = None) -> list[JobView]:
+        """Jobs, oldest first, optionally of one tenant and in one state."""
+
+    @abstractmethod
+    def set_state(self, job_id: str, state: str, reason: str = "") -> JobView:
+        """Move the job to ``state`` (see the allowed moves)."""
+
+    @abstractmethod
+    def start_trial(self, job_id: str, trial: Mapping[str, Any]) -> bool:
+        """Record a trial handed out (``trial["trial_id"]`` required); False if known."""
+
+    @abstractmethod
+    def finish_trial(self, job_id: str, trial_id: str, result: Mapping[str, Any]) -> bool:
+        """Record a trial's result (``result["status"]`` in succeeded | failed); False if the
+        trial already has one (nothing changes)."""
+
+    def trials(self, job_id: str, status: str | None = None, offset: int = 0,
+               limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the job's trials in the order they started, and the next page's offset
+        (None after the last page)."""
+        if status is not None and status not in TRIAL_STATUSES:
+            raise ValueError(f"status: {status!r} is not one of {', '.join(TRIAL_STATUSES)}")
+        rows = [t for t in self.get(job_id).trials.values()
+                if status is None or t.get("status") == status]
+        page = rows[offset:offset + limit]
+        return page, offset + limit if offset + limit < len(rows) else None
+
+
+class JournalJobStore(JobStore):
+    """The JobStore API over two journal primitives a backend provides."""
+
+    retries = 50
+
+    @abstractmethod
+    def _journal(self, job_id: str) -> JobView | None:
+        """The folded view of the job's journal (None: no such job)."""
+
+    @abstractmethod
+    def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
+        """Append ``entry`` if the journal still has ``expected_length`` entries (0: create the
+        job); else raise ConflictError."""
+
+    @abstractmethod
+    def _job_ids(self) -> list[str]:
+        """Every job id, oldest first."""
+
+    def create(self, job_id: str, owner: str, tenant: str, spec: Mapping[str, Any]) -> JobView:
+        if not job_id:
+            raise ValueError("job_id: must not be empty")
+        entry = {"op": "create", "at": time.time(),
+                 "job": {"job_id": job_id, "owner": owner, "tenant": tenant,
+                         "spec": copy.deepcopy(dict(spec))}}
+        try:
+            self._append(job_id, 0, entry)
+        except ConflictError:
+            raise AlreadyExistsError(f"job_id: {job_id!r} exists") from None
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobView:
+        view = self._journal(job_id)
+        if view is None:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return view
+
+    def jobs(self, tenant: str | None = None, state: str | None = None) -> list[JobView]:
+        views = [v for v in (self._journal(j) for j in self._job_ids()) if v is not None]
+        return [v for v in views if (tenant is None or v.tenant == tenant)
+                and (state is None or v.state == state)]
+
+    def _write(self, job_id: str, make: Any) -> Any:
+        """Read, decide with ``make(view) -> (entry | None, answer)``, append; retried when
+        another writer got in between."""
+        for _ in range(self.retries):
+            view = self.get(job_id)
+            entry, answer = make(view)
+            if entry is None:
+                return answer
+            try:
+                self._append(job_id, view.length, {**entry, "at": time.time()})
+            except ConflictError:
+                continue
+            return answer
+        raise FailedPreconditionError(f"job {job_id!r}: too many concurrent writers")
+
+    def set_state(self, job_id: str, state: str, reason: str = "") -> JobView:
+        if state not in STATES:
+            raise ValueError(f"state: {state!r} is not one of {', '.join(STATES)}")
+
+        def make(view: JobView) -> tuple[dict[str, Any] | None, None]:
+            if view.state == state:
+                return None, None
+            if state not in MOVES.get(view.state, set()):
+                raise FailedPreconditionError(f"state: job {job_id!r} is {view.state}; it "
+                                              f"cannot become {state}")
+            return {"op": "state", "state": state, "reason": reason}, None
+
+        self._write(job_id, make)
+        return self.get(job_id)
+
+    def start_trial(self, job_id: str, trial: Mapping[str, Any]) -> bool:
+        trial_id = str(trial.get("trial_id", ""))
+        if not trial_id:
+            raise ValueError("trial.trial_id: must not be empty")
+
+        def make(view: JobView) -> tuple[dict[str, Any] | None, bool]:
+            if trial_id in view.trials:
+                return None, False
+            return {"op": "trial", "trial": copy.deepcopy(dict(trial))}, True
+
+        return bool(self._write(job_id, make))
+
+    def finish_trial(self, job_id: str, trial_id: str, result: Mapping[str, Any]) -> bool:
+        if result.get("status") not in ("succeeded", "failed"):
+            raise ValueError(f"result.status: must be succeeded or failed, got "
+                             f"{result.get('status')!r}")
+
+        def make(view: JobView) -> tuple[dict[str, Any] | None, bool]:
+            if view.trials.get(trial_id, {}).get("status") in ("succeeded", "failed"):
+                return None, False
+            return {"op": "result", "trial_id": trial_id,
+                    "result": copy.deepcopy(dict(result))}, True
+
+        return bool(self._write(job_id, make))
+
+
+class InMemoryJobStore(JournalJobStore):
+    """Journals in this process (tests, the embedded single-process service)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._entries: dict[str, list[dict[str, Any]]] = {}
+
+    def _journal(self, job_id: str) -> JobView | None:
+        with self._lock:
+            entries = copy.deepcopy(self._entries.get(job_id))
+        return JobView.from_journal(entries) if entries else None
+
+    def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
+        with self._lock:
+            entries = self._entries.setdefault(job_id, [])
+            if len(entries) != expected_length:
+                if not entries:
+                    del self._entries[job_id]
+                raise ConflictError(job_id)
+            entries.append(copy.deepcopy(entry))
+
+    def _job_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
