@@ -53,7 +53,8 @@ def train_child(arch: Architecture, splits: DatasetSplits, spec: ModelSpec, reci
     """Build and train ``arch``; save its weights as ``weights_dir/<arch_key>.pt``.
 
     ``progress_cb`` may stop training early (see ``worker.trainer.train``); the metrics then say
-    how many epochs were trained. Deterministic on the CPU for a recipe's seed. Frees the model (and cached CUDA memory) before returning.
+    how many epochs were trained. Deterministic on the CPU for a recipe's seed. Frees the model
+    (and cached CUDA memory) before returning.
     """
     # The initial weights come from the recipe's seed, not from whatever this process drew
     # before: the same child trains to the same result in any worker process.
