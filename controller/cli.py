@@ -10,9 +10,17 @@ from controller import bundle_command, search_command
 from controller.bundle import BundleError
 from controller.config import ConfigError
 from controller.evaluators.base import EvaluatorError
+from controller.service import commands as job_commands
 from controller.spaces.base import InvalidArchitecture
+from protos.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 
-USER_ERRORS = (ConfigError, EvaluatorError, InvalidArchitecture, BundleError)
+USER_ERRORS = (ConfigError, EvaluatorError, InvalidArchitecture, BundleError,
+               InvalidArgumentError, NotFoundError, FailedPreconditionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     search_command.add_parser(sub)
     bundle_command.add_parsers(sub)
+    job_commands.add_parsers(sub)
     serve = sub.add_parser("serve", help="run one service of the cluster in this process",
                            description="Run a service. `nas serve paramserver --help` lists "
                            "the shard's options.")
@@ -31,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "`nas serve paramserver --help`)")
     services.add_parser("worker", help="a worker service: trains a controller's trials on Ray "
                         "(options: `nas serve worker --help`)")
+    services.add_parser("search", help="the search service: jobs over gRPC (options: "
+                        "`nas serve search --help`)")
     return parser
 
 
@@ -46,7 +57,8 @@ def _worker_main(argv: list[str]) -> int:
     return worker_main(argv)
 
 
-SERVICES = {"paramserver": _paramserver_main, "worker": _worker_main}
+SERVICES = {"paramserver": _paramserver_main, "worker": _worker_main,
+            "search": job_commands.serve_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"nas {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except UnavailableError as exc:
+        endpoint = getattr(args, "endpoint", "the service")
+        print(f"nas {args.command}: error: cannot reach {endpoint} ({exc}); is "
+              f"`nas serve search` running there? (--endpoint HOST:PORT)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -9,11 +9,14 @@ after it. The journal stays the truth: a lost or stale snapshot only costs a lon
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from controller.jobs.store import ConflictError, JobView, JournalJobStore
+from controller.jobs.store import ConflictError, JobView, JournalJobStore, R
+from protos.errors import NotFoundError
 
 
 class RedisJobStore(JournalJobStore):
@@ -26,21 +29,34 @@ class RedisJobStore(JournalJobStore):
         self.client = client
         self.prefix = prefix
         self.snapshot_every = snapshot_every
+        self._views: dict[str, JobView] = {}  # folded so far, per job (only later entries
+        self._lock = threading.Lock()  # are read and folded on the next read)
 
     def _key(self, job_id: str, what: str) -> str:
         return f"{self.prefix}:job:{job_id}:{what}"
 
-    def _journal(self, job_id: str) -> JobView | None:
-        raw = self.client.get(self._key(job_id, "snapshot"))
-        view = JobView.from_json(json.loads(raw)) if raw is not None else None
-        start = view.length if view is not None else 0
+    def _with_view(self, job_id: str, fn: Callable[[JobView], R]) -> R:
+        with self._lock:
+            cached = self._views.get(job_id)
+            start = cached.length if cached is not None else 0
+        snapshot = None
+        if cached is None:  # first read in this process: start from the snapshot, if any
+            raw = self.client.get(self._key(job_id, "snapshot"))
+            if raw is not None:
+                snapshot = JobView.from_json(json.loads(raw))
+                start = snapshot.length
         rest = [json.loads(e) for e in self.client.lrange(self._key(job_id, "journal"), start,
                                                           -1)]
-        if view is None:
-            return JobView.from_journal(rest) if rest else None
-        for entry in rest:
-            view.apply(entry)
-        return view
+        with self._lock:
+            view = self._views.get(job_id)
+            if view is None:
+                if snapshot is None and not rest:
+                    raise NotFoundError(f"job_id: no job {job_id!r}")
+                view = snapshot if snapshot is not None else JobView.from_journal(rest[:1])
+                self._views[job_id] = view
+            for entry in rest[view.length - start:]:  # another thread may have folded some
+                view.apply(entry)
+            return fn(view)
 
     def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
         journal = self._key(job_id, "journal")
@@ -60,9 +76,8 @@ class RedisJobStore(JournalJobStore):
             self._snapshot(job_id)
 
     def _snapshot(self, job_id: str) -> None:
-        view = self._journal(job_id)
-        if view is not None:
-            self.client.set(self._key(job_id, "snapshot"), json.dumps(view.to_json()))
+        doc = self._with_view(job_id, JobView.to_json)
+        self.client.set(self._key(job_id, "snapshot"), json.dumps(doc))
 
     def _job_ids(self) -> list[str]:
         return [j.decode() if isinstance(j, bytes) else str(j)

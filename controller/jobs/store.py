@@ -19,14 +19,16 @@ snapshots of the view to read less, but the journal stays the truth.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from protos.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 
+R = TypeVar("R")
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 MOVES = {"PENDING": {"RUNNING", *ENDED}, "RUNNING": set(ENDED)}
@@ -137,8 +139,9 @@ class JournalJobStore(JobStore):
     retries = 50
 
     @abstractmethod
-    def _journal(self, job_id: str) -> JobView | None:
-        """The folded view of the job's journal (None: no such job)."""
+    def _with_view(self, job_id: str, fn: Callable[[JobView], R]) -> R:
+        """``fn`` of the job's up-to-date view, while no other thread changes it (``fn`` must
+        not change it either). NotFoundError for an unknown job."""
 
     @abstractmethod
     def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
@@ -162,26 +165,35 @@ class JournalJobStore(JobStore):
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobView:
-        view = self._journal(job_id)
-        if view is None:
-            raise NotFoundError(f"job_id: no job {job_id!r}")
-        return view
+        return self._with_view(job_id, copy.deepcopy)
 
     def jobs(self, tenant: str | None = None, state: str | None = None) -> list[JobView]:
-        views = [v for v in (self._journal(j) for j in self._job_ids()) if v is not None]
+        views = [self.get(j) for j in self._job_ids()]
         return [v for v in views if (tenant is None or v.tenant == tenant)
                 and (state is None or v.state == state)]
+
+    def trials(self, job_id: str, status: str | None = None, offset: int = 0,
+               limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        if status is not None and status not in TRIAL_STATUSES:
+            raise ValueError(f"status: {status!r} is not one of {', '.join(TRIAL_STATUSES)}")
+
+        def page(view: JobView) -> tuple[list[dict[str, Any]], int | None]:
+            rows = [t for t in view.trials.values() if status is None or t.get("status") ==
+                    status]
+            more = offset + limit < len(rows)
+            return copy.deepcopy(rows[offset:offset + limit]), offset + limit if more else None
+
+        return self._with_view(job_id, page)
 
     def _write(self, job_id: str, make: Any) -> Any:
         """Read, decide with ``make(view) -> (entry | None, answer)``, append; retried when
         another writer got in between."""
         for _ in range(self.retries):
-            view = self.get(job_id)
-            entry, answer = make(view)
+            entry, answer, length = self._with_view(job_id, lambda v: (*make(v), v.length))
             if entry is None:
                 return answer
             try:
-                self._append(job_id, view.length, {**entry, "at": time.time()})
+                self._append(job_id, length, {**entry, "at": time.time()})
             except ConflictError:
                 continue
             return answer
@@ -229,27 +241,33 @@ class JournalJobStore(JobStore):
 
 
 class InMemoryJobStore(JournalJobStore):
-    """Journals in this process (tests, the embedded single-process service)."""
+    """Journals in this process (tests, the embedded single-process service); each job's view
+    is folded as entries are appended."""
 
     def __init__(self) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._entries: dict[str, list[dict[str, Any]]] = {}
+        self._views: dict[str, JobView] = {}
 
-    def _journal(self, job_id: str) -> JobView | None:
+    def _with_view(self, job_id: str, fn: Callable[[JobView], R]) -> R:
         with self._lock:
-            entries = copy.deepcopy(self._entries.get(job_id))
-        return JobView.from_journal(entries) if entries else None
+            view = self._views.get(job_id)
+            if view is None:
+                raise NotFoundError(f"job_id: no job {job_id!r}")
+            return fn(view)
 
     def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
         with self._lock:
-            entries = self._entries.setdefault(job_id, [])
+            entries = self._entries.get(job_id, [])
             if len(entries) != expected_length:
-                if not entries:
-                    del self._entries[job_id]
                 raise ConflictError(job_id)
-            entries.append(copy.deepcopy(entry))
+            entry = copy.deepcopy(entry)
+            if expected_length == 0:
+                self._entries[job_id] = [entry]
+                self._views[job_id] = JobView.from_journal([entry])
+            else:
+                entries.append(entry)
+                self._views[job_id].apply(entry)
 
     def _job_ids(self) -> list[str]:
         with self._lock:

@@ -1,0 +1,1 @@
+"""The search service: validated job specs, the job runner, the gRPC servicer."""

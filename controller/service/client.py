@@ -1,0 +1,123 @@
+"""The Python client of the search service, over gRPC or in-process.
+
+``SearchClient("host:port")`` talks to a server; ``SearchClient(servicer)`` calls a servicer in
+this process through the same code path (an embedded service). Failed calls raise the domain
+errors of ``protos.errors`` (NotFoundError, InvalidArgumentError, ...), mapped back from their
+status codes by the one table both ends share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from controller.service.servicer import STATE_TO_PB, SearchServicer
+from protos.errors import ERRORS_BY_STATUS, DeadlineExceededError
+from protos.rpc import CHANNEL_OPTIONS, error_from_rpc
+from protos.v1 import search_pb2 as sp
+from protos.v1 import search_pb2_grpc as sp_grpc
+
+ENDED = (sp.JOB_STATE_SUCCEEDED, sp.JOB_STATE_FAILED, sp.JOB_STATE_CANCELLED)
+
+
+class _LocalContext:
+    """What a servicer method needs of a ServicerContext, for calls in this process."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise ERRORS_BY_STATUS.get(code.name, RuntimeError)(details)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class _InProcessStub:
+    """Calls ``servicer``'s methods as a stub would call the server's."""
+
+    def __init__(self, servicer: SearchServicer) -> None:
+        self._servicer = servicer
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._servicer, name)
+
+        def call(request: Any, timeout: float | None = None) -> Any:
+            return method(request, _LocalContext())
+
+        return call
+
+
+class SearchClient:
+    """Submit, inspect and cancel search jobs."""
+
+    def __init__(self, target: str | SearchServicer, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._channel: grpc.Channel | None = None
+        if isinstance(target, str):
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._stub: Any = sp_grpc.SearchServiceStub(self._channel)
+        else:
+            self._stub = _InProcessStub(target)
+
+    def close(self) -> None:
+        """Close the channel (if any)."""
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def submit(self, spec: sp.SearchSpec) -> str:
+        """Start a job; its id."""
+        return str(self._call("SubmitSearch", sp.SubmitSearchRequest(spec=spec)).job_id)
+
+    def get(self, job_id: str) -> sp.Job:
+        """One job."""
+        job: sp.Job = self._call("GetSearch", sp.GetSearchRequest(job_id=job_id))
+        return job
+
+    def list(self, state: str | None = None) -> list[sp.Job]:
+        """Jobs, oldest first (``state``: PENDING, RUNNING, ...)."""
+        request = (sp.ListSearchesRequest(state=STATE_TO_PB[state]) if state
+                   else sp.ListSearchesRequest())
+        return list(self._call("ListSearches", request).jobs)
+
+    def cancel(self, job_id: str, reason: str = "") -> sp.Job:
+        """Stop a job before its next training."""
+        job: sp.Job = self._call("CancelSearch",
+                                 sp.CancelSearchRequest(job_id=job_id, reason=reason))
+        return job
+
+    def trials(self, job_id: str, status: str | None = None,
+               page_size: int = 100) -> Iterator[sp.TrialRecord]:
+        """Every trial of a job (page by page), in the order they started."""
+        token = ""
+        while True:
+            page = self._call("ListTrials", sp.ListTrialsRequest(
+                job_id=job_id, status=status or "", page_size=page_size, page_token=token))
+            yield from page.trials
+            token = page.next_page_token
+            if not token:
+                return
+
+    def wait(self, job_id: str, timeout: float, poll: float = 0.2) -> sp.Job:
+        """The job once it has ended; DeadlineExceededError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.state in ENDED:
+                return job
+            if time.monotonic() > deadline:
+                raise DeadlineExceededError(f"job {job_id} still {sp.JobState.Name(job.state)} "
+                                            f"after {timeout:g} s")
+            time.sleep(poll)

@@ -1,0 +1,122 @@
+"""SearchSpec messages to and from the settings of a SearchConfig, validated once.
+
+A bad spec becomes INVALID_ARGUMENT naming the field as the wire spells it
+(``spec.controller.learning_rate``), never a config name the client has not seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.config import ConfigError, SearchConfig, build_config
+from protos.errors import InvalidArgumentError
+from protos.v1 import common_pb2 as pb
+from protos.v1 import search_pb2 as sp
+from protos.v1 import worker_pb2 as wk
+
+# config field -> where the spec carries it
+WIRE_NAMES = {
+    "space": "spec.space.name", "num_blocks": "spec.space.num_blocks",
+    "num_layers": "spec.space.num_layers", "predict_strides": "spec.space.predict_strides",
+    "strategy": "spec.strategy", "controller": "spec.controller.preset",
+    "children": "spec.controller.children", "controller_lr": "spec.controller.learning_rate",
+    "entropy_weight": "spec.controller.entropy_weight",
+    "baseline_decay": "spec.controller.baseline_decay",
+    "reward_transform": "spec.controller.reward_transform",
+    "evaluator": "spec.evaluation.evaluator", "dataset": "spec.evaluation.dataset",
+    "train_subset": "spec.evaluation.train_subset", "val_subset": "spec.evaluation.val_subset",
+    "failure_reward": "spec.evaluation.failure_reward", "cells": "spec.evaluation.model.cells",
+    "filters": "spec.evaluation.model.filters",
+    "drop_path": "spec.evaluation.model.drop_path",
+    "aux_head": "spec.evaluation.model.aux_head", "epochs": "spec.evaluation.recipe.epochs",
+    "batch_size": "spec.evaluation.recipe.batch_size",
+    "lr": "spec.evaluation.recipe.learning_rate",
+    "weight_decay": "spec.evaluation.recipe.weight_decay",
+    "label_smoothing": "spec.evaluation.recipe.label_smoothing",
+    "reward": "spec.evaluation.recipe.reward",
+    "cube_reward": "spec.evaluation.recipe.cube_reward",
+    "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
+}
+MAX_BUDGET = 100_000
+
+
+def _optional(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
+    """The config settings a spec sets (defaults left out), without validating them."""
+    c, e = spec.controller, spec.evaluation
+    settings: dict[str, Any] = {
+        "space": spec.space.name or None, "num_blocks": spec.space.num_blocks or None,
+        "num_layers": spec.space.num_layers or None,
+        "predict_strides": spec.space.predict_strides or None,
+        "strategy": spec.strategy or None, "controller": c.preset or None,
+        "children": _optional(c, "children"), "controller_lr": _optional(c, "learning_rate"),
+        "entropy_weight": _optional(c, "entropy_weight"),
+        "baseline_decay": _optional(c, "baseline_decay"),
+        "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
+        "dataset": e.dataset or None, "train_subset": e.train_subset or None,
+        "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
+        "budget": spec.budget, "seed": spec.seed}
+    if e.HasField("model"):
+        settings.update(cells=e.model.cells, filters=e.model.filters,
+                        drop_path=e.model.drop_path, aux_head=e.model.aux_head)
+    if e.HasField("recipe"):
+        r = e.recipe
+        settings.update(epochs=r.epochs, batch_size=r.batch_size, lr=r.learning_rate,
+                        weight_decay=r.weight_decay, label_smoothing=r.label_smoothing,
+                        reward=r.reward or "last", cube_reward=r.cube_reward,
+                        device=r.device or "auto")
+        for name, default in (("lr_schedule", ""), ("aux_weight", 0.0), ("seed", 0)):
+            if getattr(r, name) != default:
+                raise InvalidArgumentError(f"spec.evaluation.recipe.{name}: not settable per "
+                                           f"job (the recipe seed is spec.seed)")
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def spec_to_config(spec: sp.SearchSpec) -> SearchConfig:
+    """Validate a spec into the config its job runs with."""
+    if not 1 <= spec.budget <= MAX_BUDGET:
+        raise InvalidArgumentError(f"spec.budget: must be in [1, {MAX_BUDGET}], got "
+                                   f"{spec.budget}")
+    if spec.seed < 0:
+        raise InvalidArgumentError(f"spec.seed: must be >= 0, got {spec.seed}")
+    try:
+        return build_config(spec_settings(spec))
+    except ConfigError as exc:
+        field, _, rest = str(exc).partition(":")
+        raise InvalidArgumentError(f"{WIRE_NAMES.get(field, field)}:{rest}") from None
+
+
+def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
+    """The spec a stored job was submitted with (the inverse of ``spec_settings``)."""
+    s = settings
+    controller = sp.ControllerSpec(preset=s.get("controller", ""),
+                                   reward_transform=s.get("reward_transform", ""))
+    for name, key in (("children", "children"), ("learning_rate", "controller_lr"),
+                      ("entropy_weight", "entropy_weight"),
+                      ("baseline_decay", "baseline_decay")):
+        if key in s:
+            setattr(controller, name, s[key])
+    evaluation = sp.EvaluationSpec(evaluator=s.get("evaluator", ""),
+                                   dataset=s.get("dataset", ""),
+                                   train_subset=s.get("train_subset", 0),
+                                   val_subset=s.get("val_subset", 0),
+                                   failure_reward=s.get("failure_reward", 0.0))
+    if "cells" in s:
+        evaluation.model.CopyFrom(wk.ChildSize(cells=s["cells"], filters=s["filters"],
+                                               drop_path=s["drop_path"],
+                                               aux_head=s["aux_head"]))
+    if "epochs" in s:
+        evaluation.recipe.CopyFrom(wk.TrainingRecipe(
+            epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["lr"],
+            weight_decay=s["weight_decay"], label_smoothing=s["label_smoothing"],
+            reward=s["reward"], cube_reward=s["cube_reward"], device=s["device"]))
+    return sp.SearchSpec(space=pb.SearchSpaceSpec(name=s.get("space", ""),
+                                                  num_blocks=s.get("num_blocks", 0),
+                                                  num_layers=s.get("num_layers", 0),
+                                                  predict_strides=s.get("predict_strides",
+                                                                        False)),
+                         strategy=s.get("strategy", ""), controller=controller,
+                         evaluation=evaluation, budget=s["budget"], seed=s["seed"])

@@ -1,0 +1,227 @@
+"""The search service: one client suite against the in-process servicer and a real server on a
+free loopback port, with real searches on the NB201 table and the Redis job store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from controller.jobs.redis_store import RedisJobStore
+from controller.jobs.store import InMemoryJobStore, JobStore
+from controller.service.client import SearchClient
+from controller.service.runner import JobRunner
+from controller.service.servicer import RunningSearchService, SearchServicer, serve_search
+from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from protos.v1 import common_pb2 as pb
+from protos.v1 import search_pb2 as sp
+
+WAIT_S = 120.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nb201_spec(budget: int = 20, seed: int = 0, **evaluation: object) -> sp.SearchSpec:
+    return sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
+                         evaluation=sp.EvaluationSpec(evaluator="nb201", **evaluation),
+                         budget=budget, seed=seed)
+
+
+@pytest.fixture(autouse=True)
+def _nb201_table(nb201_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAS_NB201_CSV", str(nb201_csv))
+
+
+@pytest.fixture(params=["in-process", "server"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SearchClient]:
+    store: JobStore = InMemoryJobStore()
+    runner = JobRunner(store, tmp_path, max_running=1)
+    if request.param == "in-process":
+        with SearchClient(SearchServicer(store, runner)) as local:
+            yield local
+        runner.close()
+        return
+    running = serve_search(store, runner)
+    try:
+        with SearchClient(running.address) as remote:
+            yield remote
+    finally:
+        running.stop()
+
+
+def test_a_submitted_job_runs_to_success_and_its_trials_are_listed(client: SearchClient
+                                                                   ) -> None:
+    # Act
+    job_id = client.submit(nb201_spec(budget=20))
+    job = client.wait(job_id, WAIT_S)
+    # Assert
+    assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 20
+    assert 0.5 < job.best_reward <= 1 and job.best_arch.startswith("|")
+    assert job.spec.budget == 20 and job.spec.evaluation.evaluator == "nb201"
+    trials = list(client.trials(job_id, page_size=7))
+    assert len({t.trial_id for t in trials}) == len(trials) >= 20
+    assert sum(1 for t in trials if not t.cached) == 20
+    succeeded = list(client.trials(job_id, status="succeeded"))
+    assert len(succeeded) == len(trials)
+    assert [j.job_id for j in client.list()] == [job_id]
+    assert [j.job_id for j in client.list("SUCCEEDED")] == [job_id]
+
+
+def test_the_cache_is_shared_across_jobs(client: SearchClient) -> None:
+    first_id = client.submit(nb201_spec(budget=10))
+    first = client.wait(first_id, WAIT_S)
+    proposed_first = [t.arch for t in client.trials(first_id)]
+    # The same search again: it proposes what the first job trained, now free cache hits
+    # (counted and visible); its own budget then buys architectures not seen before.
+    second_id = client.submit(nb201_spec(budget=10))
+    second = client.wait(second_id, WAIT_S)
+    second_trials = list(client.trials(second_id))
+    assert first.trainings == second.trainings == 10
+    replayed = second_trials[:len(proposed_first)]
+    assert [t.arch for t in replayed] == proposed_first and all(t.cached for t in replayed)
+    assert second.best_reward >= first.best_reward
+
+
+def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
+        client: SearchClient) -> None:
+    job_id = client.submit(nb201_spec(budget=5000))
+    cancelled = client.cancel(job_id, "changed my mind")
+    assert cancelled.state == sp.JOB_STATE_CANCELLED and cancelled.reason == "changed my mind"
+    job = client.wait(job_id, WAIT_S)
+    assert job.state == sp.JOB_STATE_CANCELLED and job.trainings < 5000
+    with pytest.raises(FailedPreconditionError, match="CANCELLED"):
+        client.cancel(job_id)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    (nb201_spec(budget=0), "spec.budget"),
+    (nb201_spec(seed=-1), "spec.seed"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nasnet"), budget=5,
+                   evaluation=sp.EvaluationSpec(evaluator="nb201")), "spec.space.name"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="annealing", budget=5),
+     "spec.strategy"),
+    (sp.SearchSpec(budget=5, controller=sp.ControllerSpec(learning_rate=-1.0)),
+     "spec.controller.learning_rate"),
+    (nb201_spec(dataset="mnist"), "spec.evaluation.dataset"),
+    (sp.SearchSpec(budget=5, evaluation=sp.EvaluationSpec(evaluator="qa")),
+     "spec.evaluation.evaluator"),
+])
+def test_a_bad_spec_is_invalid_argument_naming_the_field(client: SearchClient,
+                                                         spec: sp.SearchSpec,
+                                                         field: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=field.replace(".", r"\.")):
+        client.submit(spec)
+    assert client.list() == []  # nothing stored
+
+
+def test_bad_requests_and_unknown_jobs(client: SearchClient) -> None:
+    with pytest.raises(NotFoundError, match="job-nope"):
+        client.get("job-nope")
+    with pytest.raises(InvalidArgumentError, match="job_id"):
+        client.get("")
+    job_id = client.submit(nb201_spec(budget=3))
+    client.wait(job_id, WAIT_S)
+    with pytest.raises(InvalidArgumentError, match="status"):
+        list(client.trials(job_id, status="lost"))
+    with pytest.raises(InvalidArgumentError, match="page_size"):
+        list(client.trials(job_id, page_size=5000))
+
+
+def test_health_and_reflection_are_served(tmp_path: Path) -> None:
+    store = InMemoryJobStore()
+    running: RunningSearchService = serve_search(store, JobRunner(store, tmp_path))
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="nas.v1.SearchService"), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            names = {s.name for r in replies for s in r.list_services_response.service}
+            assert "nas.v1.SearchService" in names
+    finally:
+        running.stop()
+
+
+def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
+    client_redis = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        store = RedisJobStore(client_redis, prefix)
+        running = serve_search(store, JobRunner(store, tmp_path))
+        with SearchClient(running.address) as client:
+            job_id = client.submit(nb201_spec(budget=10))
+            done = client.wait(job_id, WAIT_S)
+        running.stop()
+        # a new service on the same Redis sees the finished job and its trials
+        again = RedisJobStore(redis.Redis.from_url("redis://127.0.0.1:6379/0"), prefix)
+        with SearchClient(SearchServicer(again, JobRunner(again, tmp_path))) as client:
+            job = client.get(job_id)
+            assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == done.trainings == 10
+            assert len(list(client.trials(job_id))) == len(list(again.get(job_id).trials))
+    finally:
+        for key in client_redis.scan_iter(f"{prefix}:*"):
+            client_redis.delete(key)
+        client_redis.close()
+
+
+def _nas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env)
+
+
+def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Path,
+                                                                    nb201_csv: Path) -> None:
+    env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
+    server = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port",
+                               "0", "--work-dir", str(tmp_path / "work")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("search service listening on 127.0.0.1:"), line
+        endpoint = line.split()[-1]
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("space: nb201\nevaluator: nb201\nbudget: 12\nseed: 1\n")
+        submitted = _nas("submit", str(spec), "--endpoint", endpoint)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + WAIT_S
+        state = ""
+        while state != "SUCCEEDED" and time.monotonic() < deadline:
+            shown = _nas("status", job_id, "--endpoint", endpoint)
+            assert shown.returncode == 0, shown.stderr
+            state = shown.stdout.splitlines()[0]
+            time.sleep(0.2)
+        assert state == "SUCCEEDED" and "trainings 12/12" in shown.stdout
+        listed = _nas("list", "--endpoint", endpoint)
+        assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+        rows = _nas("trials", job_id, "--status", "succeeded", "--endpoint", endpoint)
+        assert rows.returncode == 0 and len(rows.stdout.splitlines()) >= 13
+        ended = _nas("cancel", job_id, "--endpoint", endpoint)
+        assert ended.returncode == 2 and "has ended" in ended.stderr
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("space: nb201\nbudget: 0\n")
+        refused = _nas("submit", str(bad), "--endpoint", endpoint)
+        assert refused.returncode == 2 and "budget" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        unknown = _nas("status", "job-nope", "--endpoint", endpoint)
+        assert unknown.returncode == 2 and "job-nope" in unknown.stderr
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    away = _nas("status", "job-x", "--endpoint", endpoint)
+    assert away.returncode == 1 and "nas serve search" in away.stderr
