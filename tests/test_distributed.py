@@ -160,11 +160,18 @@ def _search(out: Path, *extra: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(path: Path, timeout: float = 60) -> dict[str, object]:
+def _wait_for(path: Path, proc: subprocess.Popen[bytes],
+              timeout: float = 180) -> dict[str, object]:
+    """The cluster description once the search has started every process (a loaded machine
+    may take long to start 2 shards and 2 replicas, each importing torch)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
             return dict(json.loads(path.read_text()))
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode()[-3000:] if proc.stdout else ""
+            raise AssertionError(f"the search exited ({proc.returncode}) before writing "
+                                 f"{path}:\n{output}")
         time.sleep(0.1)
     raise AssertionError(f"{path} never appeared")
 
@@ -175,7 +182,7 @@ def test_killed_shard_restarts_from_its_checkpoint_and_the_search_completes(
     proc = _search(tmp_path, "--budget", "80", "--shards", "2", "--replicas", "2",
                    "--simulate-seconds", "0.04", "--checkpoint-every", "2", "--nb201-csv",
                    str(nb201_csv))
-    cluster = _wait_for(tmp_path / "cluster.json")
+    cluster = _wait_for(tmp_path / "cluster.json", proc)
     time.sleep(1.5)
     # Act
     os.kill(int(cluster["processes"]["shard1"]), signal.SIGKILL)  # type: ignore[index]
@@ -195,7 +202,7 @@ def test_killed_shard_restarts_from_its_checkpoint_and_the_search_completes(
 def test_sigterm_stops_every_process(tmp_path: Path, nb201_csv: Path) -> None:
     proc = _search(tmp_path, "--budget", "500", "--shards", "2", "--replicas", "2",
                    "--simulate-seconds", "0.05", "--nb201-csv", str(nb201_csv))
-    cluster = _wait_for(tmp_path / "cluster.json")
+    cluster = _wait_for(tmp_path / "cluster.json", proc)
     pids = [int(p) for p in cluster["processes"].values()]  # type: ignore[attr-defined]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
