@@ -28,12 +28,13 @@ from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
 
 WAIT_S = 120.0
+REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def nb201_spec(budget: int = 20, seed: int = 0, **evaluation: object) -> sp.SearchSpec:
+def nb201_spec(budget: int = 20, seed: int = 0, dataset: str = "") -> sp.SearchSpec:
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
-                         evaluation=sp.EvaluationSpec(evaluator="nb201", **evaluation),
+                         evaluation=sp.EvaluationSpec(evaluator="nb201", dataset=dataset),
                          budget=budget, seed=seed)
 
 
@@ -155,7 +156,7 @@ def test_health_and_reflection_are_served(tmp_path: Path) -> None:
 
 
 def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
-    client_redis = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client_redis = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     try:
         store = RedisJobStore(client_redis, prefix)
@@ -165,7 +166,7 @@ def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
             done = client.wait(job_id, WAIT_S)
         running.stop()
         # a new service on the same Redis sees the finished job and its trials
-        again = RedisJobStore(redis.Redis.from_url("redis://127.0.0.1:6379/0"), prefix)
+        again = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix)
         with SearchClient(SearchServicer(again, JobRunner(again, tmp_path))) as client:
             job = client.get(job_id)
             assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == done.trainings == 10
@@ -225,3 +226,55 @@ def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Pa
             server.kill()
     away = _nas("status", "job-x", "--endpoint", endpoint)
     assert away.returncode == 1 and "nas serve search" in away.stderr
+
+
+def _serve(tmp_path: Path, prefix: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port", "0",
+                             "--redis", REDIS_URL, "--redis-prefix", prefix, "--work-dir",
+                             str(tmp_path / "work")], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("search service listening on "), line
+    return proc, line.split()[-1]
+
+
+def test_a_sigkilled_service_resumes_its_job_and_never_retrains(tmp_path: Path,
+                                                                nb201_csv: Path) -> None:
+    env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    db = redis.Redis.from_url(REDIS_URL)
+    first, endpoint = _serve(tmp_path, prefix, env)
+    second: subprocess.Popen[str] | None = None
+    try:
+        spec = nb201_spec(budget=2500)
+        spec.strategy = "random"
+        with SearchClient(endpoint) as client:
+            job_id = client.submit(spec)
+            deadline = time.monotonic() + WAIT_S
+            while client.get(job_id).trainings < 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        first.kill()  # SIGKILL mid-job
+        first.wait(30)
+        store = RedisJobStore(db, prefix)
+        before = store.get(job_id)
+        assert before.state == "RUNNING"
+        finished_before = {k: t for k, t in before.trials.items()
+                           if t.get("status") == "succeeded"}
+        assert 300 <= len(finished_before) < 2500
+        second, endpoint = _serve(tmp_path, prefix, env)
+        with SearchClient(endpoint) as client:
+            job = client.wait(job_id, WAIT_S)
+        assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 2500
+        after = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix).get(job_id)
+        for trial_id, trial in finished_before.items():  # finished trials were kept as they were
+            assert after.trials[trial_id] == trial
+        trained = [t["cache_key"] for t in after.trials.values() if not t.get("cached")]
+        assert len(trained) == 2500 and len(set(trained)) == 2500  # nothing trained twice
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        for key in db.scan_iter(f"{prefix}:*"):
+            db.delete(key)
+        db.close()

@@ -139,6 +139,7 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=50070, help="gRPC port (50070; 0: a free one)")
     p.add_argument("--redis", help="Redis URL for the job store (default: in memory, lost on "
                                    "exit)")
+    p.add_argument("--redis-prefix", default="nas", help="key prefix in Redis (nas)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/service"),
                    help="children's files, one folder per job (runs/service)")
     p.add_argument("--max-running", type=int, default=2, help="jobs run at once (2)")
@@ -157,7 +158,7 @@ def serve_main(argv: list[str]) -> int:
 
         from controller.jobs.redis_store import RedisJobStore
 
-        store = RedisJobStore(redis.Redis.from_url(args.redis))
+        store = RedisJobStore(redis.Redis.from_url(args.redis), args.redis_prefix)
     else:
         store = InMemoryJobStore()
     runner = JobRunner(store, args.work_dir, args.max_running)
@@ -174,6 +175,8 @@ def serve_main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"search service listening on {running.address}", flush=True)
+    for job_id in runner.resume():  # jobs a previous instance left running
+        print(f"resumed {job_id}", flush=True)
     stop.wait()
     running.stop()
     return 0

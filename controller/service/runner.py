@@ -3,6 +3,11 @@
 A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or the policy converged), FAILED
 (its evaluator could not run; the reason says why) or CANCELLED (``cancel``: the search stops
 before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING.
+
+The evaluation cache is shared by every job and rebuilt from the store when the service starts,
+so a restarted service (``resume``) never trains again what any job trained before: a resumed
+job's finished trainings count against its budget and their architectures are free hits. The
+in-process policy itself starts afresh on resume.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import threading
 from pathlib import Path
 
-from controller.cache import InMemoryCache
+from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, build_config
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_space, build_strategy
@@ -34,6 +39,22 @@ class JobRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.cache = InMemoryCache()  # shared by the jobs of this service
+
+    def resume(self) -> list[str]:
+        """After a restart: refill the shared cache from every job's trainings, then start
+        again every job the store has PENDING or RUNNING; their ids."""
+        jobs = self.store.jobs()
+        for view in jobs:
+            for trial in view.trials.values():
+                if trial.get("status") == "succeeded" and not trial.get("cached") \
+                        and trial.get("cache_key"):
+                    self.cache.put(trial["cache_key"], CachedEvaluation(
+                        float(trial["reward"]), str(trial["arch"]), trial.get("metrics", {}),
+                        trial.get("artifacts", {})))
+        resumed = [v.job_id for v in jobs if v.state in ("PENDING", "RUNNING")]
+        for job_id in resumed:
+            self.start(job_id)
+        return resumed
 
     def start(self, job_id: str) -> None:
         """Run the job in the background (it waits PENDING for a free slot)."""
@@ -79,7 +100,8 @@ class JobRunner:
     def _run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
         with self._slots:
-            if cancelled.is_set() or self.store.get(job_id).state != "PENDING":
+            if cancelled.is_set() or self.store.get(job_id).state not in ("PENDING",
+                                                                          "RUNNING"):
                 return
             try:
                 self.store.set_state(job_id, "RUNNING")
@@ -104,7 +126,10 @@ class JobRunner:
         space = build_space(cfg)
         evaluator = build_evaluator(cfg)
         strategy = build_strategy(space, cfg)
-        claimed = 0
+        done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
+        if view.trials:  # resumed: new trial ids, and what was trained stays spent
+            strategy.job_id = f"resume{len(view.trials)}"
+        claimed = sum(1 for t in done if not t.get("cached"))
         lock = threading.Lock()
 
         def claim() -> bool:
@@ -116,8 +141,11 @@ class JobRunner:
                 return True
 
         def record(entry: HistoryEntry) -> None:  # one journal entry per proposal
+            key = f"{evaluator.cache_key}|" \
+                  f"{space.canonical_hash(space.from_string(entry.trained_arch))}"
             self.store.finish_trial(job_id, entry.trial_id,
-                                    {**entry.to_json(), "status": entry.status})
+                                    {**entry.to_json(), "status": entry.status,
+                                     "cache_key": key})
 
         outcome = run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                              failure_reward=cfg.failure_reward,
