@@ -210,6 +210,8 @@ def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Pa
         assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
         rows = _nas("trials", job_id, "--status", "succeeded", "--endpoint", endpoint)
         assert rows.returncode == 0 and len(rows.stdout.splitlines()) >= 13
+        top = _nas("best", job_id, "--top", "3", "--endpoint", endpoint)
+        assert top.returncode == 0 and len(top.stdout.splitlines()) == 3
         ended = _nas("cancel", job_id, "--endpoint", endpoint)
         assert ended.returncode == 2 and "has ended" in ended.stderr
         bad = tmp_path / "bad.yaml"
@@ -278,3 +280,19 @@ def test_a_sigkilled_service_resumes_its_job_and_never_retrains(tmp_path: Path,
         for key in db.scan_iter(f"{prefix}:*"):
             db.delete(key)
         db.close()
+
+
+def test_get_best_returns_the_top_k_distinct_architectures(client: SearchClient) -> None:
+    job_id = client.submit(nb201_spec(budget=15))
+    job = client.wait(job_id, WAIT_S)
+    best = client.best(job_id, top_k=5)
+    rewards = [t.reward for t in best]
+    assert len(best) == 5 and rewards == sorted(rewards, reverse=True)
+    assert best[0].reward == job.best_reward
+    assert len({t.arch for t in best}) == 5
+    trained = sorted((t.reward for t in client.trials(job_id, status="succeeded")),
+                     reverse=True)
+    assert rewards[0] == trained[0]
+    assert [t.trial_id for t in client.best(job_id)] == [best[0].trial_id]
+    with pytest.raises(InvalidArgumentError, match="top_k"):
+        client.best(job_id, top_k=1000)

@@ -110,6 +110,11 @@ class SearchClient:
             if not token:
                 return
 
+    def best(self, job_id: str, top_k: int = 1) -> tuple[sp.TrialRecord, ...]:
+        """The top-k trained architectures of a job, best first."""
+        reply = self._call("GetBest", sp.GetBestRequest(job_id=job_id, top_k=top_k))
+        return tuple(reply.trials)
+
     def wait(self, job_id: str, timeout: float, poll: float = 0.2) -> sp.Job:
         """The job once it has ended; DeadlineExceededError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

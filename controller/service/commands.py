@@ -49,6 +49,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--status", choices=("running", "succeeded", "failed"))
     _endpoint(p)
     p.set_defaults(func=trials)
+    p = sub.add_parser("best", help="a job's best architectures")
+    p.add_argument("job_id")
+    p.add_argument("--top", type=int, default=1, help="how many (1)")
+    _endpoint(p)
+    p.set_defaults(func=best)
     p = sub.add_parser("cancel", help="stop a job before its next training")
     p.add_argument("job_id")
     p.add_argument("--reason", default="", help="recorded with the job")
@@ -120,6 +125,15 @@ def trials(args: argparse.Namespace) -> int:
     for t in rows:
         print(f"{t.trial_id:10s} {t.status:10s} {t.reward:7.4f} {'yes' if t.cached else '':6s} "
               f"{t.arch}{'  ' + t.error if t.error else ''}")
+    return 0
+
+
+def best(args: argparse.Namespace) -> int:
+    """``nas best JOB``: reward and architecture, best first."""
+    with _client(args) as client:
+        rows = client.best(args.job_id, args.top)
+    for t in rows:
+        print(f"{t.reward:.4f}  {t.arch}  ({t.trial_id})")
     return 0
 
 

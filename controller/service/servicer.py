@@ -20,6 +20,7 @@ from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
 MAX_PAGE = 1000
+MAX_TOP_K = 100
 STATE_TO_PB = {"PENDING": sp.JOB_STATE_PENDING, "RUNNING": sp.JOB_STATE_RUNNING,
                "SUCCEEDED": sp.JOB_STATE_SUCCEEDED, "FAILED": sp.JOB_STATE_FAILED,
                "CANCELLED": sp.JOB_STATE_CANCELLED}
@@ -115,6 +116,28 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
                                       request.page_size or 100)
         return sp.ListTrialsResponse(trials=[_trial_to_proto(t) for t in page],
                                      next_page_token="" if nxt is None else str(nxt))
+
+
+    @servicer_method
+    def GetBest(self, request: sp.GetBestRequest,
+                context: grpc.ServicerContext) -> sp.GetBestResponse:
+        """The top-k architectures by reward, each once (an isomorphic twin counts as one)."""
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
+                                       f"{request.top_k}")
+        view = self.store.get(_job_id(request.job_id))
+        ranked = sorted((t for t in view.trials.values() if t.get("status") == "succeeded"),
+                        key=lambda t: -float(t.get("reward", 0.0)))  # stable: earlier first
+        best: list[sp.TrialRecord] = []
+        seen: set[str] = set()
+        for trial in ranked:
+            arch = str(trial.get("same_as", trial.get("arch", "")))
+            if arch not in seen:
+                seen.add(arch)
+                best.append(_trial_to_proto(trial))
+            if len(best) == (request.top_k or 1):
+                break
+        return sp.GetBestResponse(trials=best)
 
 
 @dataclass

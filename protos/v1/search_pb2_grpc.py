@@ -59,6 +59,11 @@ class SearchServiceStub:
                 request_serializer=protos_dot_v1_dot_search__pb2.ListTrialsRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_search__pb2.ListTrialsResponse.FromString,
                 _registered_method=True)
+        self.GetBest = channel.unary_unary(
+                '/nas.v1.SearchService/GetBest',
+                request_serializer=protos_dot_v1_dot_search__pb2.GetBestRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_search__pb2.GetBestResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -97,6 +102,13 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBest(self, request, context):
+        """The top-k trained architectures by reward (ties: the earlier trial first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ListTrials,
                     request_deserializer=protos_dot_v1_dot_search__pb2.ListTrialsRequest.FromString,
                     response_serializer=protos_dot_v1_dot_search__pb2.ListTrialsResponse.SerializeToString,
+            ),
+            'GetBest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBest,
+                    request_deserializer=protos_dot_v1_dot_search__pb2.GetBestRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_search__pb2.GetBestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class SearchService:
             '/nas.v1.SearchService/ListTrials',
             protos_dot_v1_dot_search__pb2.ListTrialsRequest.SerializeToString,
             protos_dot_v1_dot_search__pb2.ListTrialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nas.v1.SearchService/GetBest',
+            protos_dot_v1_dot_search__pb2.GetBestRequest.SerializeToString,
+            protos_dot_v1_dot_search__pb2.GetBestResponse.FromString,
             options,
             channel_credentials,
             insecure,

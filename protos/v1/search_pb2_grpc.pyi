@@ -39,6 +39,8 @@ class SearchServiceStub:
     CancelSearch: _grpc.UnaryUnaryMultiCallable[_search_pb2.CancelSearchRequest, _search_pb2.Job]
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _grpc.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]
+    GetBest: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]
+    """The top-k trained architectures by reward (ties: the earlier trial first)."""
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -51,6 +53,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     CancelSearch: _aio.UnaryUnaryMultiCallable[_search_pb2.CancelSearchRequest, _search_pb2.Job]  # type: ignore[assignment]
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _aio.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]  # type: ignore[assignment]
+    GetBest: _aio.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]  # type: ignore[assignment]
+    """The top-k trained architectures by reward (ties: the earlier trial first)."""
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +94,13 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.ListTrialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.ListTrialsResponse, _abc.Awaitable[_search_pb2.ListTrialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetBest(
+        self,
+        request: _search_pb2.GetBestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.GetBestResponse, _abc.Awaitable[_search_pb2.GetBestResponse]]:
+        """The top-k trained architectures by reward (ties: the earlier trial first)."""
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
