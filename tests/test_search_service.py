@@ -237,7 +237,9 @@ def _serve(tmp_path: Path, prefix: str, env: dict[str, str]) -> tuple[subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("search service listening on "), line
+    if not line.startswith("search service listening on "):
+        proc.kill()  # never leave a service behind
+        raise AssertionError(f"the service did not start: {line}{proc.stdout.read()[-2000:]}")
     return proc, line.split()[-1]
 
 
