@@ -17,7 +17,7 @@ from protos import codec
 from protos.errors import NasError
 from protos.types import Resources
 from worker.reporting import TrialReporter
-from worker.scheduler import Finished, InfeasibleResources, Scheduler
+from worker.scheduler import InfeasibleResources, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +75,25 @@ class WorkerService:
         for attempt in lease.cancel:
             self.scheduler.cancel(attempt.trial_id, attempt.attempt)
         for task in lease.tasks:
-            key = (task.trial.trial_id, task.trial.attempt)
             try:
                 resources = codec.resources_from_proto(task.resources)
                 self._last_resources = resources
                 self.scheduler.check_feasible(resources)
             except (InfeasibleResources, NasError) as exc:
-                self._report_lost(Finished(*key, lost=True, reason=str(exc)), retryable=False)
+                self._report_lost(task.trial.trial_id, task.trial.attempt, str(exc),
+                                  retryable=False)
                 continue
             self.scheduler.submit(task, self.controller)
         # full: wait for an attempt to end; else the lease's long poll already waited
         for ended in self.scheduler.wait(0.0 if free else self.poll_seconds):
             if ended.lost:
-                self._report_lost(ended)
+                self._report_lost(ended.trial_id, ended.attempt, ended.reason)
 
-    def _report_lost(self, ended: Finished, retryable: bool = True) -> None:
-        log.warning("trial %s attempt %d lost: %s", ended.trial_id, ended.attempt, ended.reason)
+    def _report_lost(self, trial_id: str, attempt: int, reason: str,
+                     retryable: bool = True) -> None:
+        log.warning("trial %s attempt %d lost: %s", trial_id, attempt, reason)
         try:
-            self.reporter.lost(ended.trial_id, ended.attempt, ended.reason, retryable)
+            self.reporter.lost(trial_id, attempt, reason, retryable)
             self.lost_reported += 1
         except NasError as exc:  # e.g. the trial is gone: nothing to retry
             log.warning("could not report the lost attempt: %s", exc)

@@ -121,16 +121,11 @@ class JobStore(ABC):
         """Record a trial's result (``result["status"]`` in succeeded | failed); False if the
         trial already has one (nothing changes)."""
 
+    @abstractmethod
     def trials(self, job_id: str, status: str | None = None, offset: int = 0,
                limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
         """A page of the job's trials in the order they started, and the next page's offset
-        (None after the last page)."""
-        if status is not None and status not in TRIAL_STATUSES:
-            raise ValueError(f"status: {status!r} is not one of {', '.join(TRIAL_STATUSES)}")
-        rows = [t for t in self.get(job_id).trials.values()
-                if status is None or t.get("status") == status]
-        page = rows[offset:offset + limit]
-        return page, offset + limit if offset + limit < len(rows) else None
+        (None after the last page); ValueError for a status not in TRIAL_STATUSES."""
 
 
 class JournalJobStore(JobStore):
