@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.config import ConfigError, SearchConfig
-from controller.early_stopping import create_stopper
+from controller.early_stopping import EarlyStopper, create_stopper
 from controller.local_training import TrainEvaluator
 from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
@@ -39,6 +39,62 @@ def workload_of(local: TrainEvaluator) -> Workload:
                     weights_dir=str(local.weights_dir.resolve()), data_dir=local.data_dir,
                     train_subset=local.train_subset, val_subset=local.val_subset,
                     data_seed=local.data_seed)
+
+
+class RayWorkerPool:
+    """The trial board, its ``TrialReport`` server, Ray and one worker service: the workers
+    every job of a process shares. ``dispatcher(local)`` gives a job its evaluator; trials of
+    all jobs queue on the one board (``group``: the job's tenant, for fair leasing)."""
+
+    def __init__(self, workers: int, ray_address: str | None = None,
+                 cpus_per_child: float = 1.0, gpus_per_child: float | None = None,
+                 max_attempts: int = 3, heartbeat_seconds: float = 5.0,
+                 heartbeat_timeout: float = 60.0, stopper: EarlyStopper | None = None,
+                 report_host: str = "127.0.0.1", report_port: int = 0) -> None:
+        self.board = TrialBoard(max_attempts=max_attempts, heartbeat_seconds=heartbeat_seconds,
+                                heartbeat_timeout=heartbeat_timeout, stopper=stopper)
+        self.server = serve_trial_reports(self.board, report_host, report_port)
+        self.scheduler: RayScheduler | None = None
+        self.service: WorkerService | None = None
+        try:
+            if ray_address:
+                self.scheduler = RayScheduler(address=ray_address)
+            else:
+                self.scheduler = RayScheduler(
+                    num_cpus=math.ceil(workers * cpus_per_child),
+                    num_gpus=None if gpus_per_child is None
+                    else math.ceil(workers * gpus_per_child))
+            gpus = gpus_per_child
+            if gpus is None:
+                gpus = DEFAULT_GPU_SHARE if self.scheduler.capacity(Resources(0.0, 1.0)) else 0.0
+            self.resources = Resources(cpus_per_child, gpus)
+            try:
+                self.scheduler.check_feasible(self.resources)
+            except InfeasibleResources as exc:
+                raise ConfigError(str(exc)) from None
+            self.service = WorkerService(self.scheduler, self.server.address,
+                                         max_slots=workers).start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def report_address(self) -> str:
+        """Where workers report (``nas serve worker --controller`` takes it)."""
+        return str(self.server.address)
+
+    def dispatcher(self, local: TrainEvaluator) -> DispatchEvaluator:
+        """The evaluator of a job whose children ``local`` describes."""
+        return DispatchEvaluator(self.board, workload_of(local), self.resources, local)
+
+    def close(self) -> None:
+        """Stop the workers, Ray and the report server (queued trials end as lost)."""
+        self.board.close()
+        if self.service is not None:
+            self.service.stop()
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self.server.stop()
 
 
 @dataclass
@@ -65,48 +121,26 @@ class RayWorkers:
 @contextmanager
 def ray_workers(cfg: SearchConfig, local: TrainEvaluator,
                 metrics_port: int | None = None) -> Iterator[RayWorkers]:
-    """Start the trial service, Ray (``cfg.ray_address`` or local with ``cfg.workers`` children's
-    CPUs) and a worker service; stop them all on exit. An impossible resource request is a
-    ConfigError before anything is trained."""
+    """A worker pool for one search (``cfg.ray_address``, or a local Ray with ``cfg.workers``
+    children's CPUs); stopped on exit. An impossible resource request is a ConfigError before
+    anything is trained."""
     stopper = create_stopper(cfg.early_stopping, cfg.epochs, cfg.grace_epochs, cfg.asha_eta,
                              cfg.median_min_trials)
-    board = TrialBoard(max_attempts=cfg.max_attempts, heartbeat_seconds=cfg.heartbeat_seconds,
-                       heartbeat_timeout=cfg.heartbeat_timeout, stopper=stopper)
-    server = serve_trial_reports(board)
-    scheduler: RayScheduler | None = None
-    service: WorkerService | None = None
+    pool = RayWorkerPool(cfg.workers, cfg.ray_address, cfg.cpus_per_child, cfg.gpus_per_child,
+                         cfg.max_attempts, cfg.heartbeat_seconds, cfg.heartbeat_timeout, stopper)
     http: WSGIServer | None = None
     try:
-        if cfg.ray_address:
-            scheduler = RayScheduler(address=cfg.ray_address)
-        else:
-            scheduler = RayScheduler(num_cpus=math.ceil(cfg.workers * cfg.cpus_per_child),
-                                     num_gpus=None if cfg.gpus_per_child is None
-                                     else math.ceil(cfg.workers * cfg.gpus_per_child))
-        gpus = cfg.gpus_per_child
-        if gpus is None:
-            gpus = DEFAULT_GPU_SHARE if scheduler.capacity(Resources(0.0, 1.0)) else 0.0
-        resources = Resources(cfg.cpus_per_child, gpus)
-        try:
-            scheduler.check_feasible(resources)
-        except InfeasibleResources as exc:
-            raise ConfigError(str(exc)) from None
-        service = WorkerService(scheduler, server.address, max_slots=cfg.workers).start()
-        evaluator = DispatchEvaluator(board, workload_of(local), resources, local)
-        running = RayWorkers(evaluator, board, scheduler, server.address)
+        assert pool.scheduler is not None
+        running = RayWorkers(pool.dispatcher(local), pool.board, pool.scheduler,
+                             pool.report_address)
         if metrics_port is not None:
             registry = CollectorRegistry()
-            registry.register(TrialMetrics(board))
+            registry.register(TrialMetrics(pool.board))
             http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
             running.metrics_url = f"http://127.0.0.1:{http.server_port}/metrics"
         yield running
     finally:
-        board.close()
-        if service is not None:
-            service.stop()
-        if scheduler is not None:
-            scheduler.close()
-        server.stop()
+        pool.close()
         if http is not None:
             http.shutdown()
             http.server_close()

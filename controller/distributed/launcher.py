@@ -110,9 +110,11 @@ class Cluster:
         stop([c for c in self.children if c.name == "redis"])
 
 
-def _layout(cfg: SearchConfig, job_id: str, size: int, lr: float,
-            betas: tuple[float, float]) -> LayoutSpec:
-    return LayoutSpec(layout_id=job_id, total_size=size, num_shards=cfg.shards,
+def layout_for(cfg: SearchConfig, job_id: str, size: int, lr: float,
+               betas: tuple[float, float], num_shards: int | None = None) -> LayoutSpec:
+    """The parameter-server layout of a job's policy (``num_shards``: default ``cfg.shards``)."""
+    return LayoutSpec(layout_id=job_id, total_size=size,
+                      num_shards=cfg.shards if num_shards is None else num_shards,
                       policy=UpdatePolicy(cfg.update_policy), staleness=cfg.staleness,
                       sync_pushes=cfg.sync_pushes or cfg.replicas, learning_rate=lr,
                       beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every)
@@ -159,7 +161,7 @@ def run_local_cluster(cfg: SearchConfig, space: SearchSpace, evaluator: Evaluato
         strategy = build_reinforce(space, cfg)  # the seeded initial policy every replica starts
         learner = strategy.learner.config
         initial = nn.utils.parameters_to_vector(strategy.policy.parameters()).detach().numpy()
-        layout = _layout(cfg, job_id, initial.size, learner.learning_rate, learner.adam_betas)
+        layout = layout_for(cfg, job_id, initial.size, learner.learning_rate, learner.adam_betas)
         client = ShardedParameterClient(cluster.shard_addresses, layout)
         client.register(initial.astype(np.float32))
         state = JobState(redis.Redis.from_url(redis_url), job_id)

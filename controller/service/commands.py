@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -157,11 +158,63 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("runs/service"),
                    help="children's files, one folder per job (runs/service)")
     p.add_argument("--max-running", type=int, default=2, help="jobs run at once (2)")
+    g = p.add_argument_group("cluster", "What jobs run on. A REINFORCE job's K replicas "
+                             "(spec.execution.replicas) share its policy through the parameter "
+                             "servers, which keep it across restarts of this service; children "
+                             "that train (evaluator train) go to the Ray workers.")
+    g.add_argument("--shards", type=int, default=0,
+                   help="start S parameter-server shard processes here (0: none; their "
+                        "checkpoints go to --redis, or to a private redis-server)")
+    g.add_argument("--paramservers", default="",
+                   help="or use running shards: HOST:PORT,... in shard order "
+                        "(`nas serve paramserver`)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="children trained at once by Ray workers (0: each job trains its "
+                        "children in this process, one at a time)")
+    g.add_argument("--ray-address", help="a running Ray cluster (default: a private local Ray "
+                                         "on loopback with --workers CPUs)")
+    g.add_argument("--cpus-per-child", type=float, default=1.0, help="CPUs per child (1)")
+    g.add_argument("--gpus-per-child", type=float,
+                   help="GPUs per child (default 0.125 when Ray has GPUs, else 0)")
+    g.add_argument("--max-attempts", type=int, default=3,
+                   help="attempts per child whose worker dies (3)")
+    g.add_argument("--heartbeat-timeout", type=float, default=60.0,
+                   help="a child silent this long is retried (60 s)")
+    g.add_argument("--trial-port", type=int, default=0,
+                   help="port of the TrialReport service workers report to (0: a free one; "
+                        "`nas serve worker --controller HOST:PORT` joins more workers)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535 or args.max_running < 1:
         print("nas serve search: error: --port must be in [0, 65535] and --max-running >= 1",
               file=sys.stderr)
         return 2
+    from controller.service.cluster import ClusterOptions, ServiceCluster
+
+    handler = logging.StreamHandler(sys.stdout)  # what the jobs do, for the operator
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("controller.service").addHandler(handler)
+    logging.getLogger("controller.service").setLevel(logging.INFO)
+
+    options = ClusterOptions(
+        shards=args.shards, paramservers=[a for a in args.paramservers.split(",") if a],
+        redis_url=args.redis, workers=args.workers, ray_address=args.ray_address,
+        cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
+        max_attempts=args.max_attempts, heartbeat_timeout=args.heartbeat_timeout,
+        report_port=args.trial_port, redis_prefix=args.redis_prefix,
+        log_dir=args.work_dir / "logs")
+    try:
+        cluster = ServiceCluster(options)
+    except ConfigError as exc:
+        print(f"nas serve search: error: --{str(exc).split(':')[0]}: "
+              f"{str(exc).partition(':')[2].strip()}", file=sys.stderr)
+        return 2
+    try:
+        return _serve(args, cluster)
+    finally:
+        cluster.close()
+
+
+def _serve(args: argparse.Namespace, cluster: Any) -> int:
     from controller.jobs.store import InMemoryJobStore, JobStore
     from controller.service.runner import JobRunner
     from controller.service.servicer import serve_search
@@ -175,7 +228,7 @@ def serve_main(argv: list[str]) -> int:
         store = RedisJobStore(redis.Redis.from_url(args.redis), args.redis_prefix)
     else:
         store = InMemoryJobStore()
-    runner = JobRunner(store, args.work_dir, args.max_running)
+    runner = JobRunner(store, args.work_dir, args.max_running, cluster)
     try:
         running = serve_search(store, runner, args.host, args.port)
     except OSError as exc:
@@ -189,6 +242,12 @@ def serve_main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"search service listening on {running.address}", flush=True)
+    ends = cluster.describe()
+    if ends["paramservers"]:
+        print(f"parameter servers {','.join(ends['paramservers'])}", flush=True)
+    if ends["trial_reports"]:
+        print(f"workers report to {ends['trial_reports']} ({ends['workers']} Ray workers)",
+              flush=True)
     for job_id in runner.resume():  # jobs a previous instance left running
         print(f"resumed {job_id}", flush=True)
     stop.wait()

@@ -15,14 +15,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from torch import nn
+
 from controller.cache import CachedEvaluation, InMemoryCache
-from controller.config import ConfigError, build_config
+from controller.config import ConfigError, SearchConfig, build_config
+from controller.distributed.launcher import layout_for
+from controller.distributed.remote import RemoteUpdater
 from controller.evaluators.base import EvaluatorError
-from controller.factory import build_evaluator, build_space, build_strategy
+from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
 from controller.jobs.store import ENDED, JobStore
-from controller.search import HistoryEntry, run_search
+from controller.policy.lstm import LSTMPolicy
+from controller.search import HistoryEntry, SearchOutcome, run_search
+from controller.service.cluster import ClusterOptions, ServiceCluster
+from controller.spaces.base import SearchSpace
+from controller.strategies.base import Strategy
 from protos.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
@@ -31,8 +41,10 @@ log = logging.getLogger(__name__)
 class JobRunner:
     """Executes jobs of ``store``; children's files go under ``work_dir/<job_id>``."""
 
-    def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2) -> None:
+    def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2,
+                 cluster: ServiceCluster | None = None) -> None:
         self.store = store
+        self.cluster = cluster if cluster is not None else ServiceCluster(ClusterOptions())
         self.work_dir = work_dir
         self._slots = threading.Semaphore(max_running)
         self._cancel: dict[str, threading.Event] = {}
@@ -123,12 +135,13 @@ class JobRunner:
     def _search(self, job_id: str, cancelled: threading.Event) -> str:
         view = self.store.get(job_id)
         cfg = build_config(view.spec, {"out": str(self.work_dir / job_id)})
+        self.cluster.check_job(cfg)
         space = build_space(cfg)
-        evaluator = build_evaluator(cfg)
-        strategy = build_strategy(space, cfg)
+        evaluator = self.cluster.evaluator(cfg, build_evaluator(cfg))
         done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
-        if view.trials:  # resumed: new trial ids, and what was trained stays spent
-            strategy.job_id = f"resume{len(view.trials)}"
+        # trial ids name the job (the trial board is shared by every job); a resumed run's
+        # ids name the resumption too, so they never repeat an earlier run's
+        tag = f"{job_id}-x{len(view.trials)}" if view.trials else job_id
         claimed = sum(1 for t in done if not t.get("cached"))
         lock = threading.Lock()
 
@@ -147,9 +160,67 @@ class JobRunner:
                                     {**entry.to_json(), "status": entry.status,
                                      "cache_key": key})
 
-        outcome = run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
-                             failure_reward=cfg.failure_reward,
-                             max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                             on_entry=record, report_test=False)
-        return (f"{outcome.stopped_reason}: {outcome.trainings} trainings, "
-                f"{outcome.cache_hits} cache hits")
+        def search(strategy: Strategy) -> SearchOutcome:
+            return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
+                              failure_reward=cfg.failure_reward,
+                              max_idle_proposals=cfg.max_idle_proposals, claim=claim,
+                              on_entry=record, report_test=False, parallel=cfg.parallel)
+
+        if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
+            outcomes = self._replicas(job_id, tag, cfg, space, search)
+        else:
+            strategy = build_strategy(space, cfg)
+            strategy.job_id = tag
+            outcomes = [search(strategy)]
+        reasons = sorted({o.stopped_reason for o in outcomes})
+        return (f"{','.join(reasons)}: {sum(o.trainings for o in outcomes)} trainings, "
+                f"{sum(o.cache_hits for o in outcomes)} cache hits")
+
+    def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
+                  search: Callable[[Strategy], SearchOutcome]) -> list[SearchOutcome]:
+        """K controller replicas (threads) sharing the policy on the parameter servers. The
+        layout id is the job id: registering it again after a restart keeps what the shards
+        hold (or restored from their checkpoint), so a resumed job's policy goes on learning."""
+        seeded = build_reinforce(space, cfg)  # the initial policy of a new job
+        initial = nn.utils.parameters_to_vector(seeded.policy.parameters()).detach().numpy()
+        learner = seeded.learner.config
+        layout = layout_for(cfg, job_id, initial.size, learner.learning_rate,
+                            learner.adam_betas, num_shards=len(self.cluster.addresses))
+        client = self.cluster.parameter_client(layout)
+        outcomes: list[SearchOutcome] = []
+        errors: list[BaseException] = []
+        try:
+            versions = client.register(initial.astype(np.float32))
+            if min(versions) > 0:
+                log.info("%s: policy resumed from the parameter servers at version %d",
+                         job_id, min(versions))
+            else:
+                log.info("%s: policy registered on %d parameter-server shards, %d replicas",
+                         job_id, layout.num_shards, cfg.replicas)
+
+            def replica(index: int) -> None:
+                try:
+                    def updater(policy: LSTMPolicy) -> RemoteUpdater:
+                        return RemoteUpdater(list(policy.parameters()), client,
+                                             f"{tag}-r{index}")
+
+                    strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
+                                               updater=updater)
+                    strategy.job_id = f"{tag}-r{index}"
+                    outcome = search(strategy)
+                    with self._lock:
+                        outcomes.append(outcome)
+                except BaseException as exc:  # raised in the job's thread below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=replica, args=(i,), name=f"{job_id}-r{i}",
+                                        daemon=True) for i in range(cfg.replicas)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            client.close()
+        if errors:
+            raise errors[0]
+        return outcomes

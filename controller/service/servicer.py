@@ -11,10 +11,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.config import ConfigError
 from controller.jobs.store import TRIAL_STATUSES, JobStore, JobView
 from controller.service.runner import JobRunner
-from controller.service.spec import spec_from_settings, spec_settings, spec_to_config
-from protos.errors import InvalidArgumentError
+from controller.service.spec import (
+    WIRE_NAMES,
+    spec_from_settings,
+    spec_settings,
+    spec_to_config,
+)
+from protos.errors import FailedPreconditionError, InvalidArgumentError
 from protos.rpc import CHANNEL_OPTIONS, servicer_method
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
@@ -66,7 +72,12 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
     def SubmitSearch(self, request: sp.SubmitSearchRequest,
                      context: grpc.ServicerContext) -> sp.SubmitSearchResponse:
         """Validate, store PENDING, start."""
-        spec_to_config(request.spec)  # INVALID_ARGUMENT naming the field
+        cfg = spec_to_config(request.spec)  # INVALID_ARGUMENT naming the field
+        try:
+            self.runner.cluster.check_job(cfg)
+        except ConfigError as exc:
+            field, _, rest = str(exc).partition(":")
+            raise FailedPreconditionError(f"{WIRE_NAMES.get(field, field)}:{rest}") from None
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         self.store.create(job_id, "anonymous", "default", spec_settings(request.spec))
         self.runner.start(job_id)

@@ -36,6 +36,8 @@ WIRE_NAMES = {
     "reward": "spec.evaluation.recipe.reward",
     "cube_reward": "spec.evaluation.recipe.cube_reward",
     "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
+    "replicas": "spec.execution.replicas", "parallel": "spec.execution.parallel",
+    "staleness": "spec.execution.staleness",
 }
 MAX_BUDGET = 100_000
 
@@ -58,7 +60,9 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
         "dataset": e.dataset or None, "train_subset": e.train_subset or None,
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
-        "budget": spec.budget, "seed": spec.seed}
+        "budget": spec.budget, "seed": spec.seed,
+        "replicas": spec.execution.replicas or None, "parallel": spec.execution.parallel or None,
+        "staleness": _optional(spec.execution, "staleness")}
     if e.HasField("model"):
         settings.update(cells=e.model.cells, filters=e.model.filters,
                         drop_path=e.model.drop_path, aux_head=e.model.aux_head)
@@ -113,10 +117,14 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
             epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["lr"],
             weight_decay=s["weight_decay"], label_smoothing=s["label_smoothing"],
             reward=s["reward"], cube_reward=s["cube_reward"], device=s["device"]))
+    execution = sp.ExecutionSpec(replicas=s.get("replicas", 0), parallel=s.get("parallel", 0))
+    if "staleness" in s:
+        execution.staleness = s["staleness"]
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name=s.get("space", ""),
                                                   num_blocks=s.get("num_blocks", 0),
                                                   num_layers=s.get("num_layers", 0),
                                                   predict_strides=s.get("predict_strides",
                                                                         False)),
                          strategy=s.get("strategy", ""), controller=controller,
-                         evaluation=evaluation, budget=s["budget"], seed=s["seed"])
+                         evaluation=evaluation, budget=s["budget"], seed=s["seed"],
+                         execution=execution)

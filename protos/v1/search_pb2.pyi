@@ -167,6 +167,7 @@ class SearchSpec(_message.Message):
     EVALUATION_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """free text for people"""
     strategy: _builtins.str
@@ -180,6 +181,10 @@ class SearchSpec(_message.Message):
     def controller(self) -> Global___ControllerSpec: ...
     @_builtins.property
     def evaluation(self) -> Global___EvaluationSpec: ...
+    @_builtins.property
+    def execution(self) -> Global___ExecutionSpec:
+        """how the job runs on the service's cluster"""
+
     def __init__(
         self,
         *,
@@ -190,10 +195,11 @@ class SearchSpec(_message.Message):
         evaluation: Global___EvaluationSpec | None = ...,
         budget: _builtins.int = ...,
         seed: _builtins.int = ...,
+        execution: Global___ExecutionSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller", "evaluation", b"evaluation", "space", b"space"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "name", b"name", "seed", b"seed", "space", b"space", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "name", b"name", "seed", b"seed", "space", b"space", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,3 +540,39 @@ class GetBestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBestResponse: _TypeAlias = GetBestResponse  # noqa: Y015
+
+@_typing.final
+class ExecutionSpec(_message.Message):
+    """--- execution ---
+
+    How a job runs on the service's parameter servers and workers (unset: one replica, one
+    child at a time).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    STALENESS_FIELD_NUMBER: _builtins.int
+    replicas: _builtins.int
+    """K controller replicas (> 1 needs parameter servers)"""
+    parallel: _builtins.int
+    """children of one replica's batch trained at once"""
+    staleness: _builtins.int
+    """async parameter servers: staleness bound tau (4)"""
+    def __init__(
+        self,
+        *,
+        replicas: _builtins.int = ...,
+        parallel: _builtins.int = ...,
+        staleness: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "staleness", b"staleness"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "parallel", b"parallel", "replicas", b"replicas", "staleness", b"staleness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__staleness: _TypeAlias = _typing.Literal["staleness"]  # noqa: Y015
+    _WhichOneofArgType__staleness: _TypeAlias = _typing.Literal["_staleness", b"_staleness"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__staleness) -> _WhichOneofReturnType__staleness | None: ...
+
+Global___ExecutionSpec: _TypeAlias = ExecutionSpec  # noqa: Y015

@@ -1,0 +1,160 @@
+"""What the search service's jobs run on: parameter-server shards and Ray workers.
+
+Part of the composition root. ``ServiceCluster`` owns (or is told about) S parameter-server
+shards and a pool of Ray workers, shared by every job of the service:
+
+- a REINFORCE job runs K controller replicas (threads of the service) that pull the policy from
+  the shards and push their gradients to them; the layout id is the job id, so after a restart
+  of the service the policy is whatever the shards hold, or restored from their Redis
+  checkpoint when the shards restarted too;
+- a job that trains children (``evaluator: train``) hands them to the Ray workers through the
+  trial board, whose ``TrialReport`` server the workers (``nas serve worker``) report to.
+
+Without shards a job runs one replica with an in-process policy; without workers children are
+trained by the job's thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from controller.config import ConfigError, SearchConfig
+from controller.distributed.launcher import Cluster
+from controller.distributed.processes import start_private_redis
+from controller.distributed.ps_client import ShardedParameterClient
+from controller.evaluators.base import Evaluator
+from controller.local_training import TrainEvaluator
+from controller.ray_training import RayWorkerPool
+from protos.rpc import CHANNEL_OPTIONS
+from protos.types import LayoutSpec
+from protos.v1 import paramserver_pb2 as ps
+from protos.v1 import paramserver_pb2_grpc as ps_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterOptions:
+    """``nas serve search``'s cluster flags."""
+
+    shards: int = 0                       # start this many local shard processes
+    paramservers: list[str] = field(default_factory=list)  # or use these running shards
+    redis_url: str | None = None          # shards' checkpoints (None: a private redis-server)
+    workers: int = 0                      # children trained at once on Ray (0: no Ray)
+    ray_address: str | None = None
+    cpus_per_child: float = 1.0
+    gpus_per_child: float | None = None
+    max_attempts: int = 3
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout: float = 60.0
+    report_port: int = 0                  # the TrialReport server's port (0: a free one)
+    redis_prefix: str = "nas"             # shards checkpoint under {redis_prefix}:ps
+    log_dir: Path = Path("runs/service/logs")
+
+    def check(self) -> None:
+        """ConfigError naming the flag of an impossible combination."""
+        if self.shards < 0 or self.workers < 0:
+            raise ConfigError("shards/workers: must be >= 0")
+        if self.shards and self.paramservers:
+            raise ConfigError("paramservers: give --shards S (started here) or --paramservers "
+                              "HOST:PORT,... (running), not both")
+        if self.ray_address and not self.workers:
+            raise ConfigError("workers: with --ray-address, say how many children to train at "
+                              "once (--workers N)")
+
+
+class ServiceCluster:
+    """Shards and workers shared by the service's jobs; ``close`` stops what it started."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        options.check()
+        self.options = options
+        self._processes = Cluster(options.log_dir)
+        self._redis_url = options.redis_url
+        self._prefix = f"{options.redis_prefix}:ps"
+        self.addresses = list(options.paramservers)
+        self.workers: RayWorkerPool | None = None
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        try:
+            if options.shards:
+                self._start_shards(options.shards)
+            if options.workers:
+                self.workers = RayWorkerPool(
+                    options.workers, options.ray_address, options.cpus_per_child,
+                    options.gpus_per_child, options.max_attempts, options.heartbeat_seconds,
+                    options.heartbeat_timeout, report_port=options.report_port)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_shards(self, count: int) -> None:
+        if self._redis_url is None:
+            child, self._redis_url = start_private_redis(
+                Path(tempfile.mkdtemp(prefix="nas-redis-")), self.options.log_dir)
+            self._processes.children.append(child)
+        for index in range(count):
+            self._processes.start_shard(index, count, self._redis_url, self._prefix)
+        self.addresses = list(self._processes.shard_addresses)
+        self._monitor = threading.Thread(target=self._revive, name="shard-monitor", daemon=True)
+        self._monitor.start()
+
+    def _revive(self) -> None:
+        """Restart a shard that died, on its port, from its checkpoint."""
+        while not self._stop.wait(0.5):
+            try:
+                self._processes.revive_shards(self.options.shards, str(self._redis_url),
+                                              self._prefix)
+            except Exception:  # given up on a shard: its jobs' pushes fail and say so
+                log.exception("a parameter-server shard cannot be restarted")
+                return
+
+    @property
+    def has_paramservers(self) -> bool:
+        """Whether jobs' policies live on parameter servers."""
+        return bool(self.addresses)
+
+    def parameter_client(self, layout: LayoutSpec) -> ShardedParameterClient:
+        """A client of the shards for one job's layout."""
+        return ShardedParameterClient(self.addresses, layout)
+
+    def shard_status(self, job_id: str) -> list[ps.ShardStatusResponse]:
+        """Each shard's status of a job's policy (its version: updates applied)."""
+        statuses = []
+        for address in self.addresses:
+            with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+                statuses.append(ps_grpc.ParameterServerStub(channel).ShardStatus(
+                    ps.ShardStatusRequest(layout_id=job_id), timeout=10.0))
+        return statuses
+
+    def evaluator(self, cfg: SearchConfig, local: Evaluator) -> Evaluator:
+        """The job's evaluator: its children trained by the Ray workers when there are any."""
+        if self.workers is not None and isinstance(local, TrainEvaluator):
+            return self.workers.dispatcher(local)
+        return local
+
+    def check_job(self, cfg: SearchConfig) -> None:
+        """ConfigError naming the setting a job asks for that this service cannot give."""
+        if cfg.replicas > 1 and not self.has_paramservers:
+            raise ConfigError(f"replicas: {cfg.replicas} controller replicas share their policy "
+                              f"through parameter servers, and this service has none (start it "
+                              f"with --shards S, or submit with replicas 1)")
+
+    def describe(self) -> dict[str, object]:
+        """Endpoints, for the start-up banner and tests."""
+        return {"paramservers": self.addresses,
+                "trial_reports": self.workers.report_address if self.workers else None,
+                "workers": self.options.workers}
+
+    def close(self) -> None:
+        """Stop the workers and the shard processes this cluster started."""
+        self._stop.set()
+        if self.workers is not None:
+            self.workers.close()
+        self._processes.stop()
