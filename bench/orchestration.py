@@ -30,7 +30,7 @@ from bench.report import machine, write_section
 from controller.config import build_config
 from controller.factory import build_space, build_strategy
 from controller.local_training import TrainEvaluator
-from controller.ray_training import ray_workers
+from controller.ray_training import RayWorkerPool
 from controller.search import run_search
 from controller.strategies.base import Strategy
 from controller.trials.board import TrialOutcome
@@ -91,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
                                          cfg.val_subset, {"cells": 1, "filters": 8}, recipe,
                                          Path(tmp) / "children")
         outcomes: list[TrialOutcome] = []
-        with ray_workers(cfg, local) as running:
-            running.board.on_outcome = outcomes.append
-            outcome = run_search(space, strategy, running.evaluator, cfg.budget,
+        pool = RayWorkerPool(cfg.workers, cpus_per_child=cfg.cpus_per_child,
+                             gpus_per_child=cfg.gpus_per_child)
+        try:
+            pool.board.on_outcome = outcomes.append
+            outcome = run_search(space, strategy, pool.dispatcher(local), cfg.budget,
                                  parallel=cfg.workers, report_test=False)
+        finally:
+            pool.close()
     rows = sorted((o for o in outcomes if o.result.status.value == "succeeded"
                    and o.started_at is not None), key=lambda o: o.started_at or 0.0)
     train = [o.result.metrics["train_seconds"] for o in rows]

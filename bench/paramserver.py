@@ -27,8 +27,8 @@ import numpy as np
 import redis
 
 from bench.report import machine, write_section
-from controller.distributed.launcher import Cluster
 from controller.distributed.ps_client import ShardedParameterClient
+from controller.distributed.shards import ShardProcesses
 from protos.rpc import CHANNEL_OPTIONS
 from protos.types import LayoutSpec
 
@@ -58,7 +58,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(ms, 99))}
 
 
-def latency(cluster: Cluster, prefix: str, n: int) -> dict[str, dict[str, float]]:
+def latency(cluster: ShardProcesses, prefix: str, n: int) -> dict[str, dict[str, float]]:
     """Push + pull of the policy vector on one shard vs an echo of the same bytes."""
     layout = LayoutSpec(layout_id=f"lat-{uuid.uuid4().hex[:6]}", total_size=POLICY_SIZE,
                         num_shards=1, checkpoint_every=0)
@@ -94,7 +94,7 @@ def latency(cluster: Cluster, prefix: str, n: int) -> dict[str, dict[str, float]
 def throughput(log_dir: Path, prefix: str, shards: int, replicas: int,
                seconds: float) -> float:
     """Pushes (each followed by a pull) per second with ``replicas`` concurrent clients."""
-    cluster = Cluster(log_dir)
+    cluster = ShardProcesses(log_dir)
     try:
         for i in range(shards):
             cluster.start_shard(i, shards, REDIS, prefix)
@@ -103,7 +103,7 @@ def throughput(log_dir: Path, prefix: str, shards: int, replicas: int,
         cluster.stop()
 
 
-def _throughput(cluster: Cluster, shards: int, replicas: int, seconds: float) -> float:
+def _throughput(cluster: ShardProcesses, shards: int, replicas: int, seconds: float) -> float:
     layout = LayoutSpec(layout_id=f"tp-{uuid.uuid4().hex[:6]}", total_size=POLICY_SIZE,
                         num_shards=shards, staleness=10**6, checkpoint_every=0)
     addresses = cluster.shard_addresses[:shards]
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp) / "logs"
-        cluster = Cluster(logs)
+        cluster = ShardProcesses(logs)
         try:
             lat = latency(cluster, prefix, args.latency_n)
         finally:

@@ -90,7 +90,7 @@ class SearchConfig:
     grace_epochs: int = 1  # early stopping: epochs every child trains before it may be stopped
     asha_eta: int = 3
     median_min_trials: int = 3
-    metrics_port: int | None = None  # serve the trial metrics while the search runs (0: free)
+    metrics_port: int | None = None  # serve /metrics while the search runs (0: a free port)
 
     def __post_init__(self) -> None:
         _one_of("space", self.space, SPACE_NAMES)
@@ -169,13 +169,8 @@ class SearchConfig:
         if self.workers and self.evaluator != "train":
             raise ConfigError(f"workers: Ray workers train children (--evaluator train); the "
                               f"{self.evaluator} evaluator looks results up (use --parallel)")
-        if self.workers and self.distributed:
-            raise ConfigError("workers: --workers runs with one controller process; drop "
-                              "--shards/--replicas/--redis (each replica trains in-process)")
-        if self.metrics_port is not None and not (self.workers and 0 <= self.metrics_port
-                                                  <= 65535):
-            raise ConfigError(f"metrics_port: a port in [0, 65535] for the trial metrics of "
-                              f"--workers, got {self.metrics_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: a port in [0, 65535], got {self.metrics_port}")
         if self.early_stopping != "none":
             if not self.workers:
                 raise ConfigError("early_stopping: children report their epochs to the "

@@ -1,26 +1,21 @@
-"""``--workers N``: children trained by Ray tasks that report to this controller over gRPC.
+"""Children trained by Ray tasks that report to this controller over gRPC.
 
 Part of the composition root: it wires the controller's trial board and ``TrialReport`` service
 to the worker package's Ray scheduler and worker service, all in this process (the Ray tasks run
 in Ray's worker processes). On a cluster the same worker service runs as ``nas serve worker``.
+The search service's cluster (``controller.service.cluster``) owns one pool for all its jobs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
-
-from controller.config import ConfigError, SearchConfig
-from controller.early_stopping import EarlyStopper, create_stopper
+from controller.config import ConfigError
+from controller.early_stopping import EarlyStopper
 from controller.local_training import TrainEvaluator
 from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
-from controller.trials.servicer import TrialMetrics, serve_trial_reports
+from controller.trials.servicer import serve_trial_reports
 from protos.types import Resources, Workload
 from worker.scheduler import InfeasibleResources, RayScheduler
 from worker.service import WorkerService
@@ -87,6 +82,16 @@ class RayWorkerPool:
         """The evaluator of a job whose children ``local`` describes."""
         return DispatchEvaluator(self.board, workload_of(local), self.resources, local)
 
+    def summary(self) -> dict[str, object]:
+        """For result.json: how trials went through the workers."""
+        c = self.board.counters
+        return {"report_address": self.report_address, "trials_leased": c.leased,
+                "succeeded": c.succeeded, "failed": c.failed, "retried_lost": c.retried_lost,
+                "retried_timeout": c.retried_timeout, "duplicate_reports": c.duplicates,
+                "stopped_early": c.stopped_early,
+                "resources": {"num_cpus": self.resources.num_cpus,
+                              "num_gpus": self.resources.num_gpus}}
+
     def close(self) -> None:
         """Stop the workers, Ray and the report server (queued trials end as lost)."""
         self.board.close()
@@ -95,52 +100,3 @@ class RayWorkerPool:
         if self.scheduler is not None:
             self.scheduler.close()
         self.server.stop()
-
-
-@dataclass
-class RayWorkers:
-    """The running parts; ``evaluator`` is what the search uses."""
-
-    evaluator: DispatchEvaluator
-    board: TrialBoard
-    scheduler: RayScheduler
-    report_address: str
-    metrics_url: str | None = None
-
-    def summary(self) -> dict[str, object]:
-        """For result.json: how trials went through the workers."""
-        c = self.board.counters
-        return {"report_address": self.report_address, "trials_leased": c.leased,
-                "succeeded": c.succeeded, "failed": c.failed, "retried_lost": c.retried_lost,
-                "retried_timeout": c.retried_timeout, "duplicate_reports": c.duplicates,
-                "stopped_early": c.stopped_early,
-                "resources": {"num_cpus": self.evaluator.resources.num_cpus,
-                              "num_gpus": self.evaluator.resources.num_gpus}}
-
-
-@contextmanager
-def ray_workers(cfg: SearchConfig, local: TrainEvaluator,
-                metrics_port: int | None = None) -> Iterator[RayWorkers]:
-    """A worker pool for one search (``cfg.ray_address``, or a local Ray with ``cfg.workers``
-    children's CPUs); stopped on exit. An impossible resource request is a ConfigError before
-    anything is trained."""
-    stopper = create_stopper(cfg.early_stopping, cfg.epochs, cfg.grace_epochs, cfg.asha_eta,
-                             cfg.median_min_trials)
-    pool = RayWorkerPool(cfg.workers, cfg.ray_address, cfg.cpus_per_child, cfg.gpus_per_child,
-                         cfg.max_attempts, cfg.heartbeat_seconds, cfg.heartbeat_timeout, stopper)
-    http: WSGIServer | None = None
-    try:
-        assert pool.scheduler is not None
-        running = RayWorkers(pool.dispatcher(local), pool.board, pool.scheduler,
-                             pool.report_address)
-        if metrics_port is not None:
-            registry = CollectorRegistry()
-            registry.register(TrialMetrics(pool.board))
-            http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-            running.metrics_url = f"http://127.0.0.1:{http.server_port}/metrics"
-        yield running
-    finally:
-        pool.close()
-        if http is not None:
-            http.shutdown()
-            http.server_close()

@@ -102,30 +102,36 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
                report_test: bool = True, claim: Callable[[], bool] | None = None,
                on_entry: Callable[[HistoryEntry], None] | None = None,
-               parallel: int = 1) -> SearchOutcome:
+               parallel: int = 1, refund: Callable[[float], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
     were all cache hits: the strategy keeps proposing what it has already seen. With several
     replicas sharing one budget, ``claim()`` is asked before each training and the search stops
     when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
-    evaluates the trials of one suggested batch concurrently (reports stay in order).
+    evaluates the trials of one suggested batch concurrently (reports stay in order). ``stop()``
+    is asked before each batch: true ends the search (``stopped_reason == "cancelled"``).
 
-    A child stopped early costs the share of its epochs it trained: with the local budget the
-    rest is spent on more children (``outcome.charged`` <= ``budget``; ``trainings`` may be more).
+    A child stopped early costs the share of its epochs it trained: with the local budget (or
+    a shared one that takes ``refund``s) the rest is spent on more children (``outcome.charged``
+    <= ``budget``; ``trainings`` may be more).
     """
     if budget < 1:
         raise ValueError("budget must be >= 1")
     cache = cache if cache is not None else InMemoryCache()
     outcome = SearchOutcome(budget=budget)
     local = _LocalBudget(budget)
-    refund = local.refund if claim is None else None
-    claim = claim if claim is not None else local.claim
+    if claim is None:
+        claim, refund = local.claim, local.refund
     pool = ThreadPoolExecutor(parallel) if parallel > 1 else None
     start = time.perf_counter()
     idle = 0
     try:
         while outcome.charged <= budget - 1 + 1e-9:
+            if stop is not None and stop():
+                outcome.stopped_reason = "cancelled"
+                break
             if idle >= max_idle_proposals:
                 outcome.stopped_reason = "converged"
                 break
@@ -133,10 +139,13 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
                 return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
+            spent = False
             for trial, evaluated in zip(trials, done, strict=False):
                 if evaluated is None:  # the budget is spent (here or by other replicas)
-                    budget = min(budget, int(outcome.charged))
-                    break
+                    spent = True
+                    if pool is None:
+                        break
+                    continue  # the batch's other children ran at the same time: kept
                 entry, result, cost = evaluated
                 strategy.report(trial.trial_id, result)
                 if on_entry is not None:
@@ -145,6 +154,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                 idle = idle + 1 if entry.cached else 0
                 if on_progress is not None:
                     on_progress(outcome, strategy)
+            if spent:
+                break
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from tqdm import tqdm
@@ -21,18 +23,13 @@ from controller.config import (
     build_config,
     load_spec,
 )
-from controller.distributed.launcher import run_local_cluster
 from controller.early_stopping import EARLY_STOPPING
-from controller.evaluators.base import Evaluator
 from controller.factory import build_evaluator, build_space, build_strategy
-from controller.local_training import TrainEvaluator
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
-from controller.ray_training import ray_workers
-from controller.search import ProgressFn, SearchOutcome, run_search
+from controller.search import SearchOutcome
+from controller.service.embedded import EmbeddedSearch
 from controller.spaces import SPACE_NAMES
-from controller.spaces.base import SearchSpace
-from controller.strategies.base import Strategy
 
 EPILOG = """examples:
   nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \\
@@ -139,7 +136,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--asha-eta", type=int, help="asha: keep the top 1/eta at each rung (3)")
     g.add_argument("--median-min-trials", type=int,
                    help="median: finished children needed before stopping any (3)")
-    g.add_argument("--metrics-port", type=int, help="serve the trial metrics (nas_trials_*) at "
+    g.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (nas_trials_* with "
+                   "--workers, nas_replica_* with --shards/--replicas) at "
                    "http://127.0.0.1:PORT/metrics while the search runs (0: a free port)")
     g = p.add_argument_group("run")
     g.add_argument("--budget", type=int, help="child trainings to spend (100)")
@@ -161,39 +159,44 @@ def parse_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``nas search``; raises ConfigError/EvaluatorError for the CLI to report."""
+    """Execute ``nas search``: the job runs through an embedded search service (the same
+    runner and cluster code as ``nas serve search``); raises ConfigError/EvaluatorError for the
+    CLI to report."""
     cfg = parse_config(args)
     space = build_space(cfg)
-    evaluator = build_evaluator(cfg)
-    strategy = build_strategy(space, cfg)
+    evaluator = build_evaluator(cfg)  # a bad dataset or table fails here, before any process
+    build_strategy(space, cfg)
     bar = tqdm(total=cfg.budget, unit="training", disable=getattr(args, "quiet", False),
                desc=f"{cfg.space}/{cfg.strategy}", dynamic_ncols=True,
                mininterval=0.5)
 
-    def progress(outcome: SearchOutcome, strat: Strategy) -> None:
-        best = outcome.best.reward if outcome.best else float("nan")
-        bar.set_postfix(best=f"{best:.4f}", hits=outcome.cache_hits, refresh=False)
-        bar.update(outcome.trainings - bar.n)
+    def progress(trainings: int, best: float | None) -> None:
+        if best is not None:
+            bar.set_postfix(best=f"{best:.4f}", refresh=False)
+        bar.update(min(trainings, cfg.budget) - bar.n)
 
-    def progress_to(trainings: int) -> None:
-        bar.update(trainings - bar.n)
-
-    layout: dict[str, Any] | None = None
-    workers: dict[str, Any] | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    search: EmbeddedSearch | None = None
     try:
-        if cfg.distributed:
-            outcome, layout = run_local_cluster(cfg, space, evaluator, progress_to)
-        elif cfg.workers:
-            outcome, workers = _search_on_ray(cfg, space, strategy, evaluator, progress)
-        else:
-            outcome = run_search(space, strategy, evaluator, cfg.budget,
-                                 failure_reward=cfg.failure_reward,
-                                 max_idle_proposals=cfg.max_idle_proposals,
-                                 on_progress=progress, parallel=cfg.parallel)
+        search = EmbeddedSearch(cfg)
+        if search.cluster.metrics_url:
+            print(f"metrics: {search.cluster.metrics_url}", file=sys.stderr, flush=True)
+        outcome = search.run(progress)
+        layout = search.layout_report() if search.cluster.has_paramservers else None
+        workers = search.cluster.workers.summary() if search.cluster.workers else None
     finally:
         bar.close()
+        if search is not None:
+            search.close()
+        signal.signal(signal.SIGTERM, previous)
+    if outcome.best is not None:
+        outcome.best_test_accuracy = evaluator.test_accuracy(
+            space.from_string(outcome.best.trained_arch))
     out_dir = Path(str(cfg.out))
-    doc = result_json(cfg, outcome, evaluator.describe())
+    info = evaluator.describe()
+    if workers is not None:
+        info["workers"] = "ray"
+    doc = result_json(cfg, outcome, info)
     if layout is not None:
         doc["layout"] = layout
     if workers is not None:
@@ -203,19 +206,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_on_ray(cfg: SearchConfig, space: SearchSpace, strategy: Strategy,
-                   evaluator: Evaluator, progress: ProgressFn
-                   ) -> tuple[SearchOutcome, dict[str, Any]]:
-    """The search with children trained by Ray tasks reporting over gRPC."""
-    assert isinstance(evaluator, TrainEvaluator)  # the config allows workers only with train
-    with ray_workers(cfg, evaluator, cfg.metrics_port) as running:
-        if running.metrics_url:
-            print(f"trial metrics: {running.metrics_url}", file=sys.stderr, flush=True)
-        outcome = run_search(space, strategy, running.evaluator, cfg.budget,
-                             failure_reward=cfg.failure_reward,
-                             max_idle_proposals=cfg.max_idle_proposals, on_progress=progress,
-                             parallel=cfg.workers)
-        return outcome, running.summary()
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def result_json(cfg: SearchConfig, outcome: SearchOutcome,

@@ -44,10 +44,11 @@ def error_from_rpc(exc: grpc.RpcError) -> Exception:
 
 
 def call_with_retry(fn: Callable[[], R], retry_for: float,
-                    retry_on: tuple[type[Exception], ...] = (UnavailableError,)) -> R:
+                    retry_on: tuple[type[Exception], ...] = (UnavailableError,),
+                    give_up: Callable[[], bool] | None = None) -> R:
     """Run one RPC, retrying the errors in ``retry_on`` (a server restarting) with exponential
-    backoff for up to ``retry_for`` seconds; other failures raise their domain error. Only for
-    idempotent calls."""
+    backoff for up to ``retry_for`` seconds, or until ``give_up()`` (the caller is closing);
+    other failures raise their domain error. Only for idempotent calls."""
     deadline = time.monotonic() + retry_for
     delay = 0.05
     while True:
@@ -55,7 +56,8 @@ def call_with_retry(fn: Callable[[], R], retry_for: float,
             return fn()
         except grpc.RpcError as exc:
             err = error_from_rpc(exc)
-            if not isinstance(err, retry_on) or time.monotonic() > deadline:
+            if not isinstance(err, retry_on) or time.monotonic() > deadline or \
+                    (give_up is not None and give_up()):
                 raise err from None
         time.sleep(delay)
         delay = min(1.0, delay * 2)

@@ -20,10 +20,10 @@ import redis
 import torch
 from torch import nn
 
-from controller.distributed.launcher import Cluster
 from controller.distributed.metrics import ReplicaMetricsServer
 from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.remote import RemoteUpdater
+from controller.distributed.shards import ShardProcesses
 from controller.evaluators.nb201 import NB201Evaluator
 from controller.policy import LSTMPolicy, ReinforceLearner, ScoredTrial
 from controller.policy.reinforce import ReinforceConfig
@@ -37,9 +37,9 @@ Table = dict[str, tuple[float, float]]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
+def cluster(tmp_path: Path) -> Iterator[tuple[ShardProcesses, str]]:
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    c = Cluster(tmp_path / "logs")
+    c = ShardProcesses(tmp_path / "logs")
     yield c, prefix
     c.stop()
     r = redis.Redis.from_url(REDIS_URL)
@@ -47,7 +47,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
         r.delete(key)
 
 
-def _shards(c: Cluster, prefix: str, n: int) -> list[str]:
+def _shards(c: ShardProcesses, prefix: str, n: int) -> list[str]:
     return [c.start_shard(i, n, REDIS_URL, prefix) for i in range(n)]
 
 
@@ -56,7 +56,7 @@ def _layout(size: int, shards: int, **kw: object) -> LayoutSpec:
                       **kw)  # type: ignore[arg-type]
 
 
-def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[Cluster, str],
+def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[ShardProcesses, str],
                                                   nb201_table: Table) -> None:
     # Arrange: S=3 real shard processes, sync updates, one replica with m=4 children.
     c, prefix = cluster
@@ -96,7 +96,7 @@ def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[Cluster, str],
     client.close()
 
 
-def test_a_replayed_push_is_applied_once(cluster: tuple[Cluster, str]) -> None:
+def test_a_replayed_push_is_applied_once(cluster: tuple[ShardProcesses, str]) -> None:
     c, prefix = cluster
     layout = _layout(10, 2, learning_rate=0.1)
     client = ShardedParameterClient(_shards(c, prefix, 2), layout)
@@ -113,7 +113,7 @@ def test_a_replayed_push_is_applied_once(cluster: tuple[Cluster, str]) -> None:
 
 
 def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
-        cluster: tuple[Cluster, str]) -> None:
+        cluster: tuple[ShardProcesses, str]) -> None:
     # Arrange: async with staleness bound 2; replica A pulls, B pushes three updates.
     c, prefix = cluster
     layout = _layout(6, 2, staleness=2, learning_rate=0.1)
@@ -138,7 +138,7 @@ def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
     client.close()
 
 
-def test_replica_metrics_are_served(cluster: tuple[Cluster, str]) -> None:
+def test_replica_metrics_are_served(cluster: tuple[ShardProcesses, str]) -> None:
     c, prefix = cluster
     layout = _layout(4, 1)
     client = ShardedParameterClient(_shards(c, prefix, 1), layout)

@@ -226,7 +226,7 @@ def test_nas_search_with_two_workers_trains_children_through_ray(tmp_path: Path,
     proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trial metrics: http://127.0.0.1:" in proc.stderr
+    assert "metrics: http://127.0.0.1:" in proc.stderr
     doc = json.loads((out / "result.json").read_text())
     assert doc["workers"]["succeeded"] == doc["trainings"] >= 3
     assert doc["budget_charged"] <= 3

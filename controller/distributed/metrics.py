@@ -25,8 +25,9 @@ class ReplicaMetrics:
 class ReplicaMetricsServer:
     """The metric families of this process, optionally served on ``/metrics``."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, port: int | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._pushes = Counter("nas_replica_pushes", "Gradient pushes accepted by the shards",
                                ["replica"], registry=r)

@@ -3,6 +3,7 @@ with deadlines and retries on UNAVAILABLE (pushes are idempotent by replica id a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,16 +44,18 @@ class ShardedParameterClient:
         self._channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
         self._stubs = [ps_grpc.ParameterServerStub(c) for c in self._channels]
         self._pool = ThreadPoolExecutor(max_workers=max(1, layout.num_shards))
+        self._closed = threading.Event()
 
     def close(self) -> None:
-        """Close the channels."""
+        """Close the channels; calls in flight fail at once instead of retrying."""
+        self._closed.set()
         self._pool.shutdown(wait=False)
         for channel in self._channels:
             channel.close()
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one RPC, retrying UNAVAILABLE (a shard restarting) for retry_for s."""
-        return call_with_retry(fn, self.retry_for)
+        return call_with_retry(fn, self.retry_for, give_up=self._closed.is_set)
 
     def _each(self, fn: Callable[[int], T]) -> list[T]:
         if self.layout.num_shards == 1:  # no thread hand-off for a single shard

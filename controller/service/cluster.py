@@ -21,16 +21,21 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
+from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.config import ConfigError, SearchConfig
-from controller.distributed.launcher import Cluster
+from controller.distributed.metrics import ReplicaMetricsServer
 from controller.distributed.processes import start_private_redis
 from controller.distributed.ps_client import ShardedParameterClient
+from controller.distributed.shards import ShardProcesses
+from controller.early_stopping import EarlyStopper, create_stopper
 from controller.evaluators.base import Evaluator
 from controller.local_training import TrainEvaluator
 from controller.ray_training import RayWorkerPool
+from controller.trials.servicer import TrialMetrics
 from protos.rpc import CHANNEL_OPTIONS
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
@@ -55,7 +60,23 @@ class ClusterOptions:
     heartbeat_timeout: float = 60.0
     report_port: int = 0                  # the TrialReport server's port (0: a free one)
     redis_prefix: str = "nas"             # shards checkpoint under {redis_prefix}:ps
+    stopper: EarlyStopper | None = None   # early stopping of the workers' children
+    metrics_port: int | None = None       # serve /metrics here (0: a free port)
     log_dir: Path = Path("runs/service/logs")
+
+    @classmethod
+    def for_search(cls, cfg: SearchConfig, log_dir: Path, redis_prefix: str) -> ClusterOptions:
+        """The cluster ``nas search`` embeds for ``cfg``: S local shards when the layout is
+        distributed, a local Ray (or ``cfg.ray_address``) with ``cfg.workers`` slots."""
+        return cls(shards=cfg.shards if cfg.distributed else 0, redis_url=cfg.redis,
+                   workers=cfg.workers, ray_address=cfg.ray_address,
+                   cpus_per_child=cfg.cpus_per_child, gpus_per_child=cfg.gpus_per_child,
+                   max_attempts=cfg.max_attempts, heartbeat_seconds=cfg.heartbeat_seconds,
+                   heartbeat_timeout=cfg.heartbeat_timeout, redis_prefix=redis_prefix,
+                   stopper=create_stopper(cfg.early_stopping, cfg.epochs, cfg.grace_epochs,
+                                          cfg.asha_eta, cfg.median_min_trials)
+                   if cfg.workers else None,
+                   metrics_port=cfg.metrics_port, log_dir=log_dir)
 
     def check(self) -> None:
         """ConfigError naming the flag of an impossible combination."""
@@ -75,11 +96,16 @@ class ServiceCluster:
     def __init__(self, options: ClusterOptions) -> None:
         options.check()
         self.options = options
-        self._processes = Cluster(options.log_dir)
+        self._processes = ShardProcesses(options.log_dir)
         self._redis_url = options.redis_url
         self._prefix = f"{options.redis_prefix}:ps"
         self.addresses = list(options.paramservers)
         self.workers: RayWorkerPool | None = None
+        self._http: WSGIServer | None = None
+        self.metrics_url: str | None = None
+        # this process's metrics: the replicas' pushes and staleness, the workers' trials
+        self.registry = CollectorRegistry()
+        self.replica_metrics = ReplicaMetricsServer(registry=self.registry)
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         try:
@@ -89,7 +115,13 @@ class ServiceCluster:
                 self.workers = RayWorkerPool(
                     options.workers, options.ray_address, options.cpus_per_child,
                     options.gpus_per_child, options.max_attempts, options.heartbeat_seconds,
-                    options.heartbeat_timeout, report_port=options.report_port)
+                    options.heartbeat_timeout, options.stopper,
+                    report_port=options.report_port)
+                self.registry.register(TrialMetrics(self.workers.board))
+            if options.metrics_port is not None:
+                self._http, _ = start_http_server(options.metrics_port, addr="127.0.0.1",
+                                                  registry=self.registry)
+                self.metrics_url = f"http://127.0.0.1:{self._http.server_port}/metrics"
         except BaseException:
             self.close()
             raise
@@ -155,6 +187,14 @@ class ServiceCluster:
     def close(self) -> None:
         """Stop the workers and the shard processes this cluster started."""
         self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
         if self.workers is not None:
             self.workers.close()
         self._processes.stop()
+
+    @property
+    def processes(self) -> ShardProcesses:
+        """The processes this cluster started (shards, a private redis-server)."""
+        return self._processes

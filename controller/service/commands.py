@@ -180,6 +180,9 @@ def serve_main(argv: list[str]) -> int:
                    help="attempts per child whose worker dies (3)")
     g.add_argument("--heartbeat-timeout", type=float, default=60.0,
                    help="a child silent this long is retried (60 s)")
+    g.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics (nas_replica_*, nas_trials_*) at "
+                        "http://127.0.0.1:PORT/metrics (0: a free port; default: none)")
     g.add_argument("--trial-port", type=int, default=0,
                    help="port of the TrialReport service workers report to (0: a free one; "
                         "`nas serve worker --controller HOST:PORT` joins more workers)")
@@ -201,6 +204,7 @@ def serve_main(argv: list[str]) -> int:
         cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
         max_attempts=args.max_attempts, heartbeat_timeout=args.heartbeat_timeout,
         report_port=args.trial_port, redis_prefix=args.redis_prefix,
+        metrics_port=args.metrics_port,
         log_dir=args.work_dir / "logs")
     try:
         cluster = ServiceCluster(options)
@@ -242,6 +246,8 @@ def _serve(args: argparse.Namespace, cluster: Any) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"search service listening on {running.address}", flush=True)
+    if cluster.metrics_url:
+        print(f"metrics {cluster.metrics_url}", flush=True)
     ends = cluster.describe()
     if ends["paramservers"]:
         print(f"parameter servers {','.join(ends['paramservers'])}", flush=True)

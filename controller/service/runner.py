@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from torch import nn
 
 from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, SearchConfig, build_config
-from controller.distributed.launcher import layout_for
-from controller.distributed.remote import RemoteUpdater
+from controller.distributed.ps_client import ShardedParameterClient
+from controller.distributed.remote import RemoteUpdater, ReplicaStats
+from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
-from controller.jobs.store import ENDED, JobStore
+from controller.jobs.store import ENDED, JobStore, JobView
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search
 from controller.service.cluster import ClusterOptions, ServiceCluster
@@ -36,6 +38,17 @@ from controller.strategies.base import Strategy
 from protos.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    """What a job's run left in this process (for ``nas search``'s result.json): each replica's
+    outcome and parameter-server statistics, or the error that failed it."""
+
+    outcomes: list[SearchOutcome] = field(default_factory=list)
+    replicas: dict[str, ReplicaStats] = field(default_factory=dict)
+    by_replica: dict[str, SearchOutcome] = field(default_factory=dict)
+    error: BaseException | None = None
 
 
 class JobRunner:
@@ -51,10 +64,20 @@ class JobRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.cache = InMemoryCache()  # shared by the jobs of this service
+        self.results: dict[str, JobResult] = {}
+        self._clients: dict[str, ShardedParameterClient] = {}  # running jobs' shard clients
 
     def resume(self) -> list[str]:
         """After a restart: refill the shared cache from every job's trainings, then start
         again every job the store has PENDING or RUNNING; their ids."""
+        jobs = self.load_cache()
+        resumed = [v.job_id for v in jobs if v.state in ("PENDING", "RUNNING")]
+        for job_id in resumed:
+            self.start(job_id)
+        return resumed
+
+    def load_cache(self) -> list[JobView]:
+        """Put every training the store holds into the shared cache; the jobs read."""
         jobs = self.store.jobs()
         for view in jobs:
             for trial in view.trials.values():
@@ -63,10 +86,7 @@ class JobRunner:
                     self.cache.put(trial["cache_key"], CachedEvaluation(
                         float(trial["reward"]), str(trial["arch"]), trial.get("metrics", {}),
                         trial.get("artifacts", {})))
-        resumed = [v.job_id for v in jobs if v.state in ("PENDING", "RUNNING")]
-        for job_id in resumed:
-            self.start(job_id)
-        return resumed
+        return jobs
 
     def start(self, job_id: str) -> None:
         """Run the job in the background (it waits PENDING for a free slot)."""
@@ -100,7 +120,9 @@ class JobRunner:
         return not thread.is_alive()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Cancel what still runs and wait for the threads."""
+        """Cancel what still runs and wait up to ``timeout`` for each job to stop at its next
+        proposal; then cut its parameter-server calls short (a job left RUNNING resumes when
+        the service starts again)."""
         with self._lock:
             events = list(self._cancel.values())
             threads = list(self._threads.values())
@@ -108,6 +130,12 @@ class JobRunner:
             event.set()
         for thread in threads:
             thread.join(timeout)
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.close()
+        for thread in threads:
+            thread.join(min(timeout, 5.0))
 
     def _run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
@@ -119,9 +147,11 @@ class JobRunner:
                 self.store.set_state(job_id, "RUNNING")
                 reason = self._search(job_id, cancelled)
             except (ConfigError, EvaluatorError, ValueError) as exc:
+                self.results.setdefault(job_id, JobResult()).error = exc
                 self._end(job_id, "FAILED", str(exc))
                 return
             except Exception as exc:  # a bug: the job fails with the reason, the service lives
+                self.results.setdefault(job_id, JobResult()).error = exc
                 log.exception("job %s failed", job_id)
                 self._end(job_id, "FAILED", f"internal error: {type(exc).__name__}: {exc}")
                 return
@@ -134,24 +164,36 @@ class JobRunner:
 
     def _search(self, job_id: str, cancelled: threading.Event) -> str:
         view = self.store.get(job_id)
-        cfg = build_config(view.spec, {"out": str(self.work_dir / job_id)})
+        result = self.results.setdefault(job_id, JobResult())
+        # an embedded job (nas search) names its directory; a submitted one gets work_dir/<id>
+        cfg = build_config(view.spec, {"out": view.spec.get("out")
+                                       or str(self.work_dir / job_id)})
         self.cluster.check_job(cfg)
         space = build_space(cfg)
-        evaluator = self.cluster.evaluator(cfg, build_evaluator(cfg))
+        local = build_evaluator(cfg)
+        evaluator = self.cluster.evaluator(cfg, local)
+        # children in flight per replica: the job's own setting, at least the workers' slots
+        parallel = cfg.parallel if evaluator is local else max(cfg.parallel,
+                                                               self.cluster.options.workers)
         done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
         # trial ids name the job (the trial board is shared by every job); a resumed run's
         # ids name the resumption too, so they never repeat an earlier run's
         tag = f"{job_id}-x{len(view.trials)}" if view.trials else job_id
-        claimed = sum(1 for t in done if not t.get("cached"))
+        claimed = float(sum(1 for t in done if not t.get("cached")))
         lock = threading.Lock()
 
         def claim() -> bool:
             nonlocal claimed
             with lock:
-                if cancelled.is_set() or claimed >= cfg.budget:
+                if cancelled.is_set() or claimed + 1 > cfg.budget + 1e-9:
                     return False
                 claimed += 1
                 return True
+
+        def refund(unused: float) -> None:  # a child stopped early: the rest buys more
+            nonlocal claimed
+            with lock:
+                claimed -= unused
 
         def record(entry: HistoryEntry) -> None:  # one journal entry per proposal
             key = f"{evaluator.cache_key}|" \
@@ -164,20 +206,23 @@ class JobRunner:
             return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                               failure_reward=cfg.failure_reward,
                               max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                              on_entry=record, report_test=False, parallel=cfg.parallel)
+                              refund=refund, on_entry=record, report_test=False,
+                              parallel=parallel, stop=cancelled.is_set)
 
         if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
-            outcomes = self._replicas(job_id, tag, cfg, space, search)
+            outcomes = self._replicas(job_id, tag, cfg, space, search, result)
         else:
             strategy = build_strategy(space, cfg)
             strategy.job_id = tag
             outcomes = [search(strategy)]
+        result.outcomes = outcomes
         reasons = sorted({o.stopped_reason for o in outcomes})
         return (f"{','.join(reasons)}: {sum(o.trainings for o in outcomes)} trainings, "
                 f"{sum(o.cache_hits for o in outcomes)} cache hits")
 
     def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
-                  search: Callable[[Strategy], SearchOutcome]) -> list[SearchOutcome]:
+                  search: Callable[[Strategy], SearchOutcome], result: JobResult
+                  ) -> list[SearchOutcome]:
         """K controller replicas (threads) sharing the policy on the parameter servers. The
         layout id is the job id: registering it again after a restart keeps what the shards
         hold (or restored from their checkpoint), so a resumed job's policy goes on learning."""
@@ -187,6 +232,8 @@ class JobRunner:
         layout = layout_for(cfg, job_id, initial.size, learner.learning_rate,
                             learner.adam_betas, num_shards=len(self.cluster.addresses))
         client = self.cluster.parameter_client(layout)
+        with self._lock:
+            self._clients[job_id] = client
         outcomes: list[SearchOutcome] = []
         errors: list[BaseException] = []
         try:
@@ -201,8 +248,11 @@ class JobRunner:
             def replica(index: int) -> None:
                 try:
                     def updater(policy: LSTMPolicy) -> RemoteUpdater:
-                        return RemoteUpdater(list(policy.parameters()), client,
-                                             f"{tag}-r{index}")
+                        remote = RemoteUpdater(
+                            list(policy.parameters()), client, f"{tag}-r{index}",
+                            metrics=self.cluster.replica_metrics.replica(index))
+                        result.replicas[f"{tag}-r{index}"] = remote.stats
+                        return remote
 
                     strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
                                                updater=updater)
@@ -210,6 +260,7 @@ class JobRunner:
                     outcome = search(strategy)
                     with self._lock:
                         outcomes.append(outcome)
+                        result.by_replica[f"{tag}-r{index}"] = outcome
                 except BaseException as exc:  # raised in the job's thread below
                     errors.append(exc)
 
@@ -221,6 +272,8 @@ class JobRunner:
                 thread.join()
         finally:
             client.close()
+            with self._lock:
+                self._clients.pop(job_id, None)
         if errors:
             raise errors[0]
         return outcomes

@@ -1,0 +1,134 @@
+"""``nas search``'s engine: one job through an embedded instance of the search service.
+
+The job runs exactly as a submitted one would (the same ``JobRunner`` and ``ServiceCluster``:
+K replica threads sharing the policy on S local shard processes, children on a local Ray or the
+in-process evaluator), with an in-memory job store instead of Redis, so the local and the
+cluster paths cannot diverge. What this adds is only what a one-shot command needs: the job's
+settings are the whole ``SearchConfig`` (paths, simulated durations: things a submitted spec
+does not carry), progress while it runs, and the pieces of result.json that live in this
+process (per-replica parameter-server statistics, the workers' counters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.config import SearchConfig
+from controller.jobs.store import InMemoryJobStore
+from controller.search import HistoryEntry, SearchOutcome
+from controller.service.cluster import ClusterOptions, ServiceCluster
+from controller.service.runner import JobResult, JobRunner
+
+ProgressFn = Callable[[int, float | None], None]  # trainings, best reward so far
+
+
+class EmbeddedSearch:
+    """One search job on a private cluster; ``close`` stops every process it started."""
+
+    def __init__(self, cfg: SearchConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(str(cfg.out))
+        # trial ids name the job: the same for every run, so a seed's result.json is the same;
+        # the shards are this run's own (their checkpoints under a prefix of their own)
+        self.job_id = "search"
+        self.cluster = ServiceCluster(ClusterOptions.for_search(
+            cfg, self.out / "logs", f"nas-search:{uuid.uuid4().hex[:12]}"))
+        self.store = InMemoryJobStore()
+        self.runner = JobRunner(self.store, self.out, max_running=1, cluster=self.cluster)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "cluster.json").write_text(json.dumps(self.describe(), indent=1) + "\n")
+
+    def describe(self) -> dict[str, Any]:
+        """Every process started for the search and every endpoint (cluster.json)."""
+        processes = self.cluster.processes
+        return {"processes": {c.name: c.proc.pid for c in processes.children},
+                "shards": self.cluster.addresses, "metrics": processes.metrics,
+                "trial_reports": self.cluster.workers.report_address
+                if self.cluster.workers else None}
+
+    def run(self, progress: ProgressFn | None = None) -> SearchOutcome:
+        """Run the job to its end; the outcome over all replicas (history in journal order).
+        The error that failed the job is raised as it was (ConfigError, EvaluatorError, ...)."""
+        settings = {k: v for k, v in vars(self.cfg).items() if v is not None}
+        self.store.create(self.job_id, "local", "local", settings)
+        start = time.perf_counter()
+        self.runner.start(self.job_id)
+        seen = 0
+        while not self.runner.wait(self.job_id, 0.2):
+            if progress is not None:
+                view = self.store.get(self.job_id)
+                trials = [t for t in view.trials.values() if t.get("status") == "succeeded"]
+                if len(view.trials) != seen:
+                    seen = len(view.trials)
+                    progress(sum(1 for t in view.trials.values() if not t.get("cached")),
+                             max((float(t["reward"]) for t in trials), default=None))
+        result = self.runner.results.get(self.job_id, JobResult())
+        if result.error is not None:
+            raise result.error
+        view = self.store.get(self.job_id)
+        if view.state != "SUCCEEDED":
+            raise RuntimeError(f"the search ended {view.state}: {view.reason}")
+        if len(result.outcomes) == 1:
+            outcome = result.outcomes[0]
+        else:  # replicas: one history, in the order the journal recorded it
+            outcome = SearchOutcome(budget=self.cfg.budget)
+            for trial in view.trials.values():
+                outcome.add(HistoryEntry.from_json(trial), _cost(trial))
+            reasons = {o.stopped_reason for o in result.outcomes}
+            outcome.stopped_reason = "budget" if outcome.trainings >= self.cfg.budget or \
+                reasons == {"budget"} else ",".join(sorted(reasons))
+        outcome.wall_seconds = time.perf_counter() - start
+        self.result = result
+        return outcome
+
+    def layout_report(self) -> dict[str, Any]:
+        """result.json's ``layout``: shards, their versions and restarts, each replica's pushes
+        and the staleness and push/pull latency distributions over all of them."""
+        cfg, result = self.cfg, self.result
+        reports: dict[str, dict[str, Any]] = {}
+        for replica_id, stats in result.replicas.items():
+            outcome = result.by_replica.get(replica_id)
+            reports[replica_id] = {
+                "trainings": outcome.trainings if outcome else 0,
+                "cache_hits": outcome.cache_hits if outcome else 0,
+                "pushes": stats.pushes, "rejected_stale": stats.rejected_stale,
+                "duplicates": stats.duplicates,
+                "stopped_reason": outcome.stopped_reason if outcome else "failed"}
+        distributions: dict[str, dict[str, float]] = {}
+        for key, name, scale in (("staleness", "staleness_versions", 1.0),
+                                 ("push_seconds", "push_ms", 1000.0),
+                                 ("pull_seconds", "pull_ms", 1000.0)):
+            values = np.array([v for s in result.replicas.values() for v in getattr(s, key)],
+                              dtype=float) * scale
+            if values.size:
+                distributions[name] = {f"p{q}": float(np.percentile(values, q))
+                                       for q in (50, 90, 99)}
+                distributions[name].update(max=float(values.max()), count=float(values.size))
+        return {"job_id": self.job_id, "shards": len(self.cluster.addresses),
+                "replicas": cfg.replicas, "shard_addresses": self.cluster.addresses,
+                "shard_versions": [int(s.version) for s in
+                                   self.cluster.shard_status(self.job_id)],
+                "restarts": dict(self.cluster.processes.restarts),
+                "metrics": dict(self.cluster.processes.metrics),
+                "replica_reports": reports, **distributions}
+
+    def close(self) -> None:
+        """Stop the job (if it still runs), the workers, the shards and a private Redis."""
+        self.runner.close(timeout=5.0)  # replicas stop at their next claim, shards still up
+        self.cluster.close()  # a job still waiting on a worker's result is released
+        self.runner.close(timeout=10.0)
+
+
+def _cost(trial: dict[str, Any]) -> float:
+    """The budget a journalled training charged (its share of epochs when stopped early)."""
+    metrics = trial.get("metrics", {})
+    if "stopped_at_epoch" in metrics and metrics.get("max_epochs"):
+        return float(metrics.get("epochs", metrics["max_epochs"])) / float(metrics["max_epochs"])
+    return 1.0
