@@ -2,7 +2,8 @@
 
 A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or the policy converged), FAILED
 (its evaluator could not run; the reason says why) or CANCELLED (``cancel``: the search stops
-before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING.
+before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING, and
+a freed slot goes to the waiting job of the tenant with the fewest running jobs (``FairSlots``).
 
 The evaluation cache is shared by every job and rebuilt from the store when the service starts,
 so a restarted service (``resume``) never trains again what any job trained before: a resumed
@@ -23,6 +24,7 @@ from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_space, build_strategy
 from controller.jobs.store import ENDED, JobStore
 from controller.search import HistoryEntry, run_search
+from controller.service.tenants import FairSlots
 from protos.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class JobRunner:
     def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2) -> None:
         self.store = store
         self.work_dir = work_dir
-        self._slots = threading.Semaphore(max_running)
+        self.slots = FairSlots(max_running)
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -99,7 +101,8 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
-        with self._slots:
+        view = self.store.get(job_id)
+        with self.slots.hold(job_id, view.tenant, view.created_at):
             if cancelled.is_set() or self.store.get(job_id).state not in ("PENDING",
                                                                           "RUNNING"):
                 return
