@@ -16,11 +16,15 @@ from protos.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
 USER_ERRORS = (ConfigError, EvaluatorError, InvalidArchitecture, BundleError,
-               InvalidArgumentError, NotFoundError, FailedPreconditionError)
+               InvalidArgumentError, NotFoundError, FailedPreconditionError,
+               ResourceExhaustedError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except USER_ERRORS as exc:
         print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (UnauthenticatedError, PermissionDeniedError) as exc:  # the message names the role
+        print(f"nas {args.command}: error: {exc} (pass a token with --token TOKEN or "
+              f"$NAS_TOKEN)", file=sys.stderr)
         return 2
     except UnavailableError as exc:
         endpoint = getattr(args, "endpoint", "the service")

@@ -78,9 +78,9 @@ class RayWorkerPool:
         """Where workers report (``nas serve worker --controller`` takes it)."""
         return str(self.server.address)
 
-    def dispatcher(self, local: TrainEvaluator) -> DispatchEvaluator:
-        """The evaluator of a job whose children ``local`` describes."""
-        return DispatchEvaluator(self.board, workload_of(local), self.resources, local)
+    def dispatcher(self, local: TrainEvaluator, group: str = "") -> DispatchEvaluator:
+        """The evaluator of a job whose children ``local`` describes (``group``: its tenant)."""
+        return DispatchEvaluator(self.board, workload_of(local), self.resources, local, group)
 
     def summary(self) -> dict[str, object]:
         """For result.json: how trials went through the workers."""

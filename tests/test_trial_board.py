@@ -266,3 +266,29 @@ def test_workloads_cross_the_wire_typed_and_complete() -> None:
     partial = Workload("fashion-mnist", {"filters": 4}, {"epochs": 3, "momentum": 0.9}, "/w")
     with pytest.raises(InvalidArgumentError, match=r"workload.model: .*missing"):
         codec.workload_to_proto(partial)
+
+
+def test_a_lease_hands_out_the_trial_of_the_group_with_fewest_running_first() -> None:
+    # Arrange: tenant a queues four trials before tenant b queues two
+    board, _ = _board()
+    for i, group in enumerate("aaaabab", 1):
+        board.submit(_trial(i), WORKLOAD, Resources(), group=group)
+
+    def leased(n: int) -> list[str]:
+        return [t.trial.trial_id for t in board.lease(n)[0]]
+
+    # Act / Assert: b's first trial goes second, not fifth; ties go to the first queued
+    assert leased(2) == ["t1", "t5"]
+    assert leased(1) == ["t2"]  # a: 1 running, b: 1 -> FIFO
+    assert leased(1) == ["t7"]  # a: 2 running, b: 1
+    for trial_id in ("t1", "t2"):
+        assert board.result(trial_id, 1, _ok(trial_id)).accepted
+    assert leased(3) == ["t3", "t4", "t6"]  # b has 2 running, a none: a's, in queue order
+    assert board.queued() == 0 and board.running() == 5
+
+
+def test_without_groups_the_queue_stays_first_in_first_out() -> None:
+    board, _ = _board()
+    for i in range(1, 5):
+        board.submit(_trial(i), WORKLOAD, Resources())
+    assert [t.trial.trial_id for t in board.lease(4)[0]] == ["t1", "t2", "t3", "t4"]

@@ -1,9 +1,11 @@
 """The Python client of the search service, over gRPC or in-process.
 
 ``SearchClient("host:port")`` talks to a server; ``SearchClient(servicer)`` calls a servicer in
-this process through the same code path (an embedded service). Failed calls raise the domain
-errors of ``protos.errors`` (NotFoundError, InvalidArgumentError, ...), mapped back from their
-status codes by the one table both ends share.
+this process through the same code path (an embedded service). ``token`` is sent as
+``authorization: Bearer TOKEN``; in process, no token means a trusted admin of the default
+tenant. ``tls_ca`` (PEM bytes) makes the channel TLS, trusting that CA. Failed calls raise the
+domain errors of ``protos.errors`` (NotFoundError, InvalidArgumentError, ...), mapped back from
+their status codes by the one table both ends share.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Any
 
 import grpc
 
+from controller.service.auth import LOCAL_IDENTITY, authorize
+from controller.service.guard import call_as
 from controller.service.servicer import STATE_TO_PB, SearchServicer
+from controller.service.tls import client_credentials
 from protos.errors import ERRORS_BY_STATUS, DeadlineExceededError
 from protos.rpc import CHANNEL_OPTIONS, error_from_rpc
 from protos.v1 import search_pb2 as sp
@@ -36,14 +41,17 @@ class _LocalContext:
 class _InProcessStub:
     """Calls ``servicer``'s methods as a stub would call the server's."""
 
-    def __init__(self, servicer: SearchServicer) -> None:
+    def __init__(self, servicer: SearchServicer, token: str | None) -> None:
         self._servicer = servicer
+        self._token = token
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._servicer, name)
 
-        def call(request: Any, timeout: float | None = None) -> Any:
-            return method(request, _LocalContext())
+        def call(request: Any, timeout: float | None = None, **_: Any) -> Any:
+            identity = (LOCAL_IDENTITY if self._token is None
+                        else authorize(self._servicer.tokens, name, self._token))
+            return call_as(identity, name, method, request, _LocalContext())
 
         return call
 
@@ -51,14 +59,21 @@ class _InProcessStub:
 class SearchClient:
     """Submit, inspect and cancel search jobs."""
 
-    def __init__(self, target: str | SearchServicer, timeout: float = 30.0) -> None:
+    def __init__(self, target: str | SearchServicer, timeout: float = 30.0,
+                 token: str | None = None, tls_ca: bytes | None = None,
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None) -> None:
         self.timeout = timeout
         self._channel: grpc.Channel | None = None
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         if isinstance(target, str):
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = (grpc.secure_channel(target, client_credentials(tls_ca, tls_cert,
+                                                                            tls_key),
+                                                 options=CHANNEL_OPTIONS)
+                             if tls_ca or tls_cert else
+                             grpc.insecure_channel(target, options=CHANNEL_OPTIONS))
             self._stub: Any = sp_grpc.SearchServiceStub(self._channel)
         else:
-            self._stub = _InProcessStub(target)
+            self._stub = _InProcessStub(target, token)
 
     def close(self) -> None:
         """Close the channel (if any)."""
@@ -73,7 +88,8 @@ class SearchClient:
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return getattr(self._stub, method)(request, timeout=self.timeout,
+                                               metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 

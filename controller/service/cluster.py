@@ -165,10 +165,11 @@ class ServiceCluster:
                     ps.ShardStatusRequest(layout_id=job_id), timeout=10.0))
         return statuses
 
-    def evaluator(self, cfg: SearchConfig, local: Evaluator) -> Evaluator:
-        """The job's evaluator: its children trained by the Ray workers when there are any."""
+    def evaluator(self, cfg: SearchConfig, local: Evaluator, tenant: str = "") -> Evaluator:
+        """The job's evaluator: its children trained by the Ray workers when there are any
+        (shared fairly between tenants)."""
         if self.workers is not None and isinstance(local, TrainEvaluator):
-            return self.workers.dispatcher(local)
+            return self.workers.dispatcher(local, tenant)
         return local
 
     def check_job(self, cfg: SearchConfig) -> None:

@@ -1,6 +1,6 @@
 """``nas serve search`` and the job verbs: ``nas submit``, ``status``, ``list``, ``trials``,
 ``cancel``. Each verb talks to a search service at ``--endpoint`` (default $NAS_ENDPOINT or
-127.0.0.1:50070)."""
+127.0.0.1:50070), as ``--token`` (default $NAS_TOKEN), over TLS when ``--tls-ca`` is given."""
 
 from __future__ import annotations
 
@@ -15,17 +15,27 @@ from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError, build_config, load_spec
+from controller.service import serve_options
 from controller.service.client import SearchClient
+from controller.service.serve_options import ServeOptionError
 from controller.service.spec import WIRE_NAMES, spec_from_settings
+from controller.service.tls import read_pem
 from protos.v1 import search_pb2 as sp
 
 DEFAULT_ENDPOINT = "127.0.0.1:50070"
 
 
-def _endpoint(p: argparse.ArgumentParser) -> None:
+def _connection(p: argparse.ArgumentParser) -> None:
+    """The options every job verb shares: where the service is and who is calling."""
     p.add_argument("--endpoint", default=os.environ.get("NAS_ENDPOINT", DEFAULT_ENDPOINT),
                    help="the search service, HOST:PORT (default $NAS_ENDPOINT or "
                         f"{DEFAULT_ENDPOINT})")
+    p.add_argument("--token", default=os.environ.get("NAS_TOKEN"),
+                   help="the bearer token to call with, when the service has a tokens file "
+                        "(default $NAS_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, default=os.environ.get("NAS_TLS_CA"),
+                   help="connect over TLS, trusting the server certificate this PEM CA "
+                        "signed (default $NAS_TLS_CA; neither: plaintext)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -34,31 +44,31 @@ def add_parsers(sub: Any) -> None:
                        description="Submit the search in SPEC (YAML, the keys of `nas search`); "
                                    "prints the job id as its last line.")
     p.add_argument("spec", type=Path)
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=submit)
     p = sub.add_parser("status", help="a job's state and progress")
     p.add_argument("job_id")
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=status)
     p = sub.add_parser("list", help="the service's jobs")
     p.add_argument("--state", choices=("PENDING", "RUNNING", "SUCCEEDED", "FAILED",
                                        "CANCELLED"))
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=list_jobs)
     p = sub.add_parser("trials", help="a job's trials")
     p.add_argument("job_id")
     p.add_argument("--status", choices=("running", "succeeded", "failed"))
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=trials)
     p = sub.add_parser("best", help="a job's best architectures")
     p.add_argument("job_id")
     p.add_argument("--top", type=int, default=1, help="how many (1)")
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=best)
     p = sub.add_parser("cancel", help="stop a job before its next training")
     p.add_argument("job_id")
     p.add_argument("--reason", default="", help="recorded with the job")
-    _endpoint(p)
+    _connection(p)
     p.set_defaults(func=cancel)
 
 
@@ -79,7 +89,11 @@ def spec_from_file(path: Path) -> sp.SearchSpec:
 
 
 def _client(args: argparse.Namespace) -> SearchClient:
-    return SearchClient(args.endpoint)
+    try:
+        ca = read_pem(args.tls_ca, "--tls-ca") if args.tls_ca else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return SearchClient(args.endpoint, token=args.token, tls_ca=ca)
 
 
 def _state(job: sp.Job) -> str:
@@ -157,7 +171,10 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--redis-prefix", default="nas", help="key prefix in Redis (nas)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/service"),
                    help="children's files, one folder per job (runs/service)")
-    p.add_argument("--max-running", type=int, default=2, help="jobs run at once (2)")
+    p.add_argument("--max-running", type=int, default=2,
+                   help="jobs run at once (2); a freed slot goes to the waiting job of the "
+                        "tenant with the fewest running jobs")
+    serve_options.add_arguments(p)
     g = p.add_argument_group("cluster", "What jobs run on. A REINFORCE job's K replicas "
                              "(spec.execution.replicas) share its policy through the parameter "
                              "servers, which keep it across restarts of this service; children "
@@ -191,50 +208,58 @@ def serve_main(argv: list[str]) -> int:
         print("nas serve search: error: --port must be in [0, 65535] and --max-running >= 1",
               file=sys.stderr)
         return 2
+    from controller.jobs.store import InMemoryJobStore, JobStore
     from controller.service.cluster import ClusterOptions, ServiceCluster
+    from controller.service.runner import JobRunner
 
+    store: JobStore
+    try:  # everything that can be refused is checked before any process starts
+        security = serve_options.security_from_args(args)
+        if args.redis:
+            from controller.jobs.redis_store import RedisJobStore
+
+            store = RedisJobStore(serve_options.connect_redis(args.redis, args.redis_password),
+                                  args.redis_prefix)
+        elif args.redis_password:
+            raise ServeOptionError("--redis-password: needs --redis URL")
+        else:
+            store = InMemoryJobStore()
+    except ServeOptionError as exc:
+        print(f"nas serve search: error: {exc}", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler(sys.stdout)  # what the jobs do, for the operator
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger("controller.service").addHandler(handler)
     logging.getLogger("controller.service").setLevel(logging.INFO)
-
     options = ClusterOptions(
         shards=args.shards, paramservers=[a for a in args.paramservers.split(",") if a],
-        redis_url=args.redis, workers=args.workers, ray_address=args.ray_address,
+        redis_url=serve_options.url_with_password(args.redis, args.redis_password),
+        workers=args.workers, ray_address=args.ray_address,
         cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
         max_attempts=args.max_attempts, heartbeat_timeout=args.heartbeat_timeout,
         report_port=args.trial_port, redis_prefix=args.redis_prefix,
-        metrics_port=args.metrics_port,
-        log_dir=args.work_dir / "logs")
+        metrics_port=args.metrics_port, log_dir=args.work_dir / "logs")
     try:
         cluster = ServiceCluster(options)
     except ConfigError as exc:
-        print(f"nas serve search: error: --{str(exc).split(':')[0]}: "
-              f"{str(exc).partition(':')[2].strip()}", file=sys.stderr)
+        field, _, rest = str(exc).partition(":")
+        print(f"nas serve search: error: --{field.replace('_', '-')}:{rest}", file=sys.stderr)
         return 2
     try:
-        return _serve(args, cluster)
+        return _serve(args, store, JobRunner(store, args.work_dir, args.max_running, cluster),
+                      security, cluster)
     finally:
         cluster.close()
 
 
-def _serve(args: argparse.Namespace, cluster: Any) -> int:
-    from controller.jobs.store import InMemoryJobStore, JobStore
-    from controller.service.runner import JobRunner
+def _serve(args: argparse.Namespace, store: Any, runner: Any, security: Any,
+           cluster: Any) -> int:
     from controller.service.servicer import serve_search
 
-    store: JobStore
-    if args.redis:
-        import redis
-
-        from controller.jobs.redis_store import RedisJobStore
-
-        store = RedisJobStore(redis.Redis.from_url(args.redis), args.redis_prefix)
-    else:
-        store = InMemoryJobStore()
-    runner = JobRunner(store, args.work_dir, args.max_running, cluster)
     try:
-        running = serve_search(store, runner, args.host, args.port)
+        running = serve_search(store, runner, args.host, args.port, tokens=security.tokens,
+                               budgets=security.budgets, tls=security.tls,
+                               max_concurrent_rpcs=security.max_concurrent_rpcs)
     except OSError as exc:
         print(f"nas serve search: error: --port: {exc}", file=sys.stderr)
         return 2
@@ -254,6 +279,9 @@ def _serve(args: argparse.Namespace, cluster: Any) -> int:
     if ends["trial_reports"]:
         print(f"workers report to {ends['trial_reports']} ({ends['workers']} Ray workers)",
               flush=True)
+    if security.tokens is None:
+        print("warning: no --tokens-file or $NAS_TOKENS: the service is open, every caller is "
+              "admin of tenant 'default'", file=sys.stderr, flush=True)
     for job_id in runner.resume():  # jobs a previous instance left running
         print(f"resumed {job_id}", flush=True)
     stop.wait()

@@ -2,7 +2,8 @@
 
 A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or the policy converged), FAILED
 (its evaluator could not run; the reason says why) or CANCELLED (``cancel``: the search stops
-before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING.
+before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING, and
+a freed slot goes to the waiting job of the tenant with the fewest running jobs (``FairSlots``).
 
 The evaluation cache is shared by every job and rebuilt from the store when the service starts,
 so a restarted service (``resume``) never trains again what any job trained before: a resumed
@@ -33,6 +34,7 @@ from controller.jobs.store import ENDED, JobStore, JobView
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search
 from controller.service.cluster import ClusterOptions, ServiceCluster
+from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.errors import FailedPreconditionError
@@ -59,7 +61,7 @@ class JobRunner:
         self.store = store
         self.cluster = cluster if cluster is not None else ServiceCluster(ClusterOptions())
         self.work_dir = work_dir
-        self._slots = threading.Semaphore(max_running)
+        self.slots = FairSlots(max_running)
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -139,7 +141,8 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
-        with self._slots:
+        view = self.store.get(job_id)
+        with self.slots.hold(job_id, view.tenant, view.created_at):
             if cancelled.is_set() or self.store.get(job_id).state not in ("PENDING",
                                                                           "RUNNING"):
                 return
@@ -171,7 +174,7 @@ class JobRunner:
         self.cluster.check_job(cfg)
         space = build_space(cfg)
         local = build_evaluator(cfg)
-        evaluator = self.cluster.evaluator(cfg, local)
+        evaluator = self.cluster.evaluator(cfg, local, view.tenant)
         # children in flight per replica: the job's own setting, at least the workers' slots
         parallel = cfg.parallel if evaluator is local else max(cfg.parallel,
                                                                self.cluster.options.workers)

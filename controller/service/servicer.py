@@ -13,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.config import ConfigError
 from controller.jobs.store import TRIAL_STATUSES, JobStore, JobView
+from controller.service.auth import Role, TokenTable, caller, check_visible, missing_roles
+from controller.service.guard import AuthInterceptor
 from controller.service.runner import JobRunner
 from controller.service.spec import (
     WIRE_NAMES,
@@ -20,8 +22,10 @@ from controller.service.spec import (
     spec_settings,
     spec_to_config,
 )
+from controller.service.tenants import TenantBudgets
+from controller.service.tls import ServerTls
 from protos.errors import FailedPreconditionError, InvalidArgumentError
-from protos.rpc import CHANNEL_OPTIONS, servicer_method
+from protos.rpc import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, servicer_method
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
@@ -62,11 +66,21 @@ def _job_id(value: str) -> str:
 
 
 class SearchServicer(sp_grpc.SearchServiceServicer):
-    """Jobs in ``store``, run by ``runner``."""
+    """Jobs in ``store``, run by ``runner``; callers known by ``tokens`` (None: open to all),
+    each tenant's submits held to ``budgets``."""
 
-    def __init__(self, store: JobStore, runner: JobRunner) -> None:
+    def __init__(self, store: JobStore, runner: JobRunner, tokens: TokenTable | None = None,
+                 budgets: TenantBudgets | None = None) -> None:
         self.store = store
         self.runner = runner
+        self.tokens = tokens
+        self.budgets = budgets or TenantBudgets()
+
+    def _visible(self, job_id: str) -> JobView:
+        """The job, if the caller may see it (another tenant's job: NOT_FOUND)."""
+        view = self.store.get(_job_id(job_id))
+        check_visible(view.job_id, view.tenant)
+        return view
 
     @servicer_method
     def SubmitSearch(self, request: sp.SubmitSearchRequest,
@@ -79,7 +93,9 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
             field, _, rest = str(exc).partition(":")
             raise FailedPreconditionError(f"{WIRE_NAMES.get(field, field)}:{rest}") from None
         job_id = f"job-{uuid.uuid4().hex[:12]}"
-        self.store.create(job_id, "anonymous", "default", spec_settings(request.spec))
+        who = caller()
+        with self.budgets.admit(self.store, who.tenant, request.spec.budget):
+            self.store.create(job_id, who.name, who.tenant, spec_settings(request.spec))
         self.runner.start(job_id)
         return sp.SubmitSearchResponse(job_id=job_id)
 
@@ -87,23 +103,25 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
     def GetSearch(self, request: sp.GetSearchRequest,
                   context: grpc.ServicerContext) -> sp.Job:
         """One job."""
-        return job_to_proto(self.store.get(_job_id(request.job_id)))
+        return job_to_proto(self._visible(request.job_id))
 
     @servicer_method
     def ListSearches(self, request: sp.ListSearchesRequest,
                      context: grpc.ServicerContext) -> sp.ListSearchesResponse:
-        """All jobs, oldest first, optionally in one state."""
+        """All jobs (a non-admin: its tenant's), oldest first, optionally in one state."""
         if request.state and request.state not in STATE_FROM_PB:
             raise InvalidArgumentError(f"state: unknown value {request.state}")
         state = STATE_FROM_PB.get(request.state)
-        return sp.ListSearchesResponse(jobs=[job_to_proto(v)
-                                             for v in self.store.jobs(state=state)])
+        who = caller()
+        tenant = None if who.role is Role.ADMIN else who.tenant
+        return sp.ListSearchesResponse(jobs=[job_to_proto(v) for v in
+                                             self.store.jobs(tenant=tenant, state=state)])
 
     @servicer_method
     def CancelSearch(self, request: sp.CancelSearchRequest,
                      context: grpc.ServicerContext) -> sp.Job:
         """Stop a job before its next training; an ended job: FAILED_PRECONDITION."""
-        job_id = _job_id(request.job_id)
+        job_id = self._visible(request.job_id).job_id
         self.runner.cancel(job_id, request.reason or "cancelled by the user")
         return job_to_proto(self.store.get(job_id))
 
@@ -123,7 +141,8 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
             raise InvalidArgumentError("page_token: not a token this service gave") from None
         if offset < 0:
             raise InvalidArgumentError("page_token: not a token this service gave")
-        page, nxt = self.store.trials(_job_id(request.job_id), request.status or None, offset,
+        page, nxt = self.store.trials(self._visible(request.job_id).job_id,
+                                      request.status or None, offset,
                                       request.page_size or 100)
         return sp.ListTrialsResponse(trials=[_trial_to_proto(t) for t in page],
                                      next_page_token="" if nxt is None else str(nxt))
@@ -136,7 +155,7 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
         if not 0 <= request.top_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
                                        f"{request.top_k}")
-        view = self.store.get(_job_id(request.job_id))
+        view = self._visible(request.job_id)
         ranked = sorted((t for t in view.trials.values() if t.get("status") == "succeeded"),
                         key=lambda t: -float(t.get("reward", 0.0)))  # stable: earlier first
         best: list[sp.TrialRecord] = []
@@ -172,18 +191,33 @@ class RunningSearchService:
 
 
 def serve_search(store: JobStore, runner: JobRunner, host: str = "127.0.0.1", port: int = 0,
-                 max_workers: int = 16) -> RunningSearchService:
-    """Serve the search service, the standard health service and reflection."""
-    servicer = SearchServicer(store, runner)
+                 max_workers: int = 16, *, tokens: TokenTable | None = None,
+                 budgets: TenantBudgets | None = None, tls: ServerTls | None = None,
+                 max_concurrent_rpcs: int | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> RunningSearchService:
+    """Serve the search service, the standard health service and reflection (those two stay
+    open to all). ``tokens``: who may call what (None: open); ``tls``: serve TLS only; calls
+    beyond ``max_concurrent_rpcs`` (default 4 per worker thread) and requests over
+    ``max_message_bytes`` get RESOURCE_EXHAUSTED."""
+    unlisted = missing_roles(list(sp.DESCRIPTOR.services_by_name["SearchService"]
+                                  .methods_by_name))
+    if unlisted:  # a new RPC must be given a role before it can be served
+        raise ValueError(f"METHOD_ROLES: no role for {', '.join(unlisted)}")
+    servicer = SearchServicer(store, runner, tokens, budgets)
+    options = [(k, v) for k, v in CHANNEL_OPTIONS if k != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_message_bytes))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="search"),
-                         options=CHANNEL_OPTIONS, maximum_concurrent_rpcs=4 * max_workers)
+                         interceptors=[AuthInterceptor(tokens)], options=options,
+                         maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers)
     sp_grpc.add_SearchServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = sp.DESCRIPTOR.services_by_name["SearchService"].full_name
     reflection.enable_server_reflection((service_name, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, tls.credentials()) if tls
+             else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()

@@ -6,6 +6,10 @@ trial is final (from whichever attempt delivers it); every later one is a duplic
 has exactly one result. An attempt is retried (attempt + 1, up to ``max_attempts``) when its
 process is reported lost or when it stops heartbeating; a child that fails by itself (a bad op, a
 NaN loss, out of memory) reports a FAILED result, which is final and never retried.
+
+Fairness: a trial may be submitted in a ``group`` (its job's tenant); a lease then hands out the
+queued trial of the group with the fewest running trials first (ties: first queued), so one
+tenant's many trials do not starve another's. Without groups the queue is plain FIFO.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class _Record:
     trial: Trial
     workload: Workload
     resources: Resources
+    group: str = ""  # fairness group (a tenant)
     attempt: int = 0  # the current attempt (0: queued, never leased)
     leased: bool = False
     started: bool = False
@@ -133,21 +138,25 @@ class TrialBoard:
         self.counters = BoardCounters()
         self._records: dict[str, _Record] = {}
         self._queue: deque[str] = deque()
+        self._grouped = False  # some trial has a fairness group
         self._cond = threading.Condition()
         self._closed = False
 
     # -- the submitter's side ------------------------------------------------------------
 
-    def submit(self, trial: Trial, workload: Workload, resources: Resources) -> TrialHandle:
-        """Queue ``trial`` for a worker; submitting the same trial id again is an error."""
+    def submit(self, trial: Trial, workload: Workload, resources: Resources,
+               group: str = "") -> TrialHandle:
+        """Queue ``trial`` for a worker (in fairness ``group``); submitting the same trial id
+        again is an error."""
         with self._cond:
             if self._closed:
                 raise FailedPreconditionError("the trial board is closed")
             if trial.trial_id in self._records:
                 raise AlreadyExistsError(f"trial_id: {trial.trial_id!r} was submitted before")
-            self._records[trial.trial_id] = _Record(trial, workload, resources,
+            self._records[trial.trial_id] = _Record(trial, workload, resources, group,
                                                     submitted_at=self.clock())
             self._queue.append(trial.trial_id)
+            self._grouped = self._grouped or bool(group)
             self.counters.submitted += 1
             self._cond.notify_all()
         return TrialHandle(self, trial.trial_id)
@@ -181,7 +190,7 @@ class TrialBoard:
                 self._expire()
             tasks: list[LeasedTask] = []
             while self._queue and len(tasks) < max_trials:
-                record = self._records[self._queue.popleft()]
+                record = self._records[self._next_fair()]
                 record.attempt += 1
                 record.leased, record.started = True, False
                 record.last_seen = self.clock()
@@ -315,6 +324,20 @@ class TrialBoard:
                                reason=f"attempt {attempt} was superseded by attempt "
                                       f"{record.attempt}")
         return record, None
+
+    def _next_fair(self) -> str:
+        """Take from the queue the first trial of the group with the fewest running trials."""
+        if not self._grouped:
+            return self._queue.popleft()
+        running: dict[str, int] = {}
+        for r in self._records.values():
+            if r.leased and r.outcome is None:
+                running[r.group] = running.get(r.group, 0) + 1
+        best = min(range(len(self._queue)),
+                   key=lambda i: (running.get(self._records[self._queue[i]].group, 0), i))
+        trial_id = self._queue[best]
+        del self._queue[best]
+        return trial_id
 
     def _expire(self) -> None:
         now = self.clock()

@@ -19,8 +19,9 @@ class DispatchEvaluator(Evaluator):
     """Trials trained by workers, reported back over gRPC to ``board``'s service."""
 
     def __init__(self, board: TrialBoard, workload: Workload, resources: Resources,
-                 local: Evaluator) -> None:
+                 local: Evaluator, group: str = "") -> None:
         self.board = board
+        self.group = group  # the job's tenant: workers are shared fairly between groups
         self.workload = workload
         self.resources = resources
         self.local = local
@@ -35,7 +36,8 @@ class DispatchEvaluator(Evaluator):
         return self.evaluate_trial(Trial(f"direct{next(self._ids):06d}", arch, (), ""))
 
     def evaluate_trial(self, trial: Trial) -> Evaluation:
-        outcome = self.board.submit(trial, self.workload, self.resources).wait()
+        outcome = self.board.submit(trial, self.workload, self.resources,
+                                    group=self.group).wait()
         assert outcome is not None  # wait() without a timeout returns only with an outcome
         result = outcome.result
         attempts = f" ({outcome.attempts} attempts)" if outcome.attempts > 1 else ""
