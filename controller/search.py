@@ -102,14 +102,17 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
                report_test: bool = True, claim: Callable[[], bool] | None = None,
                on_entry: Callable[[HistoryEntry], None] | None = None,
-               parallel: int = 1) -> SearchOutcome:
+               parallel: int = 1,
+               on_start: Callable[[Trial, str], None] | None = None) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
     were all cache hits: the strategy keeps proposing what it has already seen. With several
     replicas sharing one budget, ``claim()`` is asked before each training and the search stops
-    when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
-    evaluates the trials of one suggested batch concurrently (reports stay in order).
+    when it says no; ``on_entry`` sees every history entry as it is made and ``on_start(trial,
+    arch)`` every trial as it is handed to the cache or a training (not one the budget refused).
+    ``parallel > 1`` evaluates the trials of one suggested batch concurrently (reports stay in
+    order).
 
     A child stopped early costs the share of its epochs it trained: with the local budget the
     rest is spent on more children (``outcome.charged`` <= ``budget``; ``trainings`` may be more).
@@ -131,7 +134,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                 break
             trials = strategy.suggest(max(strategy.batch_size, parallel))
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
-                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund)
+                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
+                                  on_start)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             for trial, evaluated in zip(trials, done, strict=False):
                 if evaluated is None:  # the budget is spent (here or by other replicas)
@@ -178,20 +182,23 @@ class _LocalBudget:
 
 def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
                failure_reward: float, claim: Callable[[], bool],
-               refund: Callable[[float], None] | None
+               refund: Callable[[float], None] | None,
+               on_start: Callable[[Trial, str], None] | None = None
                ) -> tuple[HistoryEntry, TrialResult, float] | None:
     """Cache hit, or a claimed training, with the budget it cost; None when no training may be
     claimed. Without ``refund`` (a budget shared by replicas) a training costs 1."""
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
+    if hit is None and not claim():
+        return None
+    if on_start is not None:
+        on_start(trial, arch_str)
     if hit is not None:
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
                              cached=True)
         return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
                             metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result, 0.0
-    if not claim():
-        return None
     try:
         evaluation = evaluator.evaluate_trial(trial)
     except EvaluationFailed as exc:

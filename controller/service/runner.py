@@ -7,7 +7,11 @@ before its next training). At most ``max_running`` jobs run at once; the rest wa
 The evaluation cache is shared by every job and rebuilt from the store when the service starts,
 so a restarted service (``resume``) never trains again what any job trained before: a resumed
 job's finished trainings count against its budget and their architectures are free hits. The
-in-process policy itself starts afresh on resume.
+in-process policy itself starts afresh on resume; the trials the old service had handed out and
+not finished are dropped (a ``resumed`` note) and their architectures proposed again.
+
+Besides trials, a job's journal notes the evaluator's description (what ``ExportBest`` needs to
+rebuild a trained child) and the policy's statistics after each update (for watchers).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, build_config
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_space, build_strategy
-from controller.jobs.store import ENDED, JobStore
-from controller.search import HistoryEntry, run_search
+from controller.jobs.store import ENDED, JobStore, lost_trials
+from controller.search import HistoryEntry, SearchOutcome, run_search
+from controller.strategies.base import Strategy
 from protos.errors import FailedPreconditionError
+from protos.types import Trial
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +135,9 @@ class JobRunner:
         done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
         if view.trials:  # resumed: new trial ids, and what was trained stays spent
             strategy.job_id = f"resume{len(view.trials)}"
+        if lost_trials(view):
+            self.store.note(job_id, "resumed", {"lost": lost_trials(view)})
+        self.store.note(job_id, "evaluator", evaluator.describe())
         claimed = sum(1 for t in done if not t.get("cached"))
         lock = threading.Lock()
 
@@ -147,9 +156,22 @@ class JobRunner:
                                     {**entry.to_json(), "status": entry.status,
                                      "cache_key": key})
 
+        def start(trial: Trial, arch: str) -> None:
+            self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch})
+
+        updates = 0.0
+
+        def policy_stats(outcome: SearchOutcome, strategy: Strategy) -> None:
+            nonlocal updates  # one note per policy update
+            stats = strategy.stats()
+            if stats.get("policy_version", updates) != updates:
+                updates = stats["policy_version"]
+                self.store.note(job_id, "policy", stats)
+
         outcome = run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                              failure_reward=cfg.failure_reward,
                              max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                             on_entry=record, report_test=False)
+                             on_entry=record, report_test=False, on_start=start,
+                             on_progress=policy_stats)
         return (f"{outcome.stopped_reason}: {outcome.trainings} trainings, "
                 f"{outcome.cache_hits} cache hits")
