@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.jobs.store import TRIAL_STATUSES, JobStore, JobView
+from controller.service.events import watch_events
+from controller.service.export import export_chunks
 from controller.service.runner import JobRunner
 from controller.service.spec import spec_from_settings, spec_settings, spec_to_config
 from protos.errors import InvalidArgumentError
-from protos.rpc import CHANNEL_OPTIONS, servicer_method
+from protos.rpc import CHANNEL_OPTIONS, servicer_method, servicer_stream
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
@@ -138,6 +141,26 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
             if len(best) == (request.top_k or 1):
                 break
         return sp.GetBestResponse(trials=best)
+
+    @servicer_stream
+    def WatchSearch(self, request: sp.WatchSearchRequest,
+                    context: grpc.ServicerContext) -> Iterator[sp.SearchEvent]:
+        """The job's events after ``after_seq``, live until its final state (events.py)."""
+        if request.after_seq < 0:
+            raise InvalidArgumentError(f"after_seq: must be >= 0, got {request.after_seq}")
+        yield from watch_events(self.store, _job_id(request.job_id), request.after_seq,
+                                context.is_active)
+
+    @servicer_stream
+    def ExportBest(self, request: sp.ExportBestRequest,
+                   context: grpc.ServicerContext) -> Iterator[sp.ExportChunk]:
+        """The bundles of the top-k trained architectures, a tar archive in 1 MiB chunks."""
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
+                                       f"{request.top_k}")
+        for data in export_chunks(self.store, self.runner.work_dir, _job_id(request.job_id),
+                                  request.top_k or 1):
+            yield sp.ExportChunk(data=data)
 
 
 @dataclass
