@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,24 @@ from worker.builders import ModelSpec, build_model
 from worker.datasets import DatasetError, load_dataset
 from worker.trainer import TrainRecipe, evaluate, train
 
+DEFAULT_ENDPOINT = "127.0.0.1:50070"  # the search service's (controller.service.commands)
+
 
 def add_parsers(sub: Any) -> None:
     """Register ``export`` and ``train-final``."""
-    p = sub.add_parser("export", help="package the best architectures of a search run",
+    p = sub.add_parser("export", help="package the best architectures of a search run or job",
                        description="Write one bundle per top architecture of a `nas search` run: "
                        "architecture.json, genotype.txt, cell.png and, for trained children, "
                        "weights.pt, model.ts (TorchScript; model.onnx when onnx is installed) "
-                       "and recipe.json.")
-    p.add_argument("run", type=Path, help="the --out directory of `nas search`")
+                       "and recipe.json. RUN that is not a directory is a job id of the search "
+                       "service at --endpoint: its bundles are built there and written to --to.")
+    p.add_argument("run", type=Path, help="the --out directory of `nas search`, or a job id")
     p.add_argument("--top", type=int, default=1, help="how many architectures (1)")
-    p.add_argument("--to", type=Path, default=None, help="output directory (RUN/bundles)")
+    p.add_argument("--to", type=Path, default=None,
+                   help="output directory (RUN/bundles; required for a job)")
+    p.add_argument("--endpoint", default=os.environ.get("NAS_ENDPOINT", DEFAULT_ENDPOINT),
+                   help="for a job: the search service, HOST:PORT (default $NAS_ENDPOINT or "
+                        f"{DEFAULT_ENDPOINT})")
     p.set_defaults(func=run_export)
     p = sub.add_parser("train-final", help="retrain a bundle's architecture at a larger size",
                        description="Retrain the bundle's architecture from scratch with N cells "
@@ -54,6 +62,10 @@ def run_export(args: argparse.Namespace) -> int:
     """Execute ``nas export``."""
     if args.top < 1:
         raise ConfigError(f"top: must be >= 1, got {args.top}")
+    if not args.run.is_dir():  # a job id: the search service exports it
+        from controller.service.watch_command import export_job
+
+        return export_job(args)
     bundles = export_run(args.run, args.to or args.run / "bundles", args.top)
     for path in bundles:
         files = ", ".join(sorted(p.name for p in path.iterdir()))

@@ -1,6 +1,6 @@
 """``nas serve search`` and the job verbs: ``nas submit``, ``status``, ``list``, ``trials``,
-``cancel``. Each verb talks to a search service at ``--endpoint`` (default $NAS_ENDPOINT or
-127.0.0.1:50070)."""
+``cancel`` (``watch``: watch_command). Each verb talks to a search service at ``--endpoint``
+(default $NAS_ENDPOINT or 127.0.0.1:50070)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError, build_config, load_spec
+from controller.service import watch_command
 from controller.service.client import SearchClient
 from controller.service.spec import WIRE_NAMES, spec_from_settings
 from protos.v1 import search_pb2 as sp
@@ -59,6 +60,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--reason", default="", help="recorded with the job")
     _endpoint(p)
     p.set_defaults(func=cancel)
+    watch_command.add_parser(sub, _endpoint)
 
 
 def spec_from_file(path: Path) -> sp.SearchSpec:
