@@ -25,7 +25,7 @@ from controller.jobs.store import InMemoryJobStore, JobStore
 from controller.service.client import SearchClient
 from controller.service.commands import spec_from_file
 from controller.service.events import watch_events
-from controller.service.export import extract_archive
+from controller.service.export import CHUNK_BYTES, export_chunks, extract_archive
 from controller.service.runner import JobRunner
 from controller.service.servicer import SearchServicer, serve_search
 from controller.service.watch_command import Board, Screen
@@ -51,6 +51,7 @@ class Service:
     client: SearchClient
     store: JobStore
     address: str  # "" in-process
+    work_dir: Path
 
 
 @pytest.fixture(autouse=True)
@@ -64,13 +65,13 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     runner = JobRunner(store, tmp_path / "work", max_running=1)
     if request.param == "in-process":
         with SearchClient(SearchServicer(store, runner)) as local:
-            yield Service(local, store, "")
+            yield Service(local, store, "", runner.work_dir)
         runner.close()
         return
     running = serve_search(store, runner)
     try:
         with SearchClient(running.address) as remote:
-            yield Service(remote, store, running.address)
+            yield Service(remote, store, running.address, tmp_path / "work")
     finally:
         running.stop()
 
@@ -201,7 +202,7 @@ def server(tmp_path: Path) -> Iterator[Service]:
     running = serve_search(store, JobRunner(store, tmp_path / "work", max_running=1))
     try:
         with SearchClient(running.address) as remote:
-            yield Service(remote, store, running.address)
+            yield Service(remote, store, running.address, tmp_path / "work")
     finally:
         running.stop()
 
@@ -265,6 +266,11 @@ def test_export_best_of_a_trained_job_carries_loadable_weights(
     logits = torch.jit.load(str(bundle / "model.ts"))(torch.zeros(2, 1, 28, 28))
     assert logits.shape == (2, 10)
     assert arch_doc["reward"] == server.client.best(job_id)[0].reward
+    # the same archive in small pieces (the service's are CHUNK_BYTES) reassembles the same
+    pieces = list(export_chunks(server.store, server.work_dir, job_id, 1, chunk_bytes=4096))
+    assert len(pieces) > 1 and all(len(p) <= 4096 for p in pieces) and CHUNK_BYTES <= 1 << 20
+    (again,) = extract_archive(pieces, tmp_path / "again")
+    assert (again / "weights.pt").read_bytes() == (bundle / "weights.pt").read_bytes()
 
 
 def test_nas_export_job_to_dir_and_the_run_directory_form_still_work(
