@@ -54,9 +54,16 @@ def top_trained(doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
 def export_run(run_dir: Path, out: Path, top: int = 1) -> list[Path]:
     """Write one bundle per top architecture of a run under ``out``; return their paths."""
     doc, cfg, space = read_run(run_dir)
-    chosen = top_trained(doc, top)
-    if not chosen:
+    if not top_trained(doc, 1):
         raise BundleError(f"{run_dir}: the run has no successfully trained architecture")
+    return write_bundles(doc, cfg, space, out, top)
+
+
+def write_bundles(doc: dict[str, Any], cfg: SearchConfig, space: SearchSpace, out: Path,
+                  top: int) -> list[Path]:
+    """The bundles of the top architectures of ``doc`` (``history`` and ``evaluator`` as in
+    result.json: a run directory's, or a service job's trials) under ``out``."""
+    chosen = top_trained(doc, top)
     evaluator = doc.get("evaluator", {})
     bundles = []
     for rank, entry in enumerate(chosen, start=1):

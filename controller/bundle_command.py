@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from controller.bundle import BundleError, export_run, load_bundle, save_torchscript
 from controller.config import TRAIN_DATASETS, ConfigError
+from controller.service.connect import add_connection
 from controller.spaces import create_space
 from protos.types import SearchSpaceSpec
 from worker.builders import ModelSpec, build_model
@@ -21,14 +22,17 @@ from worker.trainer import TrainRecipe, evaluate, train
 
 def add_parsers(sub: Any) -> None:
     """Register ``export`` and ``train-final``."""
-    p = sub.add_parser("export", help="package the best architectures of a search run",
+    p = sub.add_parser("export", help="package the best architectures of a search run or job",
                        description="Write one bundle per top architecture of a `nas search` run: "
                        "architecture.json, genotype.txt, cell.png and, for trained children, "
                        "weights.pt, model.ts (TorchScript; model.onnx when onnx is installed) "
-                       "and recipe.json.")
-    p.add_argument("run", type=Path, help="the --out directory of `nas search`")
+                       "and recipe.json. RUN that is not a directory is a job id of the search "
+                       "service at --endpoint: its bundles are built there and written to --to.")
+    p.add_argument("run", type=Path, help="the --out directory of `nas search`, or a job id")
     p.add_argument("--top", type=int, default=1, help="how many architectures (1)")
-    p.add_argument("--to", type=Path, default=None, help="output directory (RUN/bundles)")
+    p.add_argument("--to", type=Path, default=None,
+                   help="output directory (RUN/bundles; required for a job)")
+    add_connection(p)
     p.set_defaults(func=run_export)
     p = sub.add_parser("train-final", help="retrain a bundle's architecture at a larger size",
                        description="Retrain the bundle's architecture from scratch with N cells "
@@ -54,6 +58,10 @@ def run_export(args: argparse.Namespace) -> int:
     """Execute ``nas export``."""
     if args.top < 1:
         raise ConfigError(f"top: must be >= 1, got {args.top}")
+    if not args.run.is_dir():  # a job id: the search service exports it
+        from controller.service.watch_command import export_job
+
+        return export_job(args)
     bundles = export_run(args.run, args.to or args.run / "bundles", args.top)
     for path in bundles:
         files = ", ".join(sorted(p.name for p in path.iterdir()))

@@ -103,15 +103,18 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                report_test: bool = True, claim: Callable[[], bool] | None = None,
                on_entry: Callable[[HistoryEntry], None] | None = None,
                parallel: int = 1, refund: Callable[[float], None] | None = None,
-               stop: Callable[[], bool] | None = None) -> SearchOutcome:
+               stop: Callable[[], bool] | None = None,
+               on_start: Callable[[Trial, str], None] | None = None) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
     were all cache hits: the strategy keeps proposing what it has already seen. With several
     replicas sharing one budget, ``claim()`` is asked before each training and the search stops
-    when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
-    evaluates the trials of one suggested batch concurrently (reports stay in order). ``stop()``
-    is asked before each batch: true ends the search (``stopped_reason == "cancelled"``).
+    when it says no; ``on_entry`` sees every history entry as it is made and ``on_start(trial,
+    arch)`` every trial as it is handed to the cache or a training (not one the budget refused).
+    ``parallel > 1`` evaluates the trials of one suggested batch concurrently (reports stay in
+    order). ``stop()`` is asked before each batch: true ends the search (``stopped_reason ==
+    "cancelled"``).
 
     A child stopped early costs the share of its epochs it trained: with the local budget (or
     a shared one that takes ``refund``s) the rest is spent on more children (``outcome.charged``
@@ -137,7 +140,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                 break
             trials = strategy.suggest(max(strategy.batch_size, parallel))
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
-                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund)
+                return run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
+                                  on_start)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             spent = False
             for trial, evaluated in zip(trials, done, strict=False):
@@ -187,22 +191,25 @@ class _LocalBudget:
             self.claimed -= unused
 
 
-def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
+def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
                failure_reward: float, claim: Callable[[], bool],
-               refund: Callable[[float], None] | None
+               refund: Callable[[float], None] | None,
+               on_start: Callable[[Trial, str], None] | None = None
                ) -> tuple[HistoryEntry, TrialResult, float] | None:
-    """Cache hit, or a claimed training, with the budget it cost; None when no training may be
-    claimed. Without ``refund`` (a budget shared by replicas) a training costs 1."""
+    """One trial: a cache hit, or a claimed training, with the budget it cost; None when no
+    training may be claimed. Without ``refund`` a training costs 1."""
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
+    if hit is None and not claim():
+        return None
+    if on_start is not None:
+        on_start(trial, arch_str)
     if hit is not None:
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
                              cached=True)
         return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
                             metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result, 0.0
-    if not claim():
-        return None
     try:
         evaluation = evaluator.evaluate_trial(trial)
     except EvaluationFailed as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -26,6 +26,21 @@ def servicer_method(fn: Callable[..., R]) -> Callable[..., R]:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
             return fn(self, request, context)
+        except NasError as exc:
+            context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def servicer_stream(fn: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]]:
+    """``servicer_method`` for a server-streaming method (a generator): a NasError raised while
+    streaming ends the stream with its status code (before the first message if raised there)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[R]:
+        try:
+            yield from fn(self, request, context)
         except NasError as exc:
             context.abort(grpc.StatusCode[status_name(exc)], str(exc))
             raise  # unreachable: abort raises

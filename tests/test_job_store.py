@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -152,3 +153,46 @@ def test_redis_snapshots_and_a_restarted_store_read_the_same_view() -> None:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
         client.close()
+
+
+def test_journal_reads_from_an_offset_and_waits_for_the_next_entry(store: JobStore) -> None:
+    # Arrange
+    store.create("j", "alice", "lab", SPEC)
+    store.start_trial("j", {"trial_id": "t1", "arch": "a"})
+    # Act
+    everything = store.journal("j")
+    later = store.journal("j", offset=1)
+    timer = threading.Timer(0.3, store.set_state, ("j", "RUNNING"))
+    timer.start()
+    started = time.monotonic()
+    waited = store.journal("j", offset=2, wait=10.0)
+    waited_s = time.monotonic() - started
+    # Assert
+    assert [e["op"] for e in everything] == ["create", "trial"] and later == everything[1:]
+    assert [e["op"] for e in waited] == ["state"] and 0.2 < waited_s < 5.0
+    assert store.journal("j", offset=3, wait=0.2) == []  # nothing new: empty after the wait
+    everything[0]["job"]["owner"] = "mallory"  # passed by value
+    assert store.journal("j")[0]["job"]["owner"] == "alice"
+    with pytest.raises(NotFoundError, match="nope"):
+        store.journal("nope")
+
+
+def test_notes_keep_the_last_of_each_kind_and_a_resume_drops_running_trials(
+        store: JobStore) -> None:
+    # Arrange
+    store.create("j", "alice", "lab", SPEC)
+    store.start_trial("j", {"trial_id": "t1", "arch": "a"})
+    store.start_trial("j", {"trial_id": "t2", "arch": "b"})
+    store.finish_trial("j", "t1", {"status": "succeeded", "reward": 0.5})
+    # Act
+    store.note("j", "policy", {"entropy": 2.0, "policy_version": 1.0})
+    store.note("j", "policy", {"entropy": 1.5, "policy_version": 2.0})
+    store.note("j", "resumed", {"lost": ["t2"]})
+    # Assert
+    view = store.get("j")
+    assert view.notes["policy"] == {"entropy": 1.5, "policy_version": 2.0}
+    assert list(view.trials) == ["t1"]  # t2 died with the old service; t1 stays as it was
+    assert [e.get("kind") for e in store.journal("j", offset=4)] == ["policy", "policy",
+                                                                     "resumed"]
+    with pytest.raises(ValueError, match="kind"):
+        store.note("j", "gossip", {})

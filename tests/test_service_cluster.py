@@ -155,6 +155,8 @@ def test_a_submitted_job_runs_on_shards_and_ray_workers_and_survives_a_sigkill(
         before = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix).get(job_id)
         assert before.state == "RUNNING"
         finished = {k: t for k, t in before.trials.items() if t.get("status") == "succeeded"}
+        in_flight = {str(t["arch"]) for t in before.trials.values()
+                     if t.get("status") in (None, "running")}
         assert 3 <= len(finished) < 10
         second, endpoint = _serve(tmp_path, prefix, env, log)
         waited = _nas("status", job_id, "--endpoint", endpoint, env=env)
@@ -167,7 +169,9 @@ def test_a_submitted_job_runs_on_shards_and_ray_workers_and_survives_a_sigkill(
             assert after.trials[trial_id] == trial
         trained = [t["cache_key"] for t in after.trials.values()
                    if t.get("status") == "succeeded" and not t.get("cached")]
-        assert len(trained) == 10 and len(set(trained)) == 10  # nothing trained twice
+        assert len(trained) == 10 and len(set(trained)) == len(trained)  # none trained twice
+        requeued = {str(t["arch"]) for k, t in after.trials.items() if "-q" in k}
+        assert requeued == in_flight  # children in flight at the kill were trained again first
         text = log.read_text()
         resumed = re.search(rf"{job_id}: policy resumed from the parameter servers at version "
                             rf"(\d+)", text)

@@ -4,12 +4,14 @@ Each append is one MULTI/EXEC guarded by WATCH on the journal, so concurrent wri
 are serialised and a reader never sees half a write. Every ``snapshot_every`` entries the folded
 view is stored beside the journal (with the length it covers); a read folds only the entries
 after it. The journal stays the truth: a lost or stale snapshot only costs a longer read.
+Watchers waiting for new entries poll the journal's length every ``poll_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,8 @@ from protos.errors import NotFoundError
 
 class RedisJobStore(JournalJobStore):
     """Jobs under ``{prefix}:jobs`` (ids, in creation order) and ``{prefix}:job:{id}:*``."""
+
+    poll_interval = 0.15
 
     def __init__(self, client: redis.Redis, prefix: str = "nas",
                  snapshot_every: int = 64) -> None:
@@ -82,3 +86,16 @@ class RedisJobStore(JournalJobStore):
     def _job_ids(self) -> list[str]:
         return [j.decode() if isinstance(j, bytes) else str(j)
                 for j in self.client.zrange(f"{self.prefix}:jobs", 0, -1)]
+
+    def _read(self, job_id: str, offset: int) -> list[dict[str, Any]]:
+        journal = self._key(job_id, "journal")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(journal, offset, -1)
+            pipe.exists(journal)
+            raw, exists = pipe.execute()
+        if not exists:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return [json.loads(e) for e in raw]
+
+    def _wait_longer(self, job_id: str, length: int, timeout: float) -> None:
+        time.sleep(min(timeout, self.poll_interval))

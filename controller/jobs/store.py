@@ -11,6 +11,8 @@ Contract (every backend runs ``tests/test_job_store.py``):
   that returns False (a replay, or another attempt arriving late), never an overwrite.
 - Writes are atomic: a reader never sees half a write; concurrent writers of one job are
   serialised (optimistic: each append names the journal length it read).
+- ``journal`` returns entries in append order; an entry, once read at a position, is read the
+  same there forever (watchers resume by position).
 
 The job's current view is the fold of its journal (``JobView.apply``); backends may store
 snapshots of the view to read less, but the journal stays the truth.
@@ -33,6 +35,7 @@ STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 MOVES = {"PENDING": {"RUNNING", *ENDED}, "RUNNING": set(ENDED)}
 TRIAL_STATUSES = ("running", "succeeded", "failed")
+NOTE_KINDS = ("policy", "evaluator", "resumed")  # facts a job's journal keeps besides trials
 
 
 class ConflictError(RuntimeError):
@@ -53,6 +56,7 @@ class JobView:
     updated_at: float = 0.0
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # insertion-ordered
     length: int = 0  # journal entries folded in
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last note of each kind
 
     def apply(self, entry: Mapping[str, Any]) -> None:
         """Fold one journal entry into the view."""
@@ -66,6 +70,11 @@ class JobView:
             trial = self.trials.setdefault(entry["trial_id"], {"trial_id": entry["trial_id"]})
             if trial.get("status") in (None, "running"):
                 trial.update(entry["result"])
+        elif op == "note":
+            self.notes[entry["kind"]] = entry["data"]
+            if entry["kind"] == "resumed":  # in-flight trials died with the previous service
+                for trial_id in lost_trials(self):
+                    del self.trials[trial_id]
         self.updated_at = max(self.updated_at, at)
         self.length += 1
 
@@ -91,6 +100,11 @@ class JobView:
     def from_json(cls, doc: Mapping[str, Any]) -> JobView:
         """Read back ``to_json``."""
         return cls(**copy.deepcopy(dict(doc)))
+
+
+def lost_trials(view: JobView) -> list[str]:
+    """The trials a ``resumed`` note drops: handed out, never finished."""
+    return [k for k, t in view.trials.items() if t.get("status") in (None, "running")]
 
 
 class JobStore(ABC):
@@ -127,6 +141,17 @@ class JobStore(ABC):
         """A page of the job's trials in the order they started, and the next page's offset
         (None after the last page); ValueError for a status not in TRIAL_STATUSES."""
 
+    @abstractmethod
+    def note(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        """Journal a fact about the job (``kind`` in NOTE_KINDS: policy statistics after an
+        update, the evaluator's description, a resume); the view keeps the last of each kind,
+        and a ``resumed`` note drops the trials still running (lost with the old service)."""
+
+    @abstractmethod
+    def journal(self, job_id: str, offset: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
+        """The job's journal entries from position ``offset`` on (the create entry is 0); when
+        there are none yet, block up to ``wait`` seconds for one (watchers stream these)."""
+
 
 class JournalJobStore(JobStore):
     """The JobStore API over two journal primitives a backend provides."""
@@ -146,6 +171,31 @@ class JournalJobStore(JobStore):
     @abstractmethod
     def _job_ids(self) -> list[str]:
         """Every job id, oldest first."""
+
+    @abstractmethod
+    def _read(self, job_id: str, offset: int) -> list[dict[str, Any]]:
+        """Journal entries from ``offset`` on (copies); NotFoundError for an unknown job."""
+
+    @abstractmethod
+    def _wait_longer(self, job_id: str, length: int, timeout: float) -> None:
+        """Return once the journal may be longer than ``length``, or after ``timeout`` s."""
+
+    def journal(self, job_id: str, offset: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
+        if offset < 0:
+            raise ValueError(f"offset: must be >= 0, got {offset}")
+        deadline = time.monotonic() + wait
+        while True:
+            entries = self._read(job_id, offset)
+            left = deadline - time.monotonic()
+            if entries or left <= 0:
+                return entries
+            self._wait_longer(job_id, offset, left)
+
+    def note(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        if kind not in NOTE_KINDS:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(NOTE_KINDS)}")
+        self._write(job_id, lambda view: ({"op": "note", "kind": kind,
+                                           "data": copy.deepcopy(dict(data))}, None))
 
     def create(self, job_id: str, owner: str, tenant: str, spec: Mapping[str, Any]) -> JobView:
         if not job_id:
@@ -241,6 +291,7 @@ class InMemoryJobStore(JournalJobStore):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._appended = threading.Condition(self._lock)
         self._entries: dict[str, list[dict[str, Any]]] = {}
         self._views: dict[str, JobView] = {}
 
@@ -263,7 +314,19 @@ class InMemoryJobStore(JournalJobStore):
             else:
                 entries.append(entry)
                 self._views[job_id].apply(entry)
+            self._appended.notify_all()
 
     def _job_ids(self) -> list[str]:
         with self._lock:
             return list(self._entries)
+
+    def _read(self, job_id: str, offset: int) -> list[dict[str, Any]]:
+        with self._lock:
+            if job_id not in self._entries:
+                raise NotFoundError(f"job_id: no job {job_id!r}")
+            return copy.deepcopy(self._entries[job_id][offset:])
+
+    def _wait_longer(self, job_id: str, length: int, timeout: float) -> None:
+        with self._appended:
+            self._appended.wait_for(lambda: len(self._entries.get(job_id, ())) > length,
+                                    timeout)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from controller.service.auth import LOCAL_IDENTITY, authorize
+from controller.service.export import extract_archive
 from controller.service.guard import call_as
 from controller.service.servicer import STATE_TO_PB, SearchServicer
 from controller.service.tls import client_credentials
-from protos.errors import ERRORS_BY_STATUS, DeadlineExceededError
+from protos.errors import ERRORS_BY_STATUS, DeadlineExceededError, UnavailableError
 from protos.rpc import CHANNEL_OPTIONS, error_from_rpc
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
@@ -36,6 +38,9 @@ class _LocalContext:
 
     def time_remaining(self) -> float | None:
         return None
+
+    def is_active(self) -> bool:
+        return True  # a caller that stops iterating closes the generator instead
 
 
 class _InProcessStub:
@@ -131,6 +136,42 @@ class SearchClient:
         reply = self._call("GetBest", sp.GetBestRequest(job_id=job_id, top_k=top_k))
         return tuple(reply.trials)
 
+    def watch(self, job_id: str, after_seq: int = 0,
+              reconnect_for: float = 0.0) -> Iterator[sp.SearchEvent]:
+        """The job's events numbered above ``after_seq`` until its final state event. A stream
+        broken by UNAVAILABLE (the service restarting) is resumed after the last event
+        received, for up to ``reconnect_for`` seconds of failing attempts."""
+        broken_at: float | None = None
+        while True:
+            stream = self._stub.WatchSearch(sp.WatchSearchRequest(job_id=job_id,
+                                                                  after_seq=after_seq))
+            try:
+                for event in stream:
+                    broken_at = None
+                    after_seq = event.seq
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc)
+                broken_at = broken_at if broken_at is not None else time.monotonic()
+                if not isinstance(err, UnavailableError) or \
+                        time.monotonic() - broken_at > reconnect_for:
+                    raise err from None
+            finally:
+                _close(stream)
+            time.sleep(0.2)
+
+    def export(self, job_id: str, to: Path, top_k: int = 1) -> tuple[Path, ...]:
+        """Download the bundles of the job's top-k trained architectures into ``to``; their
+        directories."""
+        stream = self._stub.ExportBest(sp.ExportBestRequest(job_id=job_id, top_k=top_k))
+        try:
+            return tuple(extract_archive((chunk.data for chunk in stream), to))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            _close(stream)
+
     def wait(self, job_id: str, timeout: float, poll: float = 0.2) -> sp.Job:
         """The job once it has ended; DeadlineExceededError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -142,3 +183,10 @@ class SearchClient:
                 raise DeadlineExceededError(f"job {job_id} still {sp.JobState.Name(job.state)} "
                                             f"after {timeout:g} s")
             time.sleep(poll)
+
+
+def _close(stream: Any) -> None:
+    """End a stream the caller stopped reading: cancel the call, or close the local generator."""
+    stop = getattr(stream, "cancel", None) or getattr(stream, "close", None)
+    if stop is not None:
+        stop()

@@ -1,12 +1,12 @@
 """``nas serve search`` and the job verbs: ``nas submit``, ``status``, ``list``, ``trials``,
-``cancel``. Each verb talks to a search service at ``--endpoint`` (default $NAS_ENDPOINT or
-127.0.0.1:50070), as ``--token`` (default $NAS_TOKEN), over TLS when ``--tls-ca`` is given."""
+``cancel`` (``watch``: watch_command). Each verb talks to a search service at ``--endpoint``
+(default $NAS_ENDPOINT or 127.0.0.1:50070), as ``--token`` (default $NAS_TOKEN), over TLS when
+``--tls-ca`` is given."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -15,27 +15,11 @@ from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError, build_config, load_spec
-from controller.service import serve_options
-from controller.service.client import SearchClient
+from controller.service import serve_options, watch_command
+from controller.service.connect import add_connection, client_from_args
 from controller.service.serve_options import ServeOptionError
 from controller.service.spec import WIRE_NAMES, spec_from_settings
-from controller.service.tls import read_pem
 from protos.v1 import search_pb2 as sp
-
-DEFAULT_ENDPOINT = "127.0.0.1:50070"
-
-
-def _connection(p: argparse.ArgumentParser) -> None:
-    """The options every job verb shares: where the service is and who is calling."""
-    p.add_argument("--endpoint", default=os.environ.get("NAS_ENDPOINT", DEFAULT_ENDPOINT),
-                   help="the search service, HOST:PORT (default $NAS_ENDPOINT or "
-                        f"{DEFAULT_ENDPOINT})")
-    p.add_argument("--token", default=os.environ.get("NAS_TOKEN"),
-                   help="the bearer token to call with, when the service has a tokens file "
-                        "(default $NAS_TOKEN)")
-    p.add_argument("--tls-ca", type=Path, default=os.environ.get("NAS_TLS_CA"),
-                   help="connect over TLS, trusting the server certificate this PEM CA "
-                        "signed (default $NAS_TLS_CA; neither: plaintext)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,32 +28,33 @@ def add_parsers(sub: Any) -> None:
                        description="Submit the search in SPEC (YAML, the keys of `nas search`); "
                                    "prints the job id as its last line.")
     p.add_argument("spec", type=Path)
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=submit)
     p = sub.add_parser("status", help="a job's state and progress")
     p.add_argument("job_id")
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=status)
     p = sub.add_parser("list", help="the service's jobs")
     p.add_argument("--state", choices=("PENDING", "RUNNING", "SUCCEEDED", "FAILED",
                                        "CANCELLED"))
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=list_jobs)
     p = sub.add_parser("trials", help="a job's trials")
     p.add_argument("job_id")
     p.add_argument("--status", choices=("running", "succeeded", "failed"))
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=trials)
     p = sub.add_parser("best", help="a job's best architectures")
     p.add_argument("job_id")
     p.add_argument("--top", type=int, default=1, help="how many (1)")
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=best)
     p = sub.add_parser("cancel", help="stop a job before its next training")
     p.add_argument("job_id")
     p.add_argument("--reason", default="", help="recorded with the job")
-    _connection(p)
+    add_connection(p)
     p.set_defaults(func=cancel)
+    watch_command.add_parser(sub, add_connection)
 
 
 def spec_from_file(path: Path) -> sp.SearchSpec:
@@ -88,14 +73,6 @@ def spec_from_file(path: Path) -> sp.SearchSpec:
     return spec_from_settings(values)
 
 
-def _client(args: argparse.Namespace) -> SearchClient:
-    try:
-        ca = read_pem(args.tls_ca, "--tls-ca") if args.tls_ca else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return SearchClient(args.endpoint, token=args.token, tls_ca=ca)
-
-
 def _state(job: sp.Job) -> str:
     return sp.JobState.Name(job.state).removeprefix("JOB_STATE_")
 
@@ -103,14 +80,14 @@ def _state(job: sp.Job) -> str:
 def submit(args: argparse.Namespace) -> int:
     """``nas submit SPEC``."""
     spec = spec_from_file(args.spec)
-    with _client(args) as client:
+    with client_from_args(args) as client:
         print(client.submit(spec))
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     """``nas status JOB``: the state on the first line, then progress."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         job = client.get(args.job_id)
     print(_state(job))
     print(f"  trainings {job.trainings}/{job.spec.budget}, running {job.running}")
@@ -123,7 +100,7 @@ def status(args: argparse.Namespace) -> int:
 
 def list_jobs(args: argparse.Namespace) -> int:
     """``nas list``."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         jobs = client.list(args.state)
     print(f"{'JOB':22s} {'STATE':10s} {'TRAININGS':>10s} {'BEST':>7s}")
     for job in jobs:
@@ -134,7 +111,7 @@ def list_jobs(args: argparse.Namespace) -> int:
 
 def trials(args: argparse.Namespace) -> int:
     """``nas trials JOB``."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         rows = list(client.trials(args.job_id, args.status))
     print(f"{'TRIAL':10s} {'STATUS':10s} {'REWARD':>7s} {'CACHED':6s} ARCH")
     for t in rows:
@@ -145,7 +122,7 @@ def trials(args: argparse.Namespace) -> int:
 
 def best(args: argparse.Namespace) -> int:
     """``nas best JOB``: reward and architecture, best first."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         rows = client.best(args.job_id, args.top)
     for t in rows:
         print(f"{t.reward:.4f}  {t.arch}  ({t.trial_id})")
@@ -154,7 +131,7 @@ def best(args: argparse.Namespace) -> int:
 
 def cancel(args: argparse.Namespace) -> int:
     """``nas cancel JOB``."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         print(_state(client.cancel(args.job_id, args.reason)))
     return 0
 

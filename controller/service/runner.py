@@ -8,7 +8,11 @@ a freed slot goes to the waiting job of the tenant with the fewest running jobs 
 The evaluation cache is shared by every job and rebuilt from the store when the service starts,
 so a restarted service (``resume``) never trains again what any job trained before: a resumed
 job's finished trainings count against its budget and their architectures are free hits. The
-in-process policy itself starts afresh on resume.
+in-process policy itself starts afresh on resume; the trials the old service had handed out and
+not finished are dropped (a ``resumed`` note) and their architectures proposed again.
+
+Besides trials, a job's journal notes the evaluator's description (what ``ExportBest`` needs to
+rebuild a trained child) and the policy's statistics after each update (for watchers).
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ from controller.distributed.remote import RemoteUpdater, ReplicaStats
 from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
-from controller.jobs.store import ENDED, JobStore, JobView
+from controller.jobs.store import ENDED, JobStore, JobView, lost_trials
 from controller.policy.lstm import LSTMPolicy
-from controller.search import HistoryEntry, SearchOutcome, run_search
+from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.errors import FailedPreconditionError
+from protos.types import Trial
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +187,10 @@ class JobRunner:
         # trial ids name the job (the trial board is shared by every job); a resumed run's
         # ids name the resumption too, so they never repeat an earlier run's
         tag = f"{job_id}-x{len(view.trials)}" if view.trials else job_id
+        lost = {k: str(view.trials[k]["arch"]) for k in lost_trials(view)}
+        if lost:  # handed out by a service that died: dropped here, trained again below
+            self.store.note(job_id, "resumed", {"lost": list(lost)})
+        self.store.note(job_id, "evaluator", evaluator.describe())
         claimed = float(sum(1 for t in done if not t.get("cached")))
         lock = threading.Lock()
 
@@ -205,12 +214,34 @@ class JobRunner:
                                     {**entry.to_json(), "status": entry.status,
                                      "cache_key": key})
 
+        def start(trial: Trial, arch: str) -> None:
+            self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch})
+
+        updates = 0.0
+
+        def policy_stats(outcome: SearchOutcome, strategy: Strategy) -> None:
+            nonlocal updates  # one note per policy update (any replica's)
+            stats = strategy.stats()
+            if stats.get("policy_version", updates) != updates:
+                updates = stats["policy_version"]
+                self.store.note(job_id, "policy", stats)
+
+        for n, arch in enumerate(lost.values()):  # re-queued first, each once
+            trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
+                          space.canonical_hash(space.from_string(arch)), job_id=job_id)
+            done_trial = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
+                                   claim, refund, start)
+            if done_trial is None:
+                break
+            record(done_trial[0])
+
         def search(strategy: Strategy) -> SearchOutcome:
             return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                               failure_reward=cfg.failure_reward,
                               max_idle_proposals=cfg.max_idle_proposals, claim=claim,
                               refund=refund, on_entry=record, report_test=False,
-                              parallel=parallel, stop=cancelled.is_set)
+                              parallel=parallel, stop=cancelled.is_set, on_start=start,
+                              on_progress=policy_stats)
 
         if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
             outcomes = self._replicas(job_id, tag, cfg, space, search, result)

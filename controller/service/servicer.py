@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from controller.config import ConfigError
 from controller.jobs.store import TRIAL_STATUSES, JobStore, JobView
 from controller.service.auth import Role, TokenTable, caller, check_visible, missing_roles
+from controller.service.events import watch_events
+from controller.service.export import export_chunks
 from controller.service.guard import AuthInterceptor
 from controller.service.runner import JobRunner
 from controller.service.spec import (
@@ -25,7 +28,7 @@ from controller.service.spec import (
 from controller.service.tenants import TenantBudgets
 from controller.service.tls import ServerTls
 from protos.errors import FailedPreconditionError, InvalidArgumentError
-from protos.rpc import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, servicer_method
+from protos.rpc import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, servicer_method, servicer_stream
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
@@ -168,6 +171,27 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
             if len(best) == (request.top_k or 1):
                 break
         return sp.GetBestResponse(trials=best)
+
+    @servicer_stream
+    def WatchSearch(self, request: sp.WatchSearchRequest,
+                    context: grpc.ServicerContext) -> Iterator[sp.SearchEvent]:
+        """The job's events after ``after_seq``, live until its final state (events.py)."""
+        if request.after_seq < 0:
+            raise InvalidArgumentError(f"after_seq: must be >= 0, got {request.after_seq}")
+        job_id = self._visible(request.job_id).job_id  # another tenant's: NOT_FOUND
+        yield from watch_events(self.store, job_id, request.after_seq, context.is_active)
+
+    @servicer_stream
+    def ExportBest(self, request: sp.ExportBestRequest,
+                   context: grpc.ServicerContext) -> Iterator[sp.ExportChunk]:
+        """The bundles of the top-k trained architectures, a tar archive in 1 MiB chunks."""
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
+                                       f"{request.top_k}")
+        job_id = self._visible(request.job_id).job_id  # another tenant's: NOT_FOUND
+        for data in export_chunks(self.store, self.runner.work_dir, job_id,
+                                  request.top_k or 1):
+            yield sp.ExportChunk(data=data)
 
 
 @dataclass

@@ -57,4 +57,5 @@ class ReinforceStrategy(Strategy):
         if self.last_update is None:
             return {}
         return {"baseline": self.last_update.baseline, "entropy": self.last_update.entropy,
+                "mean_reward": self.last_update.reward,
                 "policy_version": float(self.learner.version)}

@@ -542,6 +542,242 @@ class GetBestResponse(_message.Message):
 Global___GetBestResponse: _TypeAlias = GetBestResponse  # noqa: Y015
 
 @_typing.final
+class WatchSearchRequest(_message.Message):
+    """--- watch and export ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    after_seq: _builtins.int
+    """only events with seq > after_seq (0: from the start)"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSearchRequest: _TypeAlias = WatchSearchRequest  # noqa: Y015
+
+@_typing.final
+class SearchEvent(_message.Message):
+    """One thing that happened to a job. Events are numbered 1, 2, ... in journal order; the same
+    job always yields the same numbering, so a broken stream resumes with after_seq = the last seq.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TrialStarted(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TRIAL_ID_FIELD_NUMBER: _builtins.int
+        ARCH_FIELD_NUMBER: _builtins.int
+        trial_id: _builtins.str
+        arch: _builtins.str
+        def __init__(
+            self,
+            *,
+            trial_id: _builtins.str = ...,
+            arch: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "trial_id", b"trial_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TrialFinished(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TRIAL_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def trial(self) -> Global___TrialRecord:
+            """status: succeeded | failed | lost (handed out by a"""
+
+        def __init__(
+            self,
+            *,
+            trial: Global___TrialRecord | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["trial", b"trial"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["trial", b"trial"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class NewBest(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TRIAL_ID_FIELD_NUMBER: _builtins.int
+        REWARD_FIELD_NUMBER: _builtins.int
+        ARCH_FIELD_NUMBER: _builtins.int
+        trial_id: _builtins.str
+        reward: _builtins.float
+        arch: _builtins.str
+        """the trained architecture"""
+        def __init__(
+            self,
+            *,
+            trial_id: _builtins.str = ...,
+            reward: _builtins.float = ...,
+            arch: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "reward", b"reward", "trial_id", b"trial_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PolicyStats(_message.Message):
+        """after each policy update (strategy reinforce)"""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        UPDATES_FIELD_NUMBER: _builtins.int
+        MEAN_REWARD_FIELD_NUMBER: _builtins.int
+        BASELINE_FIELD_NUMBER: _builtins.int
+        ENTROPY_FIELD_NUMBER: _builtins.int
+        updates: _builtins.int
+        """policy version (restarts at 1 after a service restart)"""
+        mean_reward: _builtins.float
+        """of the update's batch, after the reward transform"""
+        baseline: _builtins.float
+        entropy: _builtins.float
+        """mean entropy of the sampled decisions"""
+        def __init__(
+            self,
+            *,
+            updates: _builtins.int = ...,
+            mean_reward: _builtins.float = ...,
+            baseline: _builtins.float = ...,
+            entropy: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "entropy", b"entropy", "mean_reward", b"mean_reward", "updates", b"updates"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StateChanged(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STATE_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        state: Global___JobState.ValueType
+        reason: _builtins.str
+        def __init__(
+            self,
+            *,
+            state: Global___JobState.ValueType = ...,
+            reason: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    TRIAL_STARTED_FIELD_NUMBER: _builtins.int
+    TRIAL_FINISHED_FIELD_NUMBER: _builtins.int
+    NEW_BEST_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    at: _builtins.float
+    """unix seconds"""
+    @_builtins.property
+    def trial_started(self) -> Global___SearchEvent.TrialStarted: ...
+    @_builtins.property
+    def trial_finished(self) -> Global___SearchEvent.TrialFinished: ...
+    @_builtins.property
+    def new_best(self) -> Global___SearchEvent.NewBest: ...
+    @_builtins.property
+    def policy(self) -> Global___SearchEvent.PolicyStats: ...
+    @_builtins.property
+    def state(self) -> Global___SearchEvent.StateChanged: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        at: _builtins.float = ...,
+        trial_started: Global___SearchEvent.TrialStarted | None = ...,
+        trial_finished: Global___SearchEvent.TrialFinished | None = ...,
+        new_best: Global___SearchEvent.NewBest | None = ...,
+        policy: Global___SearchEvent.PolicyStats | None = ...,
+        state: Global___SearchEvent.StateChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "new_best", b"new_best", "policy", b"policy", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "new_best", b"new_best", "policy", b"policy", "seq", b"seq", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["trial_started", "trial_finished", "new_best", "policy", "state"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SearchEvent: _TypeAlias = SearchEvent  # noqa: Y015
+
+@_typing.final
+class ExportBestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    top_k: _builtins.int
+    """0: 1; at most 100"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        top_k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportBestRequest: _TypeAlias = ExportBestRequest  # noqa: Y015
+
+@_typing.final
+class ExportChunk(_message.Message):
+    """A piece of an uncompressed tar archive of bundle directories (01-<hash>/, 02-<hash>/, ...);
+    the pieces in stream order make the archive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """at most 1 MiB"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
 class ExecutionSpec(_message.Message):
     """--- execution ---
 

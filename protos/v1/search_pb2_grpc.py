@@ -64,6 +64,16 @@ class SearchServiceStub:
                 request_serializer=protos_dot_v1_dot_search__pb2.GetBestRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_search__pb2.GetBestResponse.FromString,
                 _registered_method=True)
+        self.WatchSearch = channel.unary_stream(
+                '/nas.v1.SearchService/WatchSearch',
+                request_serializer=protos_dot_v1_dot_search__pb2.WatchSearchRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_search__pb2.SearchEvent.FromString,
+                _registered_method=True)
+        self.ExportBest = channel.unary_stream(
+                '/nas.v1.SearchService/ExportBest',
+                request_serializer=protos_dot_v1_dot_search__pb2.ExportBestRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_search__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -109,6 +119,22 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSearch(self, request, context):
+        """The job's events from its journal, then live; ends after the job's final state event.
+        Unknown job: NOT_FOUND before the first event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportBest(self, request, context):
+        """The bundles of the job's top-k trained architectures as a tar archive, in chunks.
+        No succeeded training: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +167,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetBest,
                     request_deserializer=protos_dot_v1_dot_search__pb2.GetBestRequest.FromString,
                     response_serializer=protos_dot_v1_dot_search__pb2.GetBestResponse.SerializeToString,
+            ),
+            'WatchSearch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSearch,
+                    request_deserializer=protos_dot_v1_dot_search__pb2.WatchSearchRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_search__pb2.SearchEvent.SerializeToString,
+            ),
+            'ExportBest': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportBest,
+                    request_deserializer=protos_dot_v1_dot_search__pb2.ExportBestRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_search__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +341,60 @@ class SearchService:
             '/nas.v1.SearchService/GetBest',
             protos_dot_v1_dot_search__pb2.GetBestRequest.SerializeToString,
             protos_dot_v1_dot_search__pb2.GetBestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nas.v1.SearchService/WatchSearch',
+            protos_dot_v1_dot_search__pb2.WatchSearchRequest.SerializeToString,
+            protos_dot_v1_dot_search__pb2.SearchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportBest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nas.v1.SearchService/ExportBest',
+            protos_dot_v1_dot_search__pb2.ExportBestRequest.SerializeToString,
+            protos_dot_v1_dot_search__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

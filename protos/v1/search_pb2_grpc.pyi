@@ -41,6 +41,14 @@ class SearchServiceStub:
     ListTrials: _grpc.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]
     GetBest: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]
     """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    WatchSearch: _grpc.UnaryStreamMultiCallable[_search_pb2.WatchSearchRequest, _search_pb2.SearchEvent]
+    """The job's events from its journal, then live; ends after the job's final state event.
+    Unknown job: NOT_FOUND before the first event.
+    """
+    ExportBest: _grpc.UnaryStreamMultiCallable[_search_pb2.ExportBestRequest, _search_pb2.ExportChunk]
+    """The bundles of the job's top-k trained architectures as a tar archive, in chunks.
+    No succeeded training: FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -55,6 +63,14 @@ class SearchServiceAsyncStub(SearchServiceStub):
     ListTrials: _aio.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]  # type: ignore[assignment]
     GetBest: _aio.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]  # type: ignore[assignment]
     """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    WatchSearch: _aio.UnaryStreamMultiCallable[_search_pb2.WatchSearchRequest, _search_pb2.SearchEvent]  # type: ignore[assignment]
+    """The job's events from its journal, then live; ends after the job's final state event.
+    Unknown job: NOT_FOUND before the first event.
+    """
+    ExportBest: _aio.UnaryStreamMultiCallable[_search_pb2.ExportBestRequest, _search_pb2.ExportChunk]  # type: ignore[assignment]
+    """The bundles of the job's top-k trained architectures as a tar archive, in chunks.
+    No succeeded training: FAILED_PRECONDITION.
+    """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +118,25 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.GetBestResponse, _abc.Awaitable[_search_pb2.GetBestResponse]]:
         """The top-k trained architectures by reward (ties: the earlier trial first)."""
+
+    @_abc_1.abstractmethod
+    def WatchSearch(
+        self,
+        request: _search_pb2.WatchSearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_search_pb2.SearchEvent], _abc.AsyncIterator[_search_pb2.SearchEvent]]:
+        """The job's events from its journal, then live; ends after the job's final state event.
+        Unknown job: NOT_FOUND before the first event.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportBest(
+        self,
+        request: _search_pb2.ExportBestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_search_pb2.ExportChunk], _abc.AsyncIterator[_search_pb2.ExportChunk]]:
+        """The bundles of the job's top-k trained architectures as a tar archive, in chunks.
+        No succeeded training: FAILED_PRECONDITION.
+        """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,81 @@
+"""ExportBest on both ends: the service writes a job's bundles (the code path of ``nas export
+RUN_DIR``, fed with the job store's trials) and streams them as a tar archive in chunks; the
+client extracts that archive, refusing any member that would land outside its directory.
+
+A bundle of a trained child needs the evaluator's description (child size, normalisation,
+recipe): the runner notes it in the job's journal when the job starts.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from controller.bundle import BundleError, top_trained, write_bundles
+from controller.config import build_config
+from controller.factory import build_space
+from controller.jobs.store import JobStore
+from protos.errors import FailedPreconditionError
+
+CHUNK_BYTES = 1 << 20  # far below the message limit, whatever the size of the weights
+
+
+def export_job(store: JobStore, work_dir: Path, job_id: str, top: int, out: Path) -> list[Path]:
+    """Write the bundles of the job's ``top`` trained architectures under ``out``;
+    FailedPreconditionError when the job has no succeeded training (yet) or its files are
+    gone."""
+    view = store.get(job_id)
+    cfg = build_config(view.spec, {"out": str(work_dir / job_id)})
+    doc = {"history": [t for t in view.trials.values() if t.get("status") == "succeeded"],
+           "evaluator": view.notes.get("evaluator", {})}
+    if not top_trained(doc, 1):
+        raise FailedPreconditionError(f"job_id: job {job_id} has no succeeded training to "
+                                      f"export ({view.state})")
+    try:
+        return write_bundles(doc, cfg, build_space(cfg), out, top)
+    except BundleError as exc:
+        raise FailedPreconditionError(f"job_id: job {job_id}: {exc}") from None
+
+
+def export_chunks(store: JobStore, work_dir: Path, job_id: str, top: int,
+                  chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The job's bundles as an uncompressed tar archive (one top-level directory per bundle),
+    in pieces of at most ``chunk_bytes``; nothing is left on disk once the stream ends."""
+    with tempfile.TemporaryDirectory(prefix="nas-export-") as tmp:
+        bundles = export_job(store, work_dir, job_id, top, Path(tmp))
+        with tempfile.TemporaryFile() as archive:
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                for bundle in bundles:
+                    tar.add(bundle, arcname=bundle.name)
+            archive.seek(0)
+            while chunk := archive.read(chunk_bytes):
+                yield chunk
+
+
+def extract_archive(chunks: Iterable[bytes], dest: Path) -> list[Path]:
+    """Extract the streamed archive into ``dest``; the bundle directories it holds. BundleError
+    (before anything is written) for a member with an absolute path, a ``..`` part, or that is
+    neither a file nor a directory."""
+    with tempfile.TemporaryFile() as archive:
+        for chunk in chunks:
+            archive.write(chunk)
+        archive.seek(0)
+        return _extract(archive, dest)
+
+
+def _extract(archive: IO[bytes], dest: Path) -> list[Path]:
+    with tarfile.open(fileobj=archive, mode="r") as tar:
+        members = tar.getmembers()
+        for member in members:
+            path = PurePosixPath(member.name)
+            if path.is_absolute() or ".." in path.parts or not (member.isfile() or
+                                                                member.isdir()):
+                raise BundleError(f"archive member {member.name!r}: not a plain file or "
+                                  f"directory inside the export; refusing the archive")
+        dest.mkdir(parents=True, exist_ok=True)
+        tar.extractall(dest, members=members, filter="data")
+    tops = sorted({PurePosixPath(m.name).parts[0] for m in members if m.name not in ("", ".")})
+    return [dest / name for name in tops]
