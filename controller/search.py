@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.cache import CachedEvaluation, EvaluationCache, InMemoryCache
 from controller.evaluators.base import EvaluationFailed, Evaluator
+from controller.objectives import RewardShaper
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Trial, TrialResult, TrialStatus
@@ -102,7 +103,7 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
                report_test: bool = True, claim: Callable[[], bool] | None = None,
                on_entry: Callable[[HistoryEntry], None] | None = None,
-               parallel: int = 1) -> SearchOutcome:
+               parallel: int = 1, shaper: RewardShaper | None = None) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
@@ -110,6 +111,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
     replicas sharing one budget, ``claim()`` is asked before each training and the search stops
     when it says no; ``on_entry`` sees every history entry as it is made. ``parallel > 1``
     evaluates the trials of one suggested batch concurrently (reports stay in order).
+    ``shaper`` turns each result into a multi-objective reward (the cache keeps the unshaped
+    result, so jobs with other objectives share it).
 
     A child stopped early costs the share of its epochs it trained: with the local budget the
     rest is spent on more children (``outcome.charged`` <= ``budget``; ``trainings`` may be more).
@@ -131,7 +134,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                 break
             trials = strategy.suggest(max(strategy.batch_size, parallel))
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
-                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund)
+                return _run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
+                                  shaper)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             for trial, evaluated in zip(trials, done, strict=False):
                 if evaluated is None:  # the budget is spent (here or by other replicas)
@@ -178,7 +182,7 @@ class _LocalBudget:
 
 def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
                failure_reward: float, claim: Callable[[], bool],
-               refund: Callable[[float], None] | None
+               refund: Callable[[float], None] | None, shaper: RewardShaper | None = None
                ) -> tuple[HistoryEntry, TrialResult, float] | None:
     """Cache hit, or a claimed training, with the budget it cost; None when no training may be
     claimed. Without ``refund`` (a budget shared by replicas) a training costs 1."""
@@ -186,10 +190,11 @@ def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Ev
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
     if hit is not None:
-        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
-                             cached=True)
-        return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
-                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result, 0.0
+        reward, metrics = shaper(hit.reward, hit.metrics) if shaper else (hit.reward,
+                                                                          dict(hit.metrics))
+        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics, cached=True)
+        return HistoryEntry(trial.trial_id, arch_str, reward, True, hit.arch,
+                            metrics=metrics, artifacts=dict(hit.artifacts)), result, 0.0
     if not claim():
         return None
     try:
@@ -204,8 +209,8 @@ def _run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Ev
         refund(1.0 - cost)
     cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics,
                                     evaluation.artifacts))
-    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
-                         evaluation.metrics)
-    return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str,
-                        metrics=dict(evaluation.metrics),
+    reward, metrics = shaper(evaluation.reward, evaluation.metrics) if shaper else (
+        evaluation.reward, dict(evaluation.metrics))
+    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics)
+    return HistoryEntry(trial.trial_id, arch_str, reward, False, arch_str, metrics=metrics,
                         artifacts=dict(evaluation.artifacts)), result, cost

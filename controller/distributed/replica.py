@@ -24,6 +24,7 @@ from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.remote import RemoteUpdater
 from controller.distributed.state import JobState, RedisCache
 from controller.factory import build_evaluator, build_reinforce, build_space
+from controller.objectives import RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.search import run_search
 from protos.types import LayoutSpec, UpdatePolicy
@@ -71,7 +72,7 @@ def run_replica(redis_url: str, job_id: str, index: int, prefix: str = "nas",
                          failure_reward=cfg.failure_reward,
                          max_idle_proposals=cfg.max_idle_proposals, report_test=False,
                          claim=state.claimer(cfg.budget), on_entry=state.append,
-                         parallel=cfg.parallel)
+                         parallel=cfg.parallel, shaper=RewardShaper.from_settings(cfg.objectives))
     stats = updaters[0].stats
     report = {"trainings": outcome.trainings, "cache_hits": outcome.cache_hits,
               "pushes": stats.pushes, "rejected_stale": stats.rejected_stale,

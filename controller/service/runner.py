@@ -22,6 +22,7 @@ from controller.config import ConfigError, build_config
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_space, build_strategy
 from controller.jobs.store import ENDED, JobStore
+from controller.objectives import ACCURACY, RewardShaper
 from controller.search import HistoryEntry, run_search
 from protos.errors import FailedPreconditionError
 
@@ -48,9 +49,10 @@ class JobRunner:
             for trial in view.trials.values():
                 if trial.get("status") == "succeeded" and not trial.get("cached") \
                         and trial.get("cache_key"):
+                    metrics = dict(trial.get("metrics", {}))  # unshaped, as the cache keeps it
+                    reward = float(metrics.pop(ACCURACY, trial["reward"]))
                     self.cache.put(trial["cache_key"], CachedEvaluation(
-                        float(trial["reward"]), str(trial["arch"]), trial.get("metrics", {}),
-                        trial.get("artifacts", {})))
+                        reward, str(trial["arch"]), metrics, trial.get("artifacts", {})))
         resumed = [v.job_id for v in jobs if v.state in ("PENDING", "RUNNING")]
         for job_id in resumed:
             self.start(job_id)
@@ -150,6 +152,7 @@ class JobRunner:
         outcome = run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                              failure_reward=cfg.failure_reward,
                              max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                             on_entry=record, report_test=False)
+                             on_entry=record, report_test=False,
+                             shaper=RewardShaper.from_settings(cfg.objectives))
         return (f"{outcome.stopped_reason}: {outcome.trainings} trainings, "
                 f"{outcome.cache_hits} cache hits")
