@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from controller.config import ConfigError, SearchConfig, build_config
+from controller.service.objectives_spec import (
+    check_objectives,
+    objectives_settings,
+    objectives_to_proto,
+)
 from protos.errors import InvalidArgumentError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -36,6 +41,7 @@ WIRE_NAMES = {
     "reward": "spec.evaluation.recipe.reward",
     "cube_reward": "spec.evaluation.recipe.cube_reward",
     "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
+    "objectives": "spec.objectives",
 }
 MAX_BUDGET = 100_000
 
@@ -58,7 +64,8 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
         "dataset": e.dataset or None, "train_subset": e.train_subset or None,
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
-        "budget": spec.budget, "seed": spec.seed}
+        "budget": spec.budget, "seed": spec.seed,
+        "objectives": objectives_settings(spec.objectives) or None}
     if e.HasField("model"):
         settings.update(cells=e.model.cells, filters=e.model.filters,
                         drop_path=e.model.drop_path, aux_head=e.model.aux_head)
@@ -82,6 +89,7 @@ def spec_to_config(spec: sp.SearchSpec) -> SearchConfig:
                                    f"{spec.budget}")
     if spec.seed < 0:
         raise InvalidArgumentError(f"spec.seed: must be >= 0, got {spec.seed}")
+    check_objectives(spec.objectives)
     try:
         return build_config(spec_settings(spec))
     except ConfigError as exc:
@@ -119,4 +127,5 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                                   predict_strides=s.get("predict_strides",
                                                                         False)),
                          strategy=s.get("strategy", ""), controller=controller,
-                         evaluation=evaluation, budget=s["budget"], seed=s["seed"])
+                         evaluation=evaluation, budget=s["budget"], seed=s["seed"],
+                         objectives=objectives_to_proto(s.get("objectives", ())))

@@ -26,7 +26,7 @@ from protos.v1 import common_pb2 as protos_dot_v1_dot_common__pb2
 from protos.v1 import worker_pb2 as protos_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/search.proto\x12\x06nas.v1\x1a\x16protos/v1/common.proto\x1a\x16protos/v1/worker.proto\"\xec\x01\n\x0e\x43ontrollerSpec\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x15\n\x08\x63hildren\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x65ntropy_weight\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0e\x62\x61seline_decay\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x10reward_transform\x18\x06 \x01(\tB\x0b\n\t_childrenB\x10\n\x0e_learning_rateB\x11\n\x0f_entropy_weightB\x11\n\x0f_baseline_decay\"\xdf\x01\n\x0e\x45valuationSpec\x12\x11\n\tevaluator\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x14\n\x0ctrain_subset\x18\x03 \x01(\x05\x12\x12\n\nval_subset\x18\x04 \x01(\x05\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x11.nas.v1.ChildSizeH\x00\x88\x01\x01\x12+\n\x06recipe\x18\x06 \x01(\x0b\x32\x16.nas.v1.TrainingRecipeH\x01\x88\x01\x01\x12\x16\n\x0e\x66\x61ilure_reward\x18\x07 \x01(\x01\x42\x08\n\x06_modelB\t\n\x07_recipe\"\xca\x01\n\nSearchSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05space\x18\x02 \x01(\x0b\x32\x17.nas.v1.SearchSpaceSpec\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12*\n\ncontroller\x18\x04 \x01(\x0b\x32\x16.nas.v1.ControllerSpec\x12*\n\nevaluation\x18\x05 \x01(\x0b\x32\x16.nas.v1.EvaluationSpec\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x05\x12\x0c\n\x04seed\x18\x07 \x01(\x03\"\xfb\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12 \n\x04spec\x18\x04 \x01(\x0b\x32\x12.nas.v1.SearchSpec\x12\x1f\n\x05state\x18\x05 \x01(\x0e\x32\x10.nas.v1.JobState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\x11\n\ttrainings\x18\t \x01(\x05\x12\x0f\n\x07running\x18\n \x01(\x05\x12\x13\n\x0b\x62\x65st_reward\x18\x0b \x01(\x01\x12\x11\n\tbest_arch\x18\x0c \x01(\t\"7\n\x13SubmitSearchRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.nas.v1.SearchSpec\"&\n\x14SubmitSearchResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10GetSearchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x13ListSearchesRequest\x12\x1f\n\x05state\x18\x01 \x01(\x0e\x32\x10.nas.v1.JobState\"1\n\x14ListSearchesResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.nas.v1.Job\"5\n\x13\x43\x61ncelSearchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xcf\x01\n\x0bTrialRecord\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reward\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x31\n\x07metrics\x18\x07 \x03(\x0b\x32 .nas.v1.TrialRecord.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Z\n\x11ListTrialsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"R\n\x12ListTrialsResponse\x12#\n\x06trials\x18\x01 \x03(\x0b\x32\x13.nas.v1.TrialRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x0eGetBestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"6\n\x0fGetBestResponse\x12#\n\x06trials\x18\x01 \x03(\x0b\x32\x13.nas.v1.TrialRecord*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x94\x03\n\rSearchService\x12I\n\x0cSubmitSearch\x12\x1b.nas.v1.SubmitSearchRequest\x1a\x1c.nas.v1.SubmitSearchResponse\x12\x32\n\tGetSearch\x12\x18.nas.v1.GetSearchRequest\x1a\x0b.nas.v1.Job\x12I\n\x0cListSearches\x12\x1b.nas.v1.ListSearchesRequest\x1a\x1c.nas.v1.ListSearchesResponse\x12\x38\n\x0c\x43\x61ncelSearch\x12\x1b.nas.v1.CancelSearchRequest\x1a\x0b.nas.v1.Job\x12\x43\n\nListTrials\x12\x19.nas.v1.ListTrialsRequest\x1a\x1a.nas.v1.ListTrialsResponse\x12:\n\x07GetBest\x12\x16.nas.v1.GetBestRequest\x1a\x17.nas.v1.GetBestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/search.proto\x12\x06nas.v1\x1a\x16protos/v1/common.proto\x1a\x16protos/v1/worker.proto\"\xec\x01\n\x0e\x43ontrollerSpec\x12\x0e\n\x06preset\x18\x01 \x01(\t\x12\x15\n\x08\x63hildren\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x65ntropy_weight\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0e\x62\x61seline_decay\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x10reward_transform\x18\x06 \x01(\tB\x0b\n\t_childrenB\x10\n\x0e_learning_rateB\x11\n\x0f_entropy_weightB\x11\n\x0f_baseline_decay\"\xdf\x01\n\x0e\x45valuationSpec\x12\x11\n\tevaluator\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x14\n\x0ctrain_subset\x18\x03 \x01(\x05\x12\x12\n\nval_subset\x18\x04 \x01(\x05\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x11.nas.v1.ChildSizeH\x00\x88\x01\x01\x12+\n\x06recipe\x18\x06 \x01(\x0b\x32\x16.nas.v1.TrainingRecipeH\x01\x88\x01\x01\x12\x16\n\x0e\x66\x61ilure_reward\x18\x07 \x01(\x01\x42\x08\n\x06_modelB\t\n\x07_recipe\"\xf1\x01\n\nSearchSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05space\x18\x02 \x01(\x0b\x32\x17.nas.v1.SearchSpaceSpec\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12*\n\ncontroller\x18\x04 \x01(\x0b\x32\x16.nas.v1.ControllerSpec\x12*\n\nevaluation\x18\x05 \x01(\x0b\x32\x16.nas.v1.EvaluationSpec\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x05\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12%\n\nobjectives\x18\x08 \x03(\x0b\x32\x11.nas.v1.Objective\"\xfb\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12 \n\x04spec\x18\x04 \x01(\x0b\x32\x12.nas.v1.SearchSpec\x12\x1f\n\x05state\x18\x05 \x01(\x0e\x32\x10.nas.v1.JobState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\x11\n\ttrainings\x18\t \x01(\x05\x12\x0f\n\x07running\x18\n \x01(\x05\x12\x13\n\x0b\x62\x65st_reward\x18\x0b \x01(\x01\x12\x11\n\tbest_arch\x18\x0c \x01(\t\"7\n\x13SubmitSearchRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.nas.v1.SearchSpec\"&\n\x14SubmitSearchResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10GetSearchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x13ListSearchesRequest\x12\x1f\n\x05state\x18\x01 \x01(\x0e\x32\x10.nas.v1.JobState\"1\n\x14ListSearchesResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.nas.v1.Job\"5\n\x13\x43\x61ncelSearchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xcf\x01\n\x0bTrialRecord\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reward\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x31\n\x07metrics\x18\x07 \x03(\x0b\x32 .nas.v1.TrialRecord.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Z\n\x11ListTrialsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"R\n\x12ListTrialsResponse\x12#\n\x06trials\x18\x01 \x03(\x0b\x32\x13.nas.v1.TrialRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x0eGetBestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x0e\n\x06pareto\x18\x03 \x01(\x08\x12\x12\n\nobjectives\x18\x04 \x03(\t\"6\n\x0fGetBestResponse\x12#\n\x06trials\x18\x01 \x03(\x0b\x32\x13.nas.v1.TrialRecord\"Y\n\tObjective\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\x01\x12\x13\n\x06weight\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04hard\x18\x04 \x01(\x08\x42\t\n\x07_weight*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x94\x03\n\rSearchService\x12I\n\x0cSubmitSearch\x12\x1b.nas.v1.SubmitSearchRequest\x1a\x1c.nas.v1.SubmitSearchResponse\x12\x32\n\tGetSearch\x12\x18.nas.v1.GetSearchRequest\x1a\x0b.nas.v1.Job\x12I\n\x0cListSearches\x12\x1b.nas.v1.ListSearchesRequest\x1a\x1c.nas.v1.ListSearchesResponse\x12\x38\n\x0c\x43\x61ncelSearch\x12\x1b.nas.v1.CancelSearchRequest\x1a\x0b.nas.v1.Job\x12\x43\n\nListTrials\x12\x19.nas.v1.ListTrialsRequest\x1a\x1a.nas.v1.ListTrialsResponse\x12:\n\x07GetBest\x12\x16.nas.v1.GetBestRequest\x1a\x17.nas.v1.GetBestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRIALRECORD_METRICSENTRY']._loaded_options = None
   _globals['_TRIALRECORD_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1793
-  _globals['_JOBSTATE']._serialized_end=1948
+  _globals['_JOBSTATE']._serialized_start=1959
+  _globals['_JOBSTATE']._serialized_end=2114
   _globals['_CONTROLLERSPEC']._serialized_start=83
   _globals['_CONTROLLERSPEC']._serialized_end=319
   _globals['_EVALUATIONSPEC']._serialized_start=322
   _globals['_EVALUATIONSPEC']._serialized_end=545
   _globals['_SEARCHSPEC']._serialized_start=548
-  _globals['_SEARCHSPEC']._serialized_end=750
-  _globals['_JOB']._serialized_start=753
-  _globals['_JOB']._serialized_end=1004
-  _globals['_SUBMITSEARCHREQUEST']._serialized_start=1006
-  _globals['_SUBMITSEARCHREQUEST']._serialized_end=1061
-  _globals['_SUBMITSEARCHRESPONSE']._serialized_start=1063
-  _globals['_SUBMITSEARCHRESPONSE']._serialized_end=1101
-  _globals['_GETSEARCHREQUEST']._serialized_start=1103
-  _globals['_GETSEARCHREQUEST']._serialized_end=1137
-  _globals['_LISTSEARCHESREQUEST']._serialized_start=1139
-  _globals['_LISTSEARCHESREQUEST']._serialized_end=1193
-  _globals['_LISTSEARCHESRESPONSE']._serialized_start=1195
-  _globals['_LISTSEARCHESRESPONSE']._serialized_end=1244
-  _globals['_CANCELSEARCHREQUEST']._serialized_start=1246
-  _globals['_CANCELSEARCHREQUEST']._serialized_end=1299
-  _globals['_TRIALRECORD']._serialized_start=1302
-  _globals['_TRIALRECORD']._serialized_end=1509
-  _globals['_TRIALRECORD_METRICSENTRY']._serialized_start=1463
-  _globals['_TRIALRECORD_METRICSENTRY']._serialized_end=1509
-  _globals['_LISTTRIALSREQUEST']._serialized_start=1511
-  _globals['_LISTTRIALSREQUEST']._serialized_end=1601
-  _globals['_LISTTRIALSRESPONSE']._serialized_start=1603
-  _globals['_LISTTRIALSRESPONSE']._serialized_end=1685
-  _globals['_GETBESTREQUEST']._serialized_start=1687
-  _globals['_GETBESTREQUEST']._serialized_end=1734
-  _globals['_GETBESTRESPONSE']._serialized_start=1736
-  _globals['_GETBESTRESPONSE']._serialized_end=1790
-  _globals['_SEARCHSERVICE']._serialized_start=1951
-  _globals['_SEARCHSERVICE']._serialized_end=2355
+  _globals['_SEARCHSPEC']._serialized_end=789
+  _globals['_JOB']._serialized_start=792
+  _globals['_JOB']._serialized_end=1043
+  _globals['_SUBMITSEARCHREQUEST']._serialized_start=1045
+  _globals['_SUBMITSEARCHREQUEST']._serialized_end=1100
+  _globals['_SUBMITSEARCHRESPONSE']._serialized_start=1102
+  _globals['_SUBMITSEARCHRESPONSE']._serialized_end=1140
+  _globals['_GETSEARCHREQUEST']._serialized_start=1142
+  _globals['_GETSEARCHREQUEST']._serialized_end=1176
+  _globals['_LISTSEARCHESREQUEST']._serialized_start=1178
+  _globals['_LISTSEARCHESREQUEST']._serialized_end=1232
+  _globals['_LISTSEARCHESRESPONSE']._serialized_start=1234
+  _globals['_LISTSEARCHESRESPONSE']._serialized_end=1283
+  _globals['_CANCELSEARCHREQUEST']._serialized_start=1285
+  _globals['_CANCELSEARCHREQUEST']._serialized_end=1338
+  _globals['_TRIALRECORD']._serialized_start=1341
+  _globals['_TRIALRECORD']._serialized_end=1548
+  _globals['_TRIALRECORD_METRICSENTRY']._serialized_start=1502
+  _globals['_TRIALRECORD_METRICSENTRY']._serialized_end=1548
+  _globals['_LISTTRIALSREQUEST']._serialized_start=1550
+  _globals['_LISTTRIALSREQUEST']._serialized_end=1640
+  _globals['_LISTTRIALSRESPONSE']._serialized_start=1642
+  _globals['_LISTTRIALSRESPONSE']._serialized_end=1724
+  _globals['_GETBESTREQUEST']._serialized_start=1726
+  _globals['_GETBESTREQUEST']._serialized_end=1809
+  _globals['_GETBESTRESPONSE']._serialized_start=1811
+  _globals['_GETBESTRESPONSE']._serialized_end=1865
+  _globals['_OBJECTIVE']._serialized_start=1867
+  _globals['_OBJECTIVE']._serialized_end=1956
+  _globals['_SEARCHSERVICE']._serialized_start=2117
+  _globals['_SEARCHSERVICE']._serialized_end=2521
 # @@protoc_insertion_point(module_scope)

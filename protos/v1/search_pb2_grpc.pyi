@@ -40,7 +40,9 @@ class SearchServiceStub:
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _grpc.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]
     GetBest: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]
-    """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    """The top-k trained architectures by reward (ties: the earlier trial first), or with
+    pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -54,7 +56,9 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _aio.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]  # type: ignore[assignment]
     GetBest: _aio.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]  # type: ignore[assignment]
-    """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    """The top-k trained architectures by reward (ties: the earlier trial first), or with
+    pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+    """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -101,6 +105,8 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.GetBestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.GetBestResponse, _abc.Awaitable[_search_pb2.GetBestResponse]]:
-        """The top-k trained architectures by reward (ties: the earlier trial first)."""
+        """The top-k trained architectures by reward (ties: the earlier trial first), or with
+        pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+        """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
