@@ -130,12 +130,18 @@ def normalize_objectives(value: object) -> tuple[str, ...]:
             objective = (objective_from_mapping(item) if isinstance(item, Mapping)
                          else parse_objective(str(item)))
         except ValueError as exc:
-            raise ValueError(f"objectives[{i}] (--objective {item}): {exc}") from None
+            raise ValueError(f"{_entry(i, item)}: {exc}") from None
         if any(parse_objective(o).metric == objective.metric for o in out):
-            raise ValueError(f"objectives[{i}] (--objective {item}): a second objective on "
-                             f"{objective.metric}; give each metric once")
+            raise ValueError(f"{_entry(i, item)}: a second objective on {objective.metric}; "
+                             f"give each metric once")
         out.append(str(objective))
     return tuple(out)
+
+
+def _entry(i: int, item: object) -> str:
+    """How an error names entry ``i``: the flag form too when it came as one."""
+    return f"objectives[{i}]" if isinstance(item, Mapping) else \
+        f"objectives[{i}] (--objective {item})"
 
 
 def shaped_reward(accuracy: float, metrics: Mapping[str, float],
