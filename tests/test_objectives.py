@@ -354,3 +354,23 @@ def test_nas_submit_with_objectives_and_nas_best_pareto(
         assert "objectives[0]" in capsys.readouterr().err
     finally:
         running.stop()
+
+
+def test_trained_children_carry_their_costs_and_latency_shapes_the_reward(
+        tmp_path: Path, fashion_mnist_installed: Path, one_thread: None) -> None:
+    # Act: two real (tiny) trainings with a latency objective
+    assert main(["search", "--space", "nb201", "--strategy", "random", "--evaluator", "train",
+                 "--budget", "2", "--epochs", "1", "--train-subset", "256", "--val-subset",
+                 "128", "--filters", "4", "--device", "cpu", "--quiet", "--out", str(tmp_path),
+                 "--objective", "latency_ms:target=0.5:w=-0.1"]) == 0
+    # Assert: measured on the built child, on the CPU it trained on
+    doc = json.loads((tmp_path / "result.json").read_text())
+    trained = [h for h in doc["history"] if not h["cached"]]
+    assert len(trained) == 2
+    for h in trained:
+        m = h["metrics"]
+        assert m["params"] > 0 and m["flops"] > m["params"]
+        assert m["latency_ms"] > 0 and m["latency_device"] == -1.0
+        assert m["accuracy"] == m["val_accuracy"]
+        assert h["reward"] == pytest.approx(m["accuracy"] * (m["latency_ms"] / 0.5) ** -0.1)
+    assert doc["pareto"]["metrics"] == ["latency_ms"] and doc["pareto"]["front"]
