@@ -25,6 +25,10 @@ from worker.builders import ChildNet, ModelSpec, build_model
 NB201_DATASETS = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet16": (120, 16)}
 NB201_CELLS, NB201_FILTERS = 5, 16
 LATENCY_WARMUP, LATENCY_REPEATS = 5, 20
+# nb201 measures a network per new cell only for latency objectives; fewer passes keep that to
+# about 0.3 s a cell on an idle CPU core (a trained child's measurement is small beside its
+# training, so it keeps the defaults)
+NB201_LATENCY_WARMUP, NB201_LATENCY_REPEATS = 2, 9
 
 
 def latency_ms(model: ChildNet, input_size: tuple[int, int], device: torch.device | str,
@@ -126,7 +130,8 @@ class NB201Costs:
             with self._lock:
                 known = self._latency.get(arch.nodes)
             if known is None:
-                known = latency_ms(self.build(arch), self.input_size, "cpu")
+                known = latency_ms(self.build(arch), self.input_size, "cpu",
+                                   NB201_LATENCY_WARMUP, NB201_LATENCY_REPEATS)
                 with self._lock:
                     known = self._latency.setdefault(arch.nodes, known)
             costs["latency_ms"], costs["latency_device"] = known, -1.0
