@@ -374,3 +374,25 @@ def test_trained_children_carry_their_costs_and_latency_shapes_the_reward(
         assert m["accuracy"] == m["val_accuracy"]
         assert h["reward"] == pytest.approx(m["accuracy"] * (m["latency_ms"] / 0.5) ** -0.1)
     assert doc["pareto"]["metrics"] == ["latency_ms"] and doc["pareto"]["front"]
+
+
+def test_a_restarted_service_caches_unshaped_results(tmp_path: Path) -> None:
+    # Arrange: a job with a hard params objective runs to the end
+    store = InMemoryJobStore()
+    runner = JobRunner(store, tmp_path)
+    with SearchClient(SearchServicer(store, runner)) as client:
+        job_id = client.submit(nb201_spec(8, sp.Objective(metric="params", target=1e5,
+                                                          hard=True)))
+        assert client.wait(job_id, WAIT_S).state == sp.JOB_STATE_SUCCEEDED
+    runner.close()
+    # Act: a restarted service rebuilds the shared cache from the store
+    again = JobRunner(store, tmp_path)
+    again.resume()
+    # Assert: the cache holds accuracies, not this job's shaped rewards
+    trained = [t for t in store.get(job_id).trials.values() if not t["cached"]]
+    shaped = [t for t in trained if t["reward"] < t["metrics"]["accuracy"]]
+    assert shaped  # some children were over the target
+    for trial in trained:
+        hit = again.cache.get(trial["cache_key"])
+        assert hit is not None and hit.reward == trial["metrics"]["accuracy"]
+        assert "accuracy" not in hit.metrics and hit.metrics["params"] > 0
