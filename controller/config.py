@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from controller.early_stopping import EARLY_STOPPING
+from controller.objectives import normalize_objectives
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
@@ -67,6 +68,8 @@ class SearchConfig:
     budget: int = 100
     seed: int = 0
     failure_reward: float = 0.0
+    # multi-objective reward (controller.objectives): canonical "METRIC:target=T:w=W[:hard]"
+    objectives: tuple[str, ...] = ()
     max_idle_proposals: int = 2000
     out: str | None = None
     # distributed layout (Zoph & Le): S parameter-server shards, K controller replicas
@@ -191,7 +194,16 @@ def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
 
 
+# settings that are not scalars -> their parser (ValueError names the entry)
+STRUCTURED = {"objectives": normalize_objectives}
+
+
 def _coerce(name: str, kind: str, value: Any) -> Any:
+    if name in STRUCTURED and value is not None:
+        try:
+            return STRUCTURED[name](value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if value is None:
         if "None" not in kind:
             raise ConfigError(f"{name}: must be set (no null)")

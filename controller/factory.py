@@ -12,8 +12,10 @@ from typing import Any
 
 from controller.config import ConfigError, SearchConfig
 from controller.evaluators.base import Evaluator
+from controller.evaluators.measured import MeasuredEvaluator
 from controller.evaluators.nb201 import NB201Evaluator
 from controller.local_training import TrainEvaluator
+from controller.objectives import parse_objective
 from controller.policy.lstm import LSTMPolicy
 from controller.policy.reinforce import ReinforceConfig
 from controller.policy.updaters import ParameterUpdater
@@ -24,6 +26,7 @@ from controller.strategies.evolution import EvolutionStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 from protos.types import SearchSpaceSpec
+from worker.measure import NB201Costs
 from worker.trainer import TrainRecipe
 
 
@@ -75,9 +78,18 @@ def _train_evaluator(cfg: SearchConfig) -> Evaluator:
                                     Path(str(cfg.out)) / "children")
 
 
+def _nb201_evaluator(cfg: SearchConfig) -> Evaluator:
+    """Table lookups, with params and FLOPs of the cell's network at the benchmark's size (and
+    its CPU latency when an objective needs it)."""
+    table = NB201Evaluator(str(cfg.dataset), Path(cfg.nb201_csv) if cfg.nb201_csv else None,
+                           simulate_seconds=cfg.simulate_seconds)
+    latency = any(parse_objective(o).metric == "latency_ms" for o in cfg.objectives)
+    return MeasuredEvaluator(table, NB201Costs(str(cfg.dataset), latency),
+                             "latency" if latency else "")
+
+
 EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
-    "nb201": lambda cfg: NB201Evaluator(str(cfg.dataset), Path(cfg.nb201_csv) if cfg.nb201_csv
-                                        else None, simulate_seconds=cfg.simulate_seconds),
+    "nb201": _nb201_evaluator,
     "train": _train_evaluator,
 }
 

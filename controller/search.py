@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.cache import CachedEvaluation, EvaluationCache, InMemoryCache
 from controller.evaluators.base import EvaluationFailed, Evaluator
+from controller.objectives import RewardShaper
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Trial, TrialResult, TrialStatus
@@ -104,7 +105,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                on_entry: Callable[[HistoryEntry], None] | None = None,
                parallel: int = 1, refund: Callable[[float], None] | None = None,
                stop: Callable[[], bool] | None = None,
-               on_start: Callable[[Trial, str], None] | None = None) -> SearchOutcome:
+               on_start: Callable[[Trial, str], None] | None = None,
+               shaper: RewardShaper | None = None) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
@@ -115,6 +117,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
     ``parallel > 1`` evaluates the trials of one suggested batch concurrently (reports stay in
     order). ``stop()`` is asked before each batch: true ends the search (``stopped_reason ==
     "cancelled"``).
+    ``shaper`` turns each result into a multi-objective reward (the cache keeps the unshaped
+    result, so jobs with other objectives share it).
 
     A child stopped early costs the share of its epochs it trained: with the local budget (or
     a shared one that takes ``refund``s) the rest is spent on more children (``outcome.charged``
@@ -141,7 +145,7 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
             trials = strategy.suggest(max(strategy.batch_size, parallel))
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
                 return run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
-                                  on_start)
+                                 on_start, shaper)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             spent = False
             for trial, evaluated in zip(trials, done, strict=False):
@@ -194,7 +198,8 @@ class _LocalBudget:
 def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,
                failure_reward: float, claim: Callable[[], bool],
                refund: Callable[[float], None] | None,
-               on_start: Callable[[Trial, str], None] | None = None
+               on_start: Callable[[Trial, str], None] | None = None,
+               shaper: RewardShaper | None = None
                ) -> tuple[HistoryEntry, TrialResult, float] | None:
     """One trial: a cache hit, or a claimed training, with the budget it cost; None when no
     training may be claimed. Without ``refund`` a training costs 1."""
@@ -206,10 +211,11 @@ def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Eva
     if on_start is not None:
         on_start(trial, arch_str)
     if hit is not None:
-        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, hit.reward, hit.metrics,
-                             cached=True)
-        return HistoryEntry(trial.trial_id, arch_str, hit.reward, True, hit.arch,
-                            metrics=dict(hit.metrics), artifacts=dict(hit.artifacts)), result, 0.0
+        reward, metrics = shaper(hit.reward, hit.metrics) if shaper else (hit.reward,
+                                                                          dict(hit.metrics))
+        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics, cached=True)
+        return HistoryEntry(trial.trial_id, arch_str, reward, True, hit.arch,
+                            metrics=metrics, artifacts=dict(hit.artifacts)), result, 0.0
     try:
         evaluation = evaluator.evaluate_trial(trial)
     except EvaluationFailed as exc:
@@ -222,8 +228,8 @@ def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Eva
         refund(1.0 - cost)
     cache.put(key, CachedEvaluation(evaluation.reward, arch_str, evaluation.metrics,
                                     evaluation.artifacts))
-    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, evaluation.reward,
-                         evaluation.metrics)
-    return HistoryEntry(trial.trial_id, arch_str, evaluation.reward, False, arch_str,
-                        metrics=dict(evaluation.metrics),
+    reward, metrics = shaper(evaluation.reward, evaluation.metrics) if shaper else (
+        evaluation.reward, dict(evaluation.metrics))
+    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics)
+    return HistoryEntry(trial.trial_id, arch_str, reward, False, arch_str, metrics=metrics,
                         artifacts=dict(evaluation.artifacts)), result, cost

@@ -25,6 +25,8 @@ from controller.config import (
 )
 from controller.early_stopping import EARLY_STOPPING
 from controller.factory import build_evaluator, build_space, build_strategy
+from controller.objectives import METRICS, SYNTAX, parse_objective
+from controller.pareto import pareto_front
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome
@@ -35,6 +37,7 @@ EPILOG = """examples:
   nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \\
       --budget 100 --seed 0 --out runs/nb201
   nas search spec.yaml --seed 3          # a YAML spec of the same keys; flags override it
+  nas search --objective params:target=8e5 --objective latency_ms:target=20:w=-0.07
 
 --budget counts child trainings; an architecture already evaluated (same canonical hash) is a
 free cache hit. result.json holds the best architecture, its reward (validation accuracy in
@@ -78,6 +81,13 @@ def add_parser(sub: Any) -> None:
                                      f"{', '.join(TRAIN_DATASETS)} (fashion-mnist)")
     g.add_argument("--nb201-csv", help="nb201 table (default $NAS_NB201_CSV or ../shared/data)")
     g.add_argument("--failure-reward", type=float, help="reward of a failed child (0)")
+    g.add_argument("--objective", action="append", dest="objectives", metavar=SYNTAX,
+                   help="trade accuracy for cost, MnasNet-style (repeat for several): reward = "
+                        "accuracy * (value/target)^w, w=-0.07 unless given; ':hard' uses w=0 "
+                        "under the target and -1 (or w) over it. METRIC: "
+                        f"{', '.join(METRICS)} (nb201: params/FLOPs of the benchmark's network, "
+                        "latency on this CPU). e.g. --objective params:target=8e5:hard. "
+                        "result.json then keeps the raw accuracy and the Pareto front")
     g.add_argument("--simulate-seconds", type=float,
                    help="nb201: make each lookup take this long, like a child's training")
     g.add_argument("--parallel", type=int, help="children of one batch evaluated at once (1)")
@@ -212,9 +222,10 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def result_json(cfg: SearchConfig, outcome: SearchOutcome,
                 evaluator_info: dict[str, object]) -> dict[str, Any]:
-    """The result.json document."""
+    """The result.json document; with objectives also the ``pareto`` front (accuracy against
+    each objective's metric)."""
     best = outcome.best
-    return {
+    doc: dict[str, Any] = {
         "best": {"arch": best.trained_arch if best else None,
                  "reward": best.reward if best else None,
                  "test_accuracy": outcome.best_test_accuracy},
@@ -228,6 +239,19 @@ def result_json(cfg: SearchConfig, outcome: SearchOutcome,
         "evaluator": evaluator_info,
         "history": [h.to_json() for h in outcome.history],
     }
+    if cfg.objectives:
+        doc["pareto"] = pareto_section(outcome, cfg.objectives)
+    return doc
+
+
+def pareto_section(outcome: SearchOutcome, objectives: tuple[str, ...]) -> dict[str, Any]:
+    """The non-dominated architectures for max accuracy, min each objective's metric."""
+    metrics = [parse_objective(o).metric for o in objectives]
+    front = pareto_front((h.to_json() for h in outcome.history), metrics)
+    return {"metrics": metrics,
+            "front": [{"arch": t.get("same_as", t["arch"]), "trial_id": t["trial_id"],
+                       "reward": t["reward"], "accuracy": t["metrics"].get("accuracy"),
+                       **{m: t["metrics"][m] for m in metrics}} for t in front]}
 
 
 def write_result(out_dir: Path, doc: dict[str, Any]) -> Path:
@@ -256,6 +280,11 @@ def summary(cfg: SearchConfig, outcome: SearchOutcome, path: Path) -> str:
         lines.append(f"  best arch   {outcome.best.trained_arch}")
         if outcome.best_test_accuracy is not None:
             lines.append(f"  test accuracy {outcome.best_test_accuracy:.2%}")
+    if cfg.objectives:
+        section = pareto_section(outcome, cfg.objectives)
+        lines.append(f"  objectives  {', '.join(cfg.objectives)}; Pareto front: "
+                     f"{len(section['front'])} architectures (accuracy vs "
+                     f"{', '.join(section['metrics'])})")
     lines.append(f"  wrote {path}")
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Train one child end to end: build it, train it, save its weights, measure it.
+"""Train one child end to end: build it, train it, save its weights, measure it (params,
+FLOPs by forward hooks, batch-1 latency on the training device: ``worker.measure``).
 
 The one routine behind both the controller's in-process ``train`` evaluator and the Ray workers,
 so a child trained either way gets the same reward, metrics and weights file.
@@ -16,7 +17,9 @@ import torch
 from protos.types import Architecture
 from worker.builders import ChildNet, ModelSpec, build_model
 from worker.datasets import DatasetSplits
+from worker.measure import device_index, latency_ms
 from worker.trainer import ProgressCallback, TrainingFailed, TrainRecipe, train
+from worker.trainer_recipe import resolve_device
 
 
 class ChildFailed(RuntimeError):
@@ -70,9 +73,13 @@ def train_child(arch: Architecture, splits: DatasetSplits, spec: ModelSpec, reci
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     size = (splits.image_size, splits.image_size)
+    device = resolve_device(recipe.device)  # where it was trained: latency is measured there
+    latency = {"latency_ms": latency_ms(model, size, device),
+               "latency_device": device_index(device)}
     metrics = {"val_accuracy": report.final_val_accuracy, "params": float(model.num_params()),
                "flops": float(model.cpu().flops(size)), "train_seconds": report.train_seconds,
-               "epochs": float(report.epochs_trained), "train_loss": report.train_losses[-1]}
+               "epochs": float(report.epochs_trained), "train_loss": report.train_losses[-1],
+               **latency}
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

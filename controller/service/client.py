@@ -11,7 +11,7 @@ their status codes by the one table both ends share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,16 @@ class SearchClient:
             if not token:
                 return
 
-    def best(self, job_id: str, top_k: int = 1) -> tuple[sp.TrialRecord, ...]:
-        """The top-k trained architectures of a job, best first."""
-        reply = self._call("GetBest", sp.GetBestRequest(job_id=job_id, top_k=top_k))
+    def best(self, job_id: str, top_k: int | None = None, pareto: bool = False,
+             objectives: Sequence[str] = ()) -> tuple[sp.TrialRecord, ...]:
+        """The top-k (default 1) trained architectures of a job, best first; with ``pareto``
+        the Pareto front (max accuracy, min each of ``objectives``, default params: all of it
+        unless ``top_k``), best accuracy first."""
+        if top_k is None:
+            top_k = 0 if pareto else 1
+        reply = self._call("GetBest", sp.GetBestRequest(job_id=job_id, top_k=top_k,
+                                                        pareto=pareto,
+                                                        objectives=list(objectives)))
         return tuple(reply.trials)
 
     def watch(self, job_id: str, after_seq: int = 0,

@@ -15,6 +15,8 @@ from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError, build_config, load_spec
+from controller.objectives import ACCURACY, METRICS
+from controller.pareto import DEFAULT_METRICS
 from controller.service import serve_options, watch_command
 from controller.service.connect import add_connection, client_from_args
 from controller.service.serve_options import ServeOptionError
@@ -44,9 +46,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--status", choices=("running", "succeeded", "failed"))
     add_connection(p)
     p.set_defaults(func=trials)
-    p = sub.add_parser("best", help="a job's best architectures")
+    p = sub.add_parser("best", help="a job's best architectures, or its Pareto front",
+                       description="The job's best trained architectures by reward, or with "
+                                   "--pareto those no other beats on accuracy and every cost "
+                                   "at once, e.g. `nas best JOB --pareto --metrics params,"
+                                   "latency_ms` (latency only where the job measured it).")
     p.add_argument("job_id")
-    p.add_argument("--top", type=int, default=1, help="how many (1)")
+    p.add_argument("--top", type=int, default=None,
+                   help="how many (1; with --pareto: the whole front)")
+    p.add_argument("--pareto", action="store_true",
+                   help="the Pareto front: max accuracy, min each of --metrics")
+    p.add_argument("--metrics", default="",
+                   help=f"--pareto: comma-separated costs, of {', '.join(METRICS)} (params)")
     add_connection(p)
     p.set_defaults(func=best)
     p = sub.add_parser("cancel", help="stop a job before its next training")
@@ -120,12 +131,33 @@ def trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metric_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad:
+        raise ConfigError(f"--metrics: {bad[0]!r} is not one of {', '.join(METRICS)}")
+    return names
+
+
 def best(args: argparse.Namespace) -> int:
-    """``nas best JOB``: reward and architecture, best first."""
+    """``nas best JOB``: reward and architecture, best first; ``--pareto``: the front's
+    accuracy and costs, best accuracy first."""
+    chosen = _metric_list(args.metrics)
+    if chosen and not args.pareto:
+        raise ConfigError("--metrics: only with --pareto")
     with client_from_args(args) as client:
-        rows = client.best(args.job_id, args.top)
+        rows = client.best(args.job_id, args.top, pareto=args.pareto, objectives=chosen)
+    if not args.pareto:
+        for t in rows:
+            print(f"{t.reward:.4f}  {t.arch}  ({t.trial_id})")
+        return 0
+    metrics = chosen or list(DEFAULT_METRICS)
+    print(f"{'ACCURACY':>8s} " + " ".join(f"{m.upper():>12s}" for m in metrics)
+          + f" {'REWARD':>7s}  ARCH")
     for t in rows:
-        print(f"{t.reward:.4f}  {t.arch}  ({t.trial_id})")
+        accuracy = t.metrics.get(ACCURACY, t.reward)
+        print(f"{accuracy:8.4f} " + " ".join(f"{t.metrics[m]:12.6g}" for m in metrics)
+              + f" {t.reward:7.4f}  {t.arch}  ({t.trial_id})")
     return 0
 
 

@@ -35,6 +35,7 @@ from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
 from controller.jobs.store import ENDED, JobStore, JobView, lost_trials
+from controller.objectives import ACCURACY, RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
@@ -90,9 +91,10 @@ class JobRunner:
             for trial in view.trials.values():
                 if trial.get("status") == "succeeded" and not trial.get("cached") \
                         and trial.get("cache_key"):
+                    metrics = dict(trial.get("metrics", {}))  # unshaped, as the cache keeps it
+                    reward = float(metrics.pop(ACCURACY, trial["reward"]))
                     self.cache.put(trial["cache_key"], CachedEvaluation(
-                        float(trial["reward"]), str(trial["arch"]), trial.get("metrics", {}),
-                        trial.get("artifacts", {})))
+                        reward, str(trial["arch"]), metrics, trial.get("artifacts", {})))
         return jobs
 
     def start(self, job_id: str) -> None:
@@ -226,11 +228,12 @@ class JobRunner:
                 updates = stats["policy_version"]
                 self.store.note(job_id, "policy", stats)
 
+        shaper = RewardShaper.from_settings(cfg.objectives)
         for n, arch in enumerate(lost.values()):  # re-queued first, each once
             trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
                           space.canonical_hash(space.from_string(arch)), job_id=job_id)
             done_trial = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
-                                   claim, refund, start)
+                                   claim, refund, start, shaper)
             if done_trial is None:
                 break
             record(done_trial[0])
@@ -241,7 +244,7 @@ class JobRunner:
                               max_idle_proposals=cfg.max_idle_proposals, claim=claim,
                               refund=refund, on_entry=record, report_test=False,
                               parallel=parallel, stop=cancelled.is_set, on_start=start,
-                              on_progress=policy_stats)
+                              on_progress=policy_stats, shaper=shaper)
 
         if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
             outcomes = self._replicas(job_id, tag, cfg, space, search, result)

@@ -18,6 +18,7 @@ from controller.service.auth import Role, TokenTable, caller, check_visible, mis
 from controller.service.events import watch_events
 from controller.service.export import export_chunks
 from controller.service.guard import AuthInterceptor
+from controller.service.objectives_spec import pareto_of_trials
 from controller.service.runner import JobRunner
 from controller.service.spec import (
     WIRE_NAMES,
@@ -154,11 +155,16 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
     @servicer_method
     def GetBest(self, request: sp.GetBestRequest,
                 context: grpc.ServicerContext) -> sp.GetBestResponse:
-        """The top-k architectures by reward, each once (an isomorphic twin counts as one)."""
+        """The top-k architectures by reward, each once (an isomorphic twin counts as one), or
+        the Pareto front (``pareto``)."""
         if not 0 <= request.top_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
                                        f"{request.top_k}")
         view = self._visible(request.job_id)
+        if request.pareto:  # max accuracy, min each objective
+            front = pareto_of_trials(view.trials.values(), list(request.objectives))
+            return sp.GetBestResponse(trials=[_trial_to_proto(t)
+                                              for t in front[:request.top_k or None]])
         ranked = sorted((t for t in view.trials.values() if t.get("status") == "succeeded"),
                         key=lambda t: -float(t.get("reward", 0.0)))  # stable: earlier first
         best: list[sp.TrialRecord] = []

@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from controller.config import ConfigError, SearchConfig, build_config
+from controller.service.objectives_spec import (
+    check_objectives,
+    objectives_settings,
+    objectives_to_proto,
+)
 from protos.errors import InvalidArgumentError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -38,6 +43,7 @@ WIRE_NAMES = {
     "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
     "replicas": "spec.execution.replicas", "parallel": "spec.execution.parallel",
     "staleness": "spec.execution.staleness",
+    "objectives": "spec.objectives",
 }
 MAX_BUDGET = 100_000
 
@@ -62,7 +68,8 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
         "budget": spec.budget, "seed": spec.seed,
         "replicas": spec.execution.replicas or None, "parallel": spec.execution.parallel or None,
-        "staleness": _optional(spec.execution, "staleness")}
+        "staleness": _optional(spec.execution, "staleness"),
+        "objectives": objectives_settings(spec.objectives) or None}
     if e.HasField("model"):
         settings.update(cells=e.model.cells, filters=e.model.filters,
                         drop_path=e.model.drop_path, aux_head=e.model.aux_head)
@@ -86,6 +93,7 @@ def spec_to_config(spec: sp.SearchSpec) -> SearchConfig:
                                    f"{spec.budget}")
     if spec.seed < 0:
         raise InvalidArgumentError(f"spec.seed: must be >= 0, got {spec.seed}")
+    check_objectives(spec.objectives)
     try:
         return build_config(spec_settings(spec))
     except ConfigError as exc:
@@ -127,4 +135,5 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                                                         False)),
                          strategy=s.get("strategy", ""), controller=controller,
                          evaluation=evaluation, budget=s["budget"], seed=s["seed"],
-                         execution=execution)
+                         execution=execution,
+                         objectives=objectives_to_proto(s.get("objectives", ())))

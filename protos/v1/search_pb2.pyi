@@ -167,6 +167,7 @@ class SearchSpec(_message.Message):
     EVALUATION_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    OBJECTIVES_FIELD_NUMBER: _builtins.int
     EXECUTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """free text for people"""
@@ -182,6 +183,10 @@ class SearchSpec(_message.Message):
     @_builtins.property
     def evaluation(self) -> Global___EvaluationSpec: ...
     @_builtins.property
+    def objectives(self) -> _containers.RepeatedCompositeFieldContainer[Global___Objective]:
+        """multi-objective reward (none: reward = accuracy)"""
+
+    @_builtins.property
     def execution(self) -> Global___ExecutionSpec:
         """how the job runs on the service's cluster"""
 
@@ -195,11 +200,12 @@ class SearchSpec(_message.Message):
         evaluation: Global___EvaluationSpec | None = ...,
         budget: _builtins.int = ...,
         seed: _builtins.int = ...,
+        objectives: _abc.Iterable[Global___Objective] | None = ...,
         execution: Global___ExecutionSpec | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "name", b"name", "seed", b"seed", "space", b"space", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "name", b"name", "objectives", b"objectives", "seed", b"seed", "space", b"space", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,18 +508,28 @@ class GetBestRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    PARETO_FIELD_NUMBER: _builtins.int
+    OBJECTIVES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     top_k: _builtins.int
-    """0: 1; at most 100"""
+    """0: 1; at most 100 (pareto: 0 is the whole front)"""
+    pareto: _builtins.bool
+    """the Pareto front instead of the top-k by reward"""
+    @_builtins.property
+    def objectives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """pareto: metrics minimised against accuracy"""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         top_k: _builtins.int = ...,
+        pareto: _builtins.bool = ...,
+        objectives: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "objectives", b"objectives", "pareto", b"pareto", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -812,3 +828,44 @@ class ExecutionSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__staleness) -> _WhichOneofReturnType__staleness | None: ...
 
 Global___ExecutionSpec: _TypeAlias = ExecutionSpec  # noqa: Y015
+
+@_typing.final
+class Objective(_message.Message):
+    """--- multi-objective ---
+
+    Trade accuracy for a measured cost, MnasNet-style:
+    reward = accuracy * (value / target) ^ w, w applied on both sides of the target (soft) or only
+    over it (hard; w = 0 under). Several objectives multiply. The unshaped reward stays in the
+    trial's metrics as "accuracy".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    HARD_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """params | flops | latency_ms"""
+    target: _builtins.float
+    """> 0, in the metric's unit"""
+    weight: _builtins.float
+    """< 0; unset: -0.07 (soft) or -1 (hard)"""
+    hard: _builtins.bool
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        target: _builtins.float = ...,
+        weight: _builtins.float | None = ...,
+        hard: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "hard", b"hard", "metric", b"metric", "target", b"target", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
+
+Global___Objective: _TypeAlias = Objective  # noqa: Y015

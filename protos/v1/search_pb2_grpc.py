@@ -113,7 +113,8 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBest(self, request, context):
-        """The top-k trained architectures by reward (ties: the earlier trial first).
+        """The top-k trained architectures by reward (ties: the earlier trial first), or with
+        pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

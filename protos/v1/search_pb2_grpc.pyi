@@ -40,7 +40,9 @@ class SearchServiceStub:
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _grpc.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]
     GetBest: _grpc.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]
-    """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    """The top-k trained architectures by reward (ties: the earlier trial first), or with
+    pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+    """
     WatchSearch: _grpc.UnaryStreamMultiCallable[_search_pb2.WatchSearchRequest, _search_pb2.SearchEvent]
     """The job's events from its journal, then live; ends after the job's final state event.
     Unknown job: NOT_FOUND before the first event.
@@ -62,7 +64,9 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """An ended job: FAILED_PRECONDITION."""
     ListTrials: _aio.UnaryUnaryMultiCallable[_search_pb2.ListTrialsRequest, _search_pb2.ListTrialsResponse]  # type: ignore[assignment]
     GetBest: _aio.UnaryUnaryMultiCallable[_search_pb2.GetBestRequest, _search_pb2.GetBestResponse]  # type: ignore[assignment]
-    """The top-k trained architectures by reward (ties: the earlier trial first)."""
+    """The top-k trained architectures by reward (ties: the earlier trial first), or with
+    pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+    """
     WatchSearch: _aio.UnaryStreamMultiCallable[_search_pb2.WatchSearchRequest, _search_pb2.SearchEvent]  # type: ignore[assignment]
     """The job's events from its journal, then live; ends after the job's final state event.
     Unknown job: NOT_FOUND before the first event.
@@ -117,7 +121,9 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.GetBestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.GetBestResponse, _abc.Awaitable[_search_pb2.GetBestResponse]]:
-        """The top-k trained architectures by reward (ties: the earlier trial first)."""
+        """The top-k trained architectures by reward (ties: the earlier trial first), or with
+        pareto the non-dominated ones (max accuracy, min each objective), best accuracy first.
+        """
 
     @_abc_1.abstractmethod
     def WatchSearch(
