@@ -6,6 +6,7 @@ and the hit is counted.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,20 @@ class EvaluationCache(ABC):
     def put(self, key: str, value: CachedEvaluation) -> bool:
         """Store ``value`` unless the key is present; True if stored."""
 
+    def begin(self, key: str) -> bool:
+        """Whether the caller should evaluate ``key`` now: False while another caller
+        evaluates it (``wait`` for that result instead). The base cache does not track
+        evaluations in flight."""
+        return True
+
+    def end(self, key: str) -> None:  # noqa: B027 (nothing to release when nothing is tracked)
+        """The evaluation ``begin`` allowed is over (its result, if any, was ``put``)."""
+
+    def wait(self, key: str) -> CachedEvaluation | None:
+        """The result of the evaluation of ``key`` in flight elsewhere, once it ends (None if
+        it stored nothing: the caller may ``begin`` it itself)."""
+        return self._get(key)
+
     def get(self, key: str) -> CachedEvaluation | None:
         """Look a key up, counting the hit or miss."""
         value = self._get(key)
@@ -47,20 +62,42 @@ class EvaluationCache(ABC):
 
 
 class InMemoryCache(EvaluationCache):
-    """A per-process cache (the default for ``nas search``)."""
+    """A per-process cache, shared by the threads of a process (every job of a search
+    service): an architecture one job is training is not trained again by another at the same
+    time; the second waits and gets the first's result as a cache hit."""
 
     def __init__(self) -> None:
         super().__init__()
         self._data: dict[str, CachedEvaluation] = {}
+        self._in_flight: set[str] = set()
+        self._changed = threading.Condition()
 
     def _get(self, key: str) -> CachedEvaluation | None:
         return self._data.get(key)
 
     def put(self, key: str, value: CachedEvaluation) -> bool:
-        if key in self._data:
-            return False
-        self._data[key] = value
-        return True
+        with self._changed:
+            if key in self._data:
+                return False
+            self._data[key] = value
+            return True
+
+    def begin(self, key: str) -> bool:
+        with self._changed:
+            if key in self._in_flight:
+                return False
+            self._in_flight.add(key)
+            return True
+
+    def end(self, key: str) -> None:
+        with self._changed:
+            self._in_flight.discard(key)
+            self._changed.notify_all()
+
+    def wait(self, key: str) -> CachedEvaluation | None:
+        with self._changed:
+            self._changed.wait_for(lambda: key not in self._in_flight)
+            return self._data.get(key)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -206,16 +206,33 @@ def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Eva
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
-    if hit is None and not claim():
+    while hit is None and not cache.begin(key):  # in flight elsewhere: its result is a hit
+        hit = cache.wait(key)
+    if hit is None:
+        try:
+            return _train(trial, arch_str, key, evaluator, cache, failure_reward, claim, refund,
+                          on_start, shaper)
+        finally:
+            cache.end(key)
+    if on_start is not None:
+        on_start(trial, arch_str)
+    reward, metrics = shaper(hit.reward, hit.metrics) if shaper else (hit.reward,
+                                                                      dict(hit.metrics))
+    result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics, cached=True)
+    return HistoryEntry(trial.trial_id, arch_str, reward, True, hit.arch, metrics=metrics,
+                        artifacts=dict(hit.artifacts)), result, 0.0
+
+
+def _train(trial: Trial, arch_str: str, key: str, evaluator: Evaluator, cache: EvaluationCache,
+           failure_reward: float, claim: Callable[[], bool],
+           refund: Callable[[float], None] | None,
+           on_start: Callable[[Trial, str], None] | None, shaper: RewardShaper | None
+           ) -> tuple[HistoryEntry, TrialResult, float] | None:
+    """A claimed training of ``trial`` (None: the budget is spent), its result cached."""
+    if not claim():
         return None
     if on_start is not None:
         on_start(trial, arch_str)
-    if hit is not None:
-        reward, metrics = shaper(hit.reward, hit.metrics) if shaper else (hit.reward,
-                                                                          dict(hit.metrics))
-        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, reward, metrics, cached=True)
-        return HistoryEntry(trial.trial_id, arch_str, reward, True, hit.arch,
-                            metrics=metrics, artifacts=dict(hit.artifacts)), result, 0.0
     try:
         evaluation = evaluator.evaluate_trial(trial)
     except EvaluationFailed as exc:

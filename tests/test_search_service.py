@@ -93,6 +93,30 @@ def test_the_cache_is_shared_across_jobs(client: SearchClient) -> None:
     assert second.best_reward >= first.best_reward
 
 
+def test_two_concurrent_jobs_never_train_one_architecture_twice(tmp_path: Path) -> None:
+    # Arrange: two jobs running at once that propose the same architectures in the same order
+    # (random search, one seed); each lookup takes 50 ms, like a training, so they overlap.
+    store = InMemoryJobStore()
+    runner = JobRunner(store, tmp_path, max_running=2)
+    settings = {"space": "nb201", "strategy": "random", "evaluator": "nb201", "budget": 10,
+                "seed": 7, "simulate_seconds": 0.05}
+    for job_id in ("a", "b"):
+        store.create(job_id, "test", "default", settings)
+    # Act
+    for job_id in ("a", "b"):
+        runner.start(job_id)
+    assert runner.wait("a", WAIT_S) and runner.wait("b", WAIT_S)
+    # Assert: each job spent its budget on trainings of its own; the other's were free hits,
+    # also while they were still training (the second waits for the first's result)
+    jobs = [store.get(job_id) for job_id in ("a", "b")]
+    trained = [t["cache_key"] for v in jobs for t in v.trials.values() if not t.get("cached")]
+    hits = [t for v in jobs for t in v.trials.values() if t.get("cached")]
+    assert all(v.state == "SUCCEEDED" for v in jobs)
+    assert len(trained) == 20 and len(set(trained)) == 20
+    assert len(hits) >= 10  # the same proposals: what one trained the other got for free
+    runner.close()
+
+
 def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
         client: SearchClient) -> None:
     job_id = client.submit(nb201_spec(budget=5000))

@@ -101,7 +101,8 @@ def status(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         job = client.get(args.job_id)
     print(_state(job))
-    print(f"  trainings {job.trainings}/{job.spec.budget}, running {job.running}")
+    print(f"  trainings {job.trainings}/{job.spec.budget}, running {job.running}, "
+          f"cache hits {job.cache_hits} (free)")
     if job.best_arch:
         print(f"  best reward {job.best_reward:.4f}  {job.best_arch}")
     if job.reason:
@@ -124,10 +125,11 @@ def trials(args: argparse.Namespace) -> int:
     """``nas trials JOB``."""
     with client_from_args(args) as client:
         rows = list(client.trials(args.job_id, args.status))
-    print(f"{'TRIAL':10s} {'STATUS':10s} {'REWARD':>7s} {'CACHED':6s} ARCH")
+    width = max([len("TRIAL")] + [len(t.trial_id) for t in rows])  # ids name job and replica
+    print(f"{'TRIAL':{width}s} {'STATUS':10s} {'REWARD':>7s} {'CACHED':6s} ARCH")
     for t in rows:
-        print(f"{t.trial_id:10s} {t.status:10s} {t.reward:7.4f} {'yes' if t.cached else '':6s} "
-              f"{t.arch}{'  ' + t.error if t.error else ''}")
+        print(f"{t.trial_id:{width}s} {t.status:10s} {t.reward:7.4f} "
+              f"{'yes' if t.cached else '':6s} {t.arch}{'  ' + t.error if t.error else ''}")
     return 0
 
 

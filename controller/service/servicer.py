@@ -50,6 +50,7 @@ def job_to_proto(view: JobView) -> sp.Job:
                   spec=spec_from_settings(view.spec), state=STATE_TO_PB[view.state],
                   reason=view.reason, created_at=view.created_at, updated_at=view.updated_at,
                   trainings=sum(1 for t in done if not t.get("cached")),
+                  cache_hits=sum(1 for t in done if t.get("cached")),
                   running=len(view.trials) - len(done),
                   best_reward=float(best["reward"]) if best else 0.0,
                   best_arch=str(best.get("same_as", best.get("arch", ""))) if best else "")

@@ -227,6 +227,7 @@ class Job(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     BEST_REWARD_FIELD_NUMBER: _builtins.int
     BEST_ARCH_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     owner: _builtins.str
     tenant: _builtins.str
@@ -242,6 +243,8 @@ class Job(_message.Message):
     """trials handed out, no result yet"""
     best_reward: _builtins.float
     best_arch: _builtins.str
+    cache_hits: _builtins.int
+    """proposals answered by the shared cache, free"""
     @_builtins.property
     def spec(self) -> Global___SearchSpec: ...
     def __init__(
@@ -259,10 +262,11 @@ class Job(_message.Message):
         running: _builtins.int = ...,
         best_reward: _builtins.float = ...,
         best_arch: _builtins.str = ...,
+        cache_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "created_at", b"created_at", "job_id", b"job_id", "owner", b"owner", "reason", b"reason", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "cache_hits", b"cache_hits", "created_at", b"created_at", "job_id", b"job_id", "owner", b"owner", "reason", b"reason", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
