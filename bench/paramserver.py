@@ -145,7 +145,7 @@ def _sample(pids: list[int]) -> tuple[float, float]:
     return cpu, rss
 
 
-def paper_layout(out: Path, shards: int, replicas: int, per_process: int, children: int,
+def paper_layout(out: Path, shards: int, replicas: int, children: int,
                  budget: int, seconds: float, seed: int, db: int,
                  staleness: int = 4) -> dict[str, Any]:
     """One `nas search` of the given layout on the NB201 table with simulated durations, on
@@ -156,9 +156,8 @@ def paper_layout(out: Path, shards: int, replicas: int, per_process: int, childr
     args = [sys.executable, "-m", "controller", "search", "--space", "nb201", "--evaluator",
             "nb201", "--budget", str(budget), "--seed", str(seed), "--children", str(children),
             "--parallel", str(children), "--simulate-seconds", str(seconds), "--shards",
-            str(shards), "--replicas", str(replicas), "--replicas-per-process",
-            str(per_process), "--redis", redis_url, "--staleness", str(staleness), "--out",
-            str(out), "--quiet",
+            str(shards), "--replicas", str(replicas), "--redis", redis_url, "--staleness",
+            str(staleness), "--out", str(out), "--quiet",
             # NB201 has 6,466 distinct cells: once the policies concentrate, replicas would
             # spin on free cache hits until each saw 2,000 in a row; every layout gets the same
             # allowance of idle proposals in all, split over its replicas
@@ -229,13 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         tp = {(s, k): throughput(logs, prefix, s, k, args.tp_seconds)
               for s in shard_counts for k in replica_counts}
         paper = {} if args.no_paper else {
-            "S=20, K=100, m=8": paper_layout(Path(tmp) / "paper", 20, 100, 25, 8, args.budget,
+            "S=20, K=100, m=8": paper_layout(Path(tmp) / "paper", 20, 100, 8, args.budget,
                                             args.child_seconds, 0, db=14),
             # the paper bounded nothing: a bound at K lets every replica's push through
-            "S=20, K=100, m=8, tau=100": paper_layout(Path(tmp) / "paper-tau", 20, 100, 25, 8,
+            "S=20, K=100, m=8, tau=100": paper_layout(Path(tmp) / "paper-tau", 20, 100, 8,
                                                      args.budget, args.child_seconds, 0, db=13,
                                                      staleness=100),
-            "S=1, K=1, m=8": paper_layout(Path(tmp) / "k1", 1, 1, 1, 8, args.budget,
+            "S=1, K=1, m=8": paper_layout(Path(tmp) / "k1", 1, 1, 8, args.budget,
                                          args.child_seconds, 0, db=15)}
     body = render(lat, tp, paper, args, time.time() - started)
     print(body)

@@ -80,7 +80,6 @@ class SearchConfig:
     staleness: int = 4
     sync_pushes: int | None = None  # None: one push per replica (K)
     checkpoint_every: int = 10
-    replicas_per_process: int = 1  # replicas run as threads of one process (large K)
     # Ray workers (evaluator "train"): children trained by Ray tasks, results over gRPC
     workers: int = 0  # children trained at once on Ray (0: in this process, one at a time)
     ray_address: str | None = None  # a running Ray cluster (None: a private local Ray)
@@ -115,7 +114,7 @@ class SearchConfig:
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
-                          ("replicas_per_process", 1), ("workers", 0), ("max_attempts", 1),
+                          ("workers", 0), ("max_attempts", 1),
                           ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")

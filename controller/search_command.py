@@ -112,7 +112,7 @@ def add_parser(sub: Any) -> None:
     g = p.add_argument_group("distributed layout (Zoph & Le: S shards, K replicas, m children)")
     g.add_argument("--shards", type=int, help="parameter-server shards, S (1)")
     g.add_argument("--replicas", type=int, help="controller replicas, K (1); > 1 or --shards "
-                   "> 1 runs shard and replica processes on loopback")
+                   "> 1 starts shard processes on loopback, the replicas share the policy there")
     g.add_argument("--redis", help="Redis URL (default with S or K > 1: a private redis-server)")
     g.add_argument("--update-policy", choices=("async", "sync"),
                    help="async: apply each push, reject pushes older than --staleness; sync: "
@@ -121,10 +121,6 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--sync-pushes", type=int, help="sync: pushes per update (K)")
     g.add_argument("--checkpoint-every", type=int,
                    help="shards checkpoint to Redis every N updates (10)")
-    g.add_argument("--replicas-per-process", type=int,
-                   help="run replicas as threads, this many per process (1; for large K)")
-    g = p.add_argument_group("Ray workers (--evaluator train): children trained in parallel, "
-                             "results reported over gRPC")
     g.add_argument("--workers", type=int, help="children trained at once by Ray tasks (0: one "
                    "at a time in this process); at least this many are sampled per round")
     g.add_argument("--ray-address", help="a running Ray cluster, e.g. 10.0.0.5:6380 (default: "
