@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from controller.service.client import SearchClient
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,29 @@ def fashion_mnist_installed() -> Path:
     assert (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
         f"Fashion-MNIST not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(params=["in-process", "server"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SearchClient]:
+    """One client suite, run against the servicer in this process and against a real server on
+    a free port (jobs in memory, one at a time)."""
+    from controller.jobs.store import InMemoryJobStore
+    from controller.service.runner import JobRunner
+    from controller.service.servicer import SearchServicer, serve_search
+
+    store = InMemoryJobStore()
+    runner = JobRunner(store, tmp_path, max_running=1)
+    if request.param == "in-process":
+        with SearchClient(SearchServicer(store, runner)) as local:
+            yield local
+        runner.close()
+        return
+    running = serve_search(store, runner)
+    try:
+        with SearchClient(running.address) as remote:
+            yield remote
+    finally:
+        running.stop()
 
 
 @pytest.fixture

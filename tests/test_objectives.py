@@ -7,7 +7,6 @@ import json
 import math
 import random
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from controller.cli import main
 from controller.config import ConfigError, build_config
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_space, build_strategy
-from controller.jobs.store import InMemoryJobStore, JobStore
+from controller.jobs.store import InMemoryJobStore
 from controller.objectives import Objective, RewardShaper, parse_objective, shaped_reward
 from controller.pareto import non_dominated, pareto_front
 from controller.search import run_search
@@ -246,23 +245,6 @@ def nb201_spec(budget: int, *objectives: sp.Objective) -> sp.SearchSpec:
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="evolution",
                          evaluation=sp.EvaluationSpec(evaluator="nb201"), budget=budget,
                          objectives=list(objectives))
-
-
-@pytest.fixture(params=["in-process", "server"])
-def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SearchClient]:
-    store: JobStore = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path, max_running=1)
-    if request.param == "in-process":
-        with SearchClient(SearchServicer(store, runner)) as local:
-            yield local
-        runner.close()
-        return
-    running = serve_search(store, runner)
-    try:
-        with SearchClient(running.address) as remote:
-            yield remote
-    finally:
-        running.stop()
 
 
 def test_get_best_returns_the_pareto_front(client: SearchClient) -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.jobs.redis_store import RedisJobStore
-from controller.jobs.store import InMemoryJobStore, JobStore
+from controller.jobs.store import InMemoryJobStore
 from controller.service.client import SearchClient
 from controller.service.runner import JobRunner
 from controller.service.servicer import RunningSearchService, SearchServicer, serve_search
@@ -41,23 +40,6 @@ def nb201_spec(budget: int = 20, seed: int = 0, dataset: str = "") -> sp.SearchS
 @pytest.fixture(autouse=True)
 def _nb201_table(nb201_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NAS_NB201_CSV", str(nb201_csv))
-
-
-@pytest.fixture(params=["in-process", "server"])
-def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SearchClient]:
-    store: JobStore = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path, max_running=1)
-    if request.param == "in-process":
-        with SearchClient(SearchServicer(store, runner)) as local:
-            yield local
-        runner.close()
-        return
-    running = serve_search(store, runner)
-    try:
-        with SearchClient(running.address) as remote:
-            yield remote
-    finally:
-        running.stop()
 
 
 def test_a_submitted_job_runs_to_success_and_its_trials_are_listed(client: SearchClient
