@@ -250,9 +250,10 @@ def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
     ks = sorted({k for _, k in tp})
     lines = ["## Parameter servers", "",
              f"Command: `python -m bench.paramserver --budget {args.budget} --child-seconds "
-             f"{args.child_seconds}` ({wall / 60:.1f} min on {machine()}; shards and replicas "
-             "are real processes on loopback; Redis 7 on 127.0.0.1, each paper-layout run on "
-             "its own emptied database).", "",
+             f"{args.child_seconds}` ({wall / 60:.1f} min on {machine()}; shards are real "
+             "processes on loopback, the paper layout's replicas threads of the `nas search` "
+             "process (its embedded search service); Redis 7 on 127.0.0.1, each paper-layout "
+             "run on its own emptied database).", "",
              f"### Push + pull latency, one shard, the {POLICY_SIZE:,}-value policy "
              f"({4 * POLICY_SIZE / 1024:.0f} KiB)", "",
              "| path | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|"]
@@ -297,7 +298,9 @@ def paper_table(paper: dict[str, dict[str, Any]], args: argparse.Namespace) -> l
               "replicas push at once applies the first few pushes and rejects the rest as "
               "stale (those replicas re-pull; their gradients are dropped). The paper bounded "
               "nothing; a bound of tau >= K applies every push, at staleness up to about K. "
-              "Throughput is bounded by 2 cores running 100 replicas and 20 shards."]
+              "Throughput is bounded by 2 cores running 100 replicas and 20 shards; with the "
+              "replicas as threads of one process (the search runs through its embedded "
+              "search service) they also share one interpreter."]
     png = plot_curves({k: v["curve"] for k, v in paper.items()}, "paramserver-curve.png",
                       "Best reward found vs trainings (NB201 CIFAR-10)")
     lines += ["", f"![learning curve](bench/out/{png.name})"]
