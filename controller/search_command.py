@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"metrics: {search.cluster.metrics_url}", file=sys.stderr, flush=True)
         outcome = search.run(progress)
         layout = search.layout_report() if search.cluster.has_paramservers else None
+        policy = search.policy_updates()
         workers = search.cluster.workers.summary() if search.cluster.workers else None
     finally:
         bar.close()
@@ -203,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if workers is not None:
         info["workers"] = "ray"
     doc = result_json(cfg, outcome, info)
+    if policy:
+        doc["policy"] = policy
     if layout is not None:
         doc["layout"] = layout
     if workers is not None:

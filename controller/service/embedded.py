@@ -88,6 +88,15 @@ class EmbeddedSearch:
         self.result = result
         return outcome
 
+    def policy_updates(self) -> list[dict[str, float]]:
+        """result.json's ``policy``: the statistics the runner journalled after each policy
+        update (``nas plot`` draws them; none for a strategy without a policy)."""
+        return [{"update": int(e["data"].get("policy_version", n + 1)),
+                 **{k: float(e["data"][k]) for k in ("entropy", "baseline", "mean_reward")
+                    if k in e["data"]}}
+                for n, e in enumerate(x for x in self.store.journal(self.job_id)
+                                      if x["op"] == "note" and x["kind"] == "policy")]
+
     def layout_report(self) -> dict[str, Any]:
         """result.json's ``layout``: shards, their versions and restarts, each replica's pushes
         and the staleness and push/pull latency distributions over all of them."""
