@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller import bundle_command, search_command
+from controller import bundle_command, plot_command, search_command
 from controller.bundle import BundleError
 from controller.config import ConfigError
 from controller.evaluators.base import EvaluatorError
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_command.add_parser(sub)
     bundle_command.add_parsers(sub)
     job_commands.add_parsers(sub)
+    plot_command.add_parser(sub)
     serve = sub.add_parser("serve", help="run one service of the cluster in this process",
                            description="Run a service. `nas serve paramserver --help` lists "
                            "the shard's options.")

@@ -204,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if workers is not None:
         info["workers"] = "ray"
     doc = result_json(cfg, outcome, info)
-    if policy:
-        doc["policy"] = policy
+    doc["policy"] = policy  # empty for a strategy without a policy
     if layout is not None:
         doc["layout"] = layout
     if workers is not None:
