@@ -152,6 +152,15 @@ def test_nas_plot_run_dir_of_a_search_with_a_params_objective(
     assert code_flops == 0 and (tmp_path / "flops" / "pareto.png").is_file()
     assert (tmp_path / "flops" / "pareto.png").read_bytes() != \
         (run / "plots" / "pareto.png").read_bytes()
+    # a result.json written before `nas search` recorded the policy: said, not drawn empty
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "result.json").write_text(json.dumps({k: v for k, v in doc.items()
+                                                 if k != "policy"}))
+    capsys.readouterr()
+    assert nas(["plot", str(old)]) == 0
+    assert "note: entropy.png skipped: this result.json has no policy statistics" in \
+        capsys.readouterr().out
 
 
 def test_a_random_search_gets_no_entropy_plot_and_a_missing_metric_no_pareto(
