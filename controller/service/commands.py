@@ -284,6 +284,8 @@ def _serve(args: argparse.Namespace, store: Any, runner: Any, security: Any,
     print(f"search service listening on {running.address}", flush=True)
     if cluster.metrics_url:
         print(f"metrics {cluster.metrics_url}", flush=True)
+    for name, url in sorted(cluster.processes.metrics.items()):  # the shards' scrape targets
+        print(f"metrics {url} ({name})", flush=True)
     ends = cluster.describe()
     if ends["paramservers"]:
         print(f"parameter servers {','.join(ends['paramservers'])}", flush=True)
