@@ -3,9 +3,10 @@
 Two sources, both on the service's one registry (``ServiceCluster.registry``):
 
 - ``SearchCollector`` reads the job store at scrape time: jobs by state, and per RUNNING job
-  (label ``job``; bounded by ``--max-running``, a job's series end when it does) its best
-  reward, trials by status, trainings, cache hits and the last policy statistics the journal
-  noted (REINFORCE only: other strategies have no policy, so no series, never a fake zero).
+  (label ``job_id``, not ``job``, Prometheus's target label; bounded by ``--max-running``: a
+  job's series end when it does) its best reward, trials by status, trainings, cache hits and
+  the last policy statistics its journal noted (REINFORCE only: other strategies have no
+  policy, so no series, never a fake zero).
   Read from the store, the per-job values survive a restart of the service.
 - ``SearchCounters``, bumped by the job runner as proposals finish (no job label): proposals,
   trainings, cache hits, the reward histogram, trials by status and their duration. The
@@ -50,20 +51,20 @@ class SearchCollector(Collector):
             jobs.add_metric([state], sum(1 for v in views if v.state == state))
         yield jobs
         best = GaugeMetricFamily("nas_search_job_best_reward",
-                                 "Best reward so far of each running job", labels=["job"])
+                                 "Best reward so far of each running job", labels=["job_id"])
         trials = GaugeMetricFamily("nas_search_job_trials",
                                    "Trials of each running job, by status",
-                                   labels=["job", "status"])
+                                   labels=["job_id", "status"])
         trainings = CounterMetricFamily("nas_search_job_trainings",
                                         "Children trained (the budget spent) by each running job",
-                                        labels=["job"])
+                                        labels=["job_id"])
         hits = CounterMetricFamily("nas_search_job_cache_hits",
                                    "Proposals of each running job answered by the cache",
-                                   labels=["job"])
+                                   labels=["job_id"])
         budget = GaugeMetricFamily("nas_search_job_budget", "Trainings each running job may "
-                                   "spend", labels=["job"])
+                                   "spend", labels=["job_id"])
         policy = {k: GaugeMetricFamily(f"nas_search_policy_{k.removeprefix('policy_')}", doc,
-                                       labels=["job"]) for k, doc in POLICY_GAUGES.items()}
+                                       labels=["job_id"]) for k, doc in POLICY_GAUGES.items()}
         running = 0
         for view in views:
             if view.state != "RUNNING":
