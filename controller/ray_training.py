@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from prometheus_client import CollectorRegistry
+
 from controller.config import ConfigError
 from controller.early_stopping import EarlyStopper
 from controller.local_training import TrainEvaluator
@@ -17,6 +19,7 @@ from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
 from controller.trials.servicer import serve_trial_reports
 from protos.types import Resources, Workload
+from worker.metrics import WorkerCollector
 from worker.scheduler import InfeasibleResources, RayScheduler
 from worker.service import WorkerService
 
@@ -45,10 +48,12 @@ class RayWorkerPool:
                  cpus_per_child: float = 1.0, gpus_per_child: float | None = None,
                  max_attempts: int = 3, heartbeat_seconds: float = 5.0,
                  heartbeat_timeout: float = 60.0, stopper: EarlyStopper | None = None,
-                 report_host: str = "127.0.0.1", report_port: int = 0) -> None:
+                 report_host: str = "127.0.0.1", report_port: int = 0,
+                 registry: CollectorRegistry | None = None) -> None:
         self.board = TrialBoard(max_attempts=max_attempts, heartbeat_seconds=heartbeat_seconds,
                                 heartbeat_timeout=heartbeat_timeout, stopper=stopper)
-        self.server = serve_trial_reports(self.board, report_host, report_port)
+        self.server = serve_trial_reports(self.board, report_host, report_port,
+                                          registry=registry)
         self.scheduler: RayScheduler | None = None
         self.service: WorkerService | None = None
         try:
@@ -69,6 +74,8 @@ class RayWorkerPool:
                 raise ConfigError(str(exc)) from None
             self.service = WorkerService(self.scheduler, self.server.address,
                                          max_slots=workers).start()
+            if registry is not None:  # nas_worker_*: busy slots, GPU utilisation
+                registry.register(WorkerCollector(self.service))
         except BaseException:
             self.close()
             raise

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import start_http_server
+from prometheus_client import ProcessCollector, start_http_server
 
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
+from protos.metrics_interceptor import for_registry
 from protos.rpc import CHANNEL_OPTIONS
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
 
@@ -61,9 +62,12 @@ def serve(shard: int, num_shards: int, store: CheckpointStore, host: str = "127.
     free port, reported in ``RunningShard.port``); with ``metrics_port`` (0: a free port) also
     serve Prometheus text at ``http://host:metrics_port/metrics``."""
     servicer = ParameterServerServicer(shard, num_shards, store)
+    registry = servicer.metrics.registry
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, memory
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix=f"ps{shard}"),
-                         options=CHANNEL_OPTIONS)
+                         options=CHANNEL_OPTIONS,
+                         interceptors=[for_registry(registry).interceptor()])
     ps_grpc.add_ParameterServerServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

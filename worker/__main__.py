@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="at most this many children at once (default: as "
                    "many as the cluster's resources fit)")
     p.add_argument("--worker-id", help="name in the controller's logs (default host:pid)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics (nas_worker_*: busy slots, GPU utilisation "
+                        "when a GPU is present) at http://0.0.0.0:PORT/metrics (0: a free "
+                        "port; default: none)")
     return p
 
 
@@ -42,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas serve worker: error: --controller: want HOST:PORT, got {args.controller!r}",
               file=sys.stderr)
         return 2
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        print(f"nas serve worker: error: --metrics-port: must be in [0, 65535], got "
+              f"{args.metrics_port}", file=sys.stderr)
+        return 2
     for name in ("num_cpus", "num_gpus", "slots"):
         value = getattr(args, name)
         if value is not None and value < (1 if name == "slots" else 0):
@@ -49,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from worker.metrics import serve_metrics
     from worker.scheduler import RayScheduler
     from worker.service import WorkerService
 
@@ -66,13 +75,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_slots=args.slots).start()
     print(f"worker service {service.worker_id} serving controller {args.controller} "
           f"(Ray: {args.ray_address or 'local'})", flush=True)
+    rc = 0
+    if args.metrics_port is not None:
+        try:
+            print(f"metrics {serve_metrics(service, args.metrics_port)}", flush=True)
+        except OSError as exc:
+            print(f"nas serve worker: error: --metrics-port: {exc}", file=sys.stderr)
+            rc = 2
+            stop.set()
     try:
         stop.wait()
     finally:
         service.stop()
         scheduler.close()
     print("worker service stopped", flush=True)
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ class ShardProcesses:
     def start_shard(self, index: int, num_shards: int, redis_url: str, prefix: str,
                     port: int = 0) -> str:
         """Start shard ``index`` and return its address once it listens."""
+        old = self.metrics.get(f"shard{index}")  # a revived shard keeps its scrape target
+        metrics_port = old.rsplit(":", 1)[1].split("/")[0] if old and port else "0"
         child = spawn(f"shard{index}", python_module(
             "paramserver", "--shard", str(index), "--num-shards", str(num_shards), "--port",
-            str(port), "--redis", redis_url, "--redis-prefix", prefix, "--metrics-port", "0"),
-            self.log_dir)
+            str(port), "--redis", redis_url, "--redis-prefix", prefix, "--metrics-port",
+            metrics_port), self.log_dir)
         self.children.append(child)
         ready = wait_for_line(child, SHARD_READY)
         address = ready.group(1)

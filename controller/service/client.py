@@ -151,7 +151,8 @@ class SearchClient:
         broken_at: float | None = None
         while True:
             stream = self._stub.WatchSearch(sp.WatchSearchRequest(job_id=job_id,
-                                                                  after_seq=after_seq))
+                                                                  after_seq=after_seq),
+                                            metadata=self._metadata)
             try:
                 for event in stream:
                     broken_at = None
@@ -171,7 +172,8 @@ class SearchClient:
     def export(self, job_id: str, to: Path, top_k: int = 1) -> tuple[Path, ...]:
         """Download the bundles of the job's top-k trained architectures into ``to``; their
         directories."""
-        stream = self._stub.ExportBest(sp.ExportBestRequest(job_id=job_id, top_k=top_k))
+        stream = self._stub.ExportBest(sp.ExportBestRequest(job_id=job_id, top_k=top_k),
+                                       metadata=self._metadata)
         try:
             return tuple(extract_archive((chunk.data for chunk in stream), to))
         except grpc.RpcError as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from controller.config import ConfigError, SearchConfig
 from controller.distributed.metrics import ReplicaMetricsServer
@@ -105,6 +105,7 @@ class ServiceCluster:
         self.metrics_url: str | None = None
         # this process's metrics: the replicas' pushes and staleness, the workers' trials
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory
         self.replica_metrics = ReplicaMetricsServer(registry=self.registry)
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -116,7 +117,7 @@ class ServiceCluster:
                     options.workers, options.ray_address, options.cpus_per_child,
                     options.gpus_per_child, options.max_attempts, options.heartbeat_seconds,
                     options.heartbeat_timeout, options.stopper,
-                    report_port=options.report_port)
+                    report_port=options.report_port, registry=self.registry)
                 self.registry.register(TrialMetrics(self.workers.board))
             if options.metrics_port is not None:
                 self._http, _ = start_http_server(options.metrics_port, addr="127.0.0.1",

@@ -209,8 +209,10 @@ def serve_main(argv: list[str]) -> int:
     g.add_argument("--heartbeat-timeout", type=float, default=60.0,
                    help="a child silent this long is retried (60 s)")
     g.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics (nas_replica_*, nas_trials_*) at "
-                        "http://127.0.0.1:PORT/metrics (0: a free port; default: none)")
+                   help="serve Prometheus metrics (nas_search_* progress, nas_rpc_server_*, "
+                        "nas_replica_*, nas_trials_*, nas_worker_*; README: Metrics) at "
+                        "http://127.0.0.1:PORT/metrics (0: a free port; default: none); the "
+                        "shards' URLs are printed too")
     g.add_argument("--trial-port", type=int, default=0,
                    help="port of the TrialReport service workers report to (0: a free one; "
                         "`nas serve worker --controller HOST:PORT` joins more workers)")
@@ -284,6 +286,8 @@ def _serve(args: argparse.Namespace, store: Any, runner: Any, security: Any,
     print(f"search service listening on {running.address}", flush=True)
     if cluster.metrics_url:
         print(f"metrics {cluster.metrics_url}", flush=True)
+    for name, url in sorted(cluster.processes.metrics.items()):  # the shards' scrape targets
+        print(f"metrics {url} ({name})", flush=True)
     ends = cluster.describe()
     if ends["paramservers"]:
         print(f"parameter servers {','.join(ends['paramservers'])}", flush=True)

@@ -39,6 +39,7 @@ from controller.objectives import ACCURACY, RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
+from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
@@ -74,6 +75,7 @@ class JobRunner:
         self.cache = InMemoryCache()  # shared by the jobs of this service
         self.results: dict[str, JobResult] = {}
         self._clients: dict[str, ShardedParameterClient] = {}  # running jobs' shard clients
+        self.metrics = install_search_metrics(self.cluster.registry, store)
 
     def resume(self) -> list[str]:
         """After a restart: refill the shared cache from every job's trainings, then start
@@ -212,12 +214,14 @@ class JobRunner:
         def record(entry: HistoryEntry) -> None:  # one journal entry per proposal
             key = f"{evaluator.cache_key}|" \
                   f"{space.canonical_hash(space.from_string(entry.trained_arch))}"
-            self.store.finish_trial(job_id, entry.trial_id,
-                                    {**entry.to_json(), "status": entry.status,
-                                     "cache_key": key})
+            if self.store.finish_trial(job_id, entry.trial_id,
+                                       {**entry.to_json(), "status": entry.status,
+                                        "cache_key": key}):
+                self.metrics.finished(entry.trial_id, entry.status, entry.reward, entry.cached)
 
         def start(trial: Trial, arch: str) -> None:
             self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch})
+            self.metrics.started(trial.trial_id)
 
         updates = 0.0
 

@@ -8,12 +8,14 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.trials.board import Ack, TrialBoard
 from protos import codec
 from protos.errors import InvalidArgumentError
+from protos.metrics_interceptor import for_registry
 from protos.rpc import CHANNEL_OPTIONS, servicer_method
 from protos.types import TrialStatus
 from protos.v1 import worker_pb2 as wk
@@ -167,12 +169,15 @@ class RunningTrialReport:
 
 
 def serve_trial_reports(board: TrialBoard, host: str = "127.0.0.1", port: int = 0,
-                        max_workers: int = 32) -> RunningTrialReport:
-    """Serve ``board`` on ``host:port`` (0: a free port)."""
+                        max_workers: int = 32, registry: CollectorRegistry | None = None
+                        ) -> RunningTrialReport:
+    """Serve ``board`` on ``host:port`` (0: a free port); calls are timed on ``registry``
+    (``nas_rpc_server_*``) when given."""
     servicer = TrialReportServicer(board)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="trials"),
-                         options=CHANNEL_OPTIONS)
+                         options=CHANNEL_OPTIONS,
+                         interceptors=[for_registry(registry).interceptor()] if registry else [])
     wk_grpc.add_TrialReportServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
