@@ -107,12 +107,13 @@ def program(service: Service) -> list[str]:
 
 
 def start_time(pid: int) -> str:
-    """The kernel's start time of ``pid`` ("" if gone): a pid reused later differs."""
+    """The kernel's start time of ``pid`` ("" if gone or a zombie): a reused pid differs."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the (comm) field
+    fields = stat.rsplit(")", 1)[1].split()  # after the (comm) field: state is field 3
+    return "" if fields[0] == "Z" else fields[19]  # field 22
 
 
 @dataclass
@@ -149,6 +150,7 @@ class LocalCluster:
                     self.skipped[service.name] = "without --prometheus"
                 else:
                     self._start(service, cluster)
+            self.save()
         except BaseException:
             self.down()
             raise
