@@ -183,7 +183,8 @@ def services(shards: int = 2, workers: int = 4) -> list[Service]:
                     depends_on=("redis", *(shard_name(i) for i in range(shards)),
                                 *(("ray-head",) if workers else ())),
                     ready={GRPC: r"search service listening on (\S+:\d+)",
-                           METRICS: r"^metrics https?://(\S+:\d+)/metrics"},
+                           METRICS: r"^metrics https?://(\S+:\d+)/metrics"}
+                    | ({TRIALS: r"workers report to (\S+:\d+)"} if workers else {}),
                     env={PASSWORD_ENV: PASSWORD}, published=(GRPC,), joins_ray=bool(workers)),
             Service("prometheus", "prometheus", PROMETHEUS_IMAGE, {HTTP: 9090}, _prometheus,
                     Probe("http", HTTP, "/-/ready"),
