@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from controller import bundle_command, plot_command, search_command
 from controller.bundle import BundleError
 from controller.config import ConfigError
+from controller.deploy import command as deploy_command
 from controller.evaluators.base import EvaluatorError
 from controller.service import commands as job_commands
 from controller.spaces.base import InvalidArchitecture
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_command.add_parsers(sub)
     job_commands.add_parsers(sub)
     plot_command.add_parser(sub)
+    deploy_command.add_parsers(sub)
     serve = sub.add_parser("serve", help="run one service of the cluster in this process",
                            description="Run a service. `nas serve paramserver --help` lists "
                            "the shard's options.")

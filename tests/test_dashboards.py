@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,7 +32,6 @@ from worker.scheduler import RAY_LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
-REDIS_URL = "redis://127.0.0.1:6379/10"
 START_S = 90.0
 # exported only where a GPU is (never a fake zero on a CPU machine)
 GPU_ONLY = {"nas_worker_gpu_utilization_ratio"}
@@ -126,39 +123,35 @@ def _ray_env(tmp: Path) -> dict[str, str]:
 
 @contextmanager
 def start_cluster(tmp: Path) -> Iterator[MetricsCluster]:
-    """`nas serve search` with 1 shard, 1 Ray worker and its metrics, until the block ends.
-    (Once `nas up` exists, this is the one place to start it instead.)"""
-    prefix = f"test-metrics-{uuid.uuid4().hex[:8]}"
-    log = tmp / "serve.log"
+    """`nas up` (what the issue's end-to-end tests start): 1 shard, 1 Ray worker slot, a private
+    Redis; its printed search endpoint and metrics URLs, until the block ends (`nas down`)."""
+    log = tmp / "up.log"
+    run = tmp / "cluster"
+    env = _ray_env(tmp)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "serve", "search", "--port", "0",
-             "--shards", "1", "--workers", "1", "--metrics-port", "0", "--redis", REDIS_URL,
-             "--redis-prefix", prefix, "--work-dir", str(tmp / "work")],
-            cwd=ROOT, env=_ray_env(tmp), stdout=out, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "controller", "up", "--shards", "1", "--workers", "1",
+             "--dir", str(run)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_S
         text = ""
-        while "workers report to" not in text:
+        while "cluster up" not in text:
             assert proc.poll() is None and time.monotonic() < deadline, \
-                f"the service did not start:\n{log.read_text()[-3000:]}"
+                f"nas up did not come up:\n{log.read_text()[-3000:]}"
             time.sleep(0.1)
             text = log.read_text(errors="replace")
-        search = re.search(r"search service listening on (\S+)", text)
-        assert search is not None
-        urls = re.findall(r"^metrics (\S+)", text, re.MULTILINE)
+        search = re.search(r"^export NAS_ENDPOINT=(\S+)$", text, re.MULTILINE)
+        assert search is not None, text
+        urls = sorted(set(re.findall(r"http://127\.0\.0\.1:\d+/metrics", text)))
         yield MetricsCluster(search.group(1), urls, log)
     finally:
-        proc.terminate()
+        subprocess.run([sys.executable, "-m", "controller", "down", "--dir", str(run)],
+                       cwd=ROOT, env=env, capture_output=True, timeout=90)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        db = redis.Redis.from_url(REDIS_URL)
-        for key in db.scan_iter(f"{prefix}:*"):
-            db.delete(key)
-        db.close()
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,11 @@ class ClusterOptions:
     heartbeat_seconds: float = 5.0
     heartbeat_timeout: float = 60.0
     report_port: int = 0                  # the TrialReport server's port (0: a free one)
+    report_host: str = "127.0.0.1"        # ... its interface, the name workers dial it by
     redis_prefix: str = "nas"             # shards checkpoint under {redis_prefix}:ps
     stopper: EarlyStopper | None = None   # early stopping of the workers' children
     metrics_port: int | None = None       # serve /metrics here (0: a free port)
+    metrics_host: str = "127.0.0.1"       # ... on this interface (0.0.0.0 in a container)
     log_dir: Path = Path("runs/service/logs")
 
     @classmethod
@@ -117,10 +119,12 @@ class ServiceCluster:
                     options.workers, options.ray_address, options.cpus_per_child,
                     options.gpus_per_child, options.max_attempts, options.heartbeat_seconds,
                     options.heartbeat_timeout, options.stopper,
-                    report_port=options.report_port, registry=self.registry)
+                    report_host=options.report_host, report_port=options.report_port,
+                    registry=self.registry)
                 self.registry.register(TrialMetrics(self.workers.board))
             if options.metrics_port is not None:
-                self._http, _ = start_http_server(options.metrics_port, addr="127.0.0.1",
+                self._http, _ = start_http_server(options.metrics_port,
+                                                  addr=options.metrics_host,
                                                   registry=self.registry)
                 self.metrics_url = f"http://127.0.0.1:{self._http.server_port}/metrics"
         except BaseException:

@@ -216,6 +216,10 @@ def serve_main(argv: list[str]) -> int:
     g.add_argument("--trial-port", type=int, default=0,
                    help="port of the TrialReport service workers report to (0: a free one; "
                         "`nas serve worker --controller HOST:PORT` joins more workers)")
+    g.add_argument("--trial-host", default="127.0.0.1",
+                   help="interface of the TrialReport service, and the name workers dial it "
+                        "by (127.0.0.1; on a cluster this host's name, e.g. `search` in "
+                        "docker-compose.yml)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535 or args.max_running < 1:
         print("nas serve search: error: --port must be in [0, 65535] and --max-running >= 1",
@@ -250,8 +254,9 @@ def serve_main(argv: list[str]) -> int:
         workers=args.workers, ray_address=args.ray_address,
         cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
         max_attempts=args.max_attempts, heartbeat_timeout=args.heartbeat_timeout,
-        report_port=args.trial_port, redis_prefix=args.redis_prefix,
-        metrics_port=args.metrics_port, log_dir=args.work_dir / "logs")
+        report_port=args.trial_port, report_host=args.trial_host,
+        redis_prefix=args.redis_prefix, metrics_port=args.metrics_port,
+        metrics_host=args.host, log_dir=args.work_dir / "logs")
     try:
         cluster = ServiceCluster(options)
     except ConfigError as exc:

@@ -1,0 +1,172 @@
+"""The topology rendered for Docker Compose: ``docker-compose.yml`` and the Prometheus
+configuration it mounts (``deploy/prometheus/prometheus.yml``). Both files are committed; a
+test regenerates them and fails on any difference (``nas deploy compose --write``)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.deploy.topology import (
+    NAS_CUDA_IMAGE,
+    NAS_IMAGE,
+    PASSWORD_ENV,
+    RAY,
+    Probe,
+    Service,
+    prometheus_config,
+    services,
+)
+
+COMPOSE_FILE = "docker-compose.yml"
+PROMETHEUS_FILE = "deploy/prometheus/prometheus.yml"
+HEADER = ("# Generated from controller/deploy/topology.py by `nas deploy compose --write "
+          "--shards {shards} --workers {workers}`:\n# do not edit by hand (a test regenerates "
+          "it and fails on drift). Set NAS_REDIS_PASSWORD first (README: Cluster).\n")
+PATHS = {"work": "/app/runs/service", "prometheus.yml": "/etc/prometheus/prometheus.yml",
+         "prometheus-data": "/prometheus", "redis-data": "/data"}
+DOCKERFILES = {NAS_IMAGE: "deploy/Dockerfile", NAS_CUDA_IMAGE: "deploy/Dockerfile.cuda"}
+VOLUMES = {
+    "redis": ["redis-data:/data"],
+    "ray-head": ["runs:/app/runs"],
+    "ray-worker": ["runs:/app/runs"],  # children's weights go where the search service reads
+    "search": ["runs:/app/runs", "${NAS_DATA_DIR:-../shared/data}:/app/data:ro"],
+    "prometheus": [f"./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro",
+                   "prometheus-data:/prometheus"],
+    "grafana": ["./deploy/grafana/provisioning:/etc/grafana/provisioning:ro",
+                "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro",
+                "grafana-data:/var/lib/grafana"],
+}
+GPU_RESERVATION = {"resources": {"reservations": {"devices": [
+    {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class ComposeTarget:
+    """Containers: services bind 0.0.0.0 on their fixed ports and reach each other by name."""
+
+    host = "0.0.0.0"  # inside a container: other containers must reach it
+    ray_address: str | None
+
+    def __init__(self, cluster: list[Service]) -> None:
+        self._ports = {s.name: s.ports for s in cluster}
+        self.ray_address = (f"ray-head:{self._ports['ray-head'][RAY]}"
+                            if "ray-head" in self._ports else None)
+
+    def port(self, service: str, name: str) -> int:
+        """The service's fixed container port."""
+        return self._ports[service][name]
+
+    def address(self, service: str, name: str) -> str:
+        """``service:port`` on the compose network."""
+        return f"{service}:{self.port(service, name)}"
+
+    def hostname(self, service: str) -> str:
+        """The service's name on the compose network."""
+        return service
+
+    def path(self, name: str) -> str:
+        """Container paths (volumes in ``VOLUMES``)."""
+        return PATHS[name]
+
+    def redis_url(self) -> str:
+        """The compose Redis, database 0."""
+        return f"redis://{self.address('redis', 'redis')}/0"
+
+
+def healthcheck(service: Service, target: ComposeTarget) -> dict[str, Any]:
+    """The compose healthcheck running the topology's probe inside the container."""
+    probe: Probe = service.probe
+    local = f"127.0.0.1:{target.port(service.name, probe.port)}" if probe.port in service.ports \
+        else ""
+    test: list[str]
+    if probe.kind == "redis":
+        test = ["CMD-SHELL", f'redis-cli -a "$${PASSWORD_ENV}" --no-auth-warning ping '
+                             "| grep -q PONG"]
+    elif probe.kind == "grpc":
+        test = ["CMD", "python", "-m", "controller.deploy.probe", "grpc", local]
+    elif probe.kind == "metrics":
+        test = ["CMD", "python", "-m", "controller.deploy.probe", "metrics",
+                f"http://{local}/metrics"]
+    elif probe.kind == "http":
+        test = ["CMD", "wget", "-q", "-O", "/dev/null", f"http://{local}{probe.path}"]
+    else:  # ray: the head's GCS answers
+        test = ["CMD", "ray", "health-check", "--address", str(target.ray_address)]
+    return {"test": test, "interval": "5s", "timeout": "5s", "retries": 30,
+            "start_period": "10s"}
+
+
+def _command(service: Service, target: ComposeTarget) -> list[str] | None:
+    args = service.args(target)
+    if not service.program:
+        return None
+    if service.program == "prometheus":  # the image's entrypoint is prometheus
+        return args
+    argv = [service.program, *args]
+    if service.joins_ray and target.ray_address:  # a Ray driver must run on a Ray node
+        return ["sh", "-c", f"ray start --address={target.ray_address} --num-cpus=0 "
+                            f"--num-gpus=0 --disable-usage-stats && exec {shlex.join(argv)}"]
+    return argv
+
+
+def compose_service(service: Service, target: ComposeTarget) -> dict[str, Any]:
+    """One service's compose entry."""
+    entry: dict[str, Any] = {"image": service.image}
+    if service.image in DOCKERFILES:
+        entry["build"] = {"context": ".", "dockerfile": DOCKERFILES[service.image]}
+    command = _command(service, target)
+    if command is not None:
+        entry["command"] = command
+    env = dict(service.env)
+    if service.image in DOCKERFILES:
+        env |= RAY_ENV | ({"NAS_DATA_DIR": "/app/data"} if service.name == "search" else {})
+    if service.name == "grafana":
+        env["GF_SECURITY_ADMIN_PASSWORD"] = "${GRAFANA_ADMIN_PASSWORD:-admin}"
+    if env:
+        entry["environment"] = env
+    if service.published:
+        entry["ports"] = [f"{service.ports[p]}:{service.ports[p]}" for p in service.published]
+    if service.name in VOLUMES:
+        entry["volumes"] = VOLUMES[service.name]
+    if service.program == "ray":
+        entry["shm_size"] = "2gb"  # Ray's object store lives in /dev/shm
+    if service.name == "ray-worker":
+        entry["deploy"] = GPU_RESERVATION
+    entry["healthcheck"] = healthcheck(service, target)
+    if service.depends_on:
+        entry["depends_on"] = {d: {"condition": "service_healthy"} for d in service.depends_on}
+    entry["restart"] = "unless-stopped"
+    return entry
+
+
+def render_compose(shards: int = 2, workers: int = 4) -> str:
+    """``docker-compose.yml`` for ``shards`` parameter servers and Ray workers training
+    ``workers`` children at once ($NAS_WORKERS overrides it at ``docker compose up``)."""
+    cluster = services(shards, workers)
+    target = ComposeTarget(cluster)
+    doc = {"services": {s.name: compose_service(s, target) for s in cluster},
+           "volumes": {"redis-data": {}, "runs": {}, "prometheus-data": {},
+                       "grafana-data": {}}}
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    return HEADER.format(shards=shards, workers=workers) + body
+
+
+def render_prometheus(shards: int = 2, workers: int = 4) -> str:
+    """The Prometheus configuration compose mounts: every service's metrics endpoint."""
+    cluster = services(shards, workers)
+    body = yaml.safe_dump(prometheus_config(cluster, ComposeTarget(cluster)), sort_keys=False)
+    return (f"# Generated with {COMPOSE_FILE} from controller/deploy/topology.py; do not edit "
+            f"by hand.\n{body}")
+
+
+def write(root: Path, shards: int = 2, workers: int = 4) -> list[Path]:
+    """Write both files under ``root`` (the repository); the paths written."""
+    out = [(root / COMPOSE_FILE, render_compose(shards, workers)),
+           (root / PROMETHEUS_FILE, render_prometheus(shards, workers))]
+    for path, text in out:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return [path for path, _ in out]

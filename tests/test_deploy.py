@@ -1,0 +1,191 @@
+"""The deployment: docker-compose.yml and prometheus.yml generated from the one topology (drift,
+offline validation with Debian's docker-compose and promtool), and `nas up` / `nas down` running
+the same topology as real local processes with a job submitted through the printed endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.deploy.compose import (
+    COMPOSE_FILE,
+    PROMETHEUS_FILE,
+    render_compose,
+    render_prometheus,
+)
+from controller.deploy.local import UpError, expand, start_time
+from controller.deploy.probe import metrics_text
+from controller.deploy.topology import services
+from controller.service.client import SearchClient
+
+ROOT = Path(__file__).resolve().parents[1]
+UP_TIMEOUT_S = 150.0
+JOB_TIMEOUT_S = 90.0
+SPEC = """\
+space: nb201
+strategy: reinforce
+evaluator: nb201
+dataset: cifar10
+budget: 8
+seed: 4
+replicas: 2
+"""
+
+
+def _nas(*args: str, env: dict[str, str] | None = None,
+         timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controller", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_committed_compose_and_prometheus_files_are_generated_from_the_topology() -> None:
+    # Arrange / Act
+    compose, prometheus = render_compose(), render_prometheus()
+    # Assert: regenerate with `nas deploy compose --write` after changing the topology
+    assert (ROOT / COMPOSE_FILE).read_text() == compose, "docker-compose.yml drifted"
+    assert (ROOT / PROMETHEUS_FILE).read_text() == prometheus, "prometheus.yml drifted"
+    doc = yaml.safe_load(compose)["services"]
+    assert list(doc) == [s.name for s in services()]
+    assert doc["redis"]["command"][1:3] == ["--appendonly", "yes"]
+    assert "--requirepass" in doc["redis"]["command"]
+    for name, entry in doc.items():
+        assert entry["healthcheck"]["test"], name
+        for dep, cond in entry.get("depends_on", {}).items():
+            assert cond == {"condition": "service_healthy"}, (name, dep)
+    assert doc["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "capabilities"] == ["gpu"]
+    search = " ".join(doc["search"]["command"])
+    assert "--paramservers paramserver-0:50051,paramserver-1:50051" in search
+    assert "--metrics-port 9108" in search and "--ray-address ray-head:6379" in search
+    scraped = yaml.safe_load(prometheus)["scrape_configs"]
+    assert {j["job_name"]: j["static_configs"][0]["targets"] for j in scraped} == {
+        "paramserver": ["paramserver-0:9100", "paramserver-1:9100"],
+        "search": ["search:9108"], "prometheus": ["prometheus:9090"]}
+
+
+def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
+    # Arrange
+    env = {**os.environ, "NAS_REDIS_PASSWORD": "0123abcd"}
+    env.pop("NAS_DATA_DIR", None)
+    # Act
+    ok = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=60)
+    env.pop("NAS_REDIS_PASSWORD")
+    refused = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=60)
+    # Assert
+    assert ok.returncode == 0, ok.stderr
+    assert refused.returncode != 0
+    assert "set NAS_REDIS_PASSWORD" in refused.stderr
+
+
+def test_promtool_accepts_the_compose_prometheus_config() -> None:
+    checked = subprocess.run(["promtool", "check", "config", PROMETHEUS_FILE], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+
+
+def test_topology_variables_are_substituted_as_compose_does() -> None:
+    values = {"NAS_REDIS_PASSWORD": "pw"}
+    assert expand("a=${NAS_REDIS_PASSWORD:?set it}", values) == "a=pw"
+    assert expand("${NAS_WORKERS:-4}", values) == "4"
+    with pytest.raises(UpError, match=r"\$NAS_WORKERS: not set \(set it\)"):
+        expand("${NAS_WORKERS:?set it}", {})
+
+
+def test_bad_flags_exit_2_with_one_line(tmp_path: Path) -> None:
+    for args, flag in ((["up", "--shards", "0", "--dir", str(tmp_path)], "--shards"),
+                       (["up", "--workers", "-1", "--dir", str(tmp_path)], "--workers"),
+                       (["down", "--dir", str(tmp_path)], "--dir"),
+                       (["deploy", "compose", "--shards", "0"], "--shards")):
+        done = _nas(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and flag in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def _read_until_up(proc: subprocess.Popen[str]) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith("cluster up"):
+            return lines
+    raise AssertionError(f"nas up did not come up: {lines}\n{proc.stderr and proc.stderr.read()}")
+
+
+def _prometheus_up(url: str, expected: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    result: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:  # a scrape every 2 s
+        with urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=5) as reply:
+            result = json.loads(reply.read())["data"]["result"]
+        if len(result) == expected and all(r["value"][1] == "1" for r in result):
+            break
+        time.sleep(0.5)
+    return result
+
+
+def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
+        tmp_path: Path, nb201_csv: Path) -> None:
+    # Arrange
+    run = tmp_path / "cluster"
+    env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    up = subprocess.Popen([sys.executable, "-m", "controller", "up", "--shards", "2",
+                           "--workers", "0", "--dir", str(run), "--prometheus"], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Act
+        lines = _read_until_up(up)
+        text = "\n".join(lines)
+        endpoint = re.search(r"^export NAS_ENDPOINT=(\S+)$", text, re.M)
+        metrics = re.findall(r"http://127\.0\.0\.1:\d+/metrics", text)
+        prometheus = re.search(r"^prometheus\s+http (http://127\.0\.0\.1:\d+)$", text, re.M)
+        assert endpoint and prometheus, text
+        cluster = json.loads((run / "cluster.json").read_text())
+        again = _nas("up", "--dir", str(run), env=env)
+        submitted = _nas("submit", str(spec), "--endpoint", endpoint.group(1), env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.strip().splitlines()[-1]
+        with SearchClient(endpoint.group(1)) as client:
+            client.wait(job, JOB_TIMEOUT_S)
+        status = _nas("status", job, "--endpoint", endpoint.group(1), env=env)
+        scraped = _prometheus_up(prometheus.group(1), len(metrics))
+        bodies = {url: metrics_text(url) for url in metrics}
+    finally:
+        down = _nas("down", "--dir", str(run), env=env)
+        up.wait(60)
+    # Assert: the local processes are the topology's (Ray and Grafana are compose-only)
+    assert set(cluster["services"]) | set(cluster["skipped"]) == {s.name for s in
+                                                                  services(2, 0)}
+    assert set(cluster["skipped"]) == {"grafana"}
+    assert len(metrics) == 3  # two shards and the search service
+    assert again.returncode == 2 and "--dir: a cluster already runs" in again.stderr
+    assert status.stdout.startswith("SUCCEEDED\n  trainings 8/8"), status.stdout + status.stderr
+    assert all("nas_ps_" in body for url, body in bodies.items()
+               if url in cluster["services"]["paramserver-0"]["endpoints"].values())
+    assert all("# TYPE" in body for body in bodies.values())
+    assert sorted(r["metric"]["instance"] for r in scraped) == sorted(
+        u.removeprefix("http://").removesuffix("/metrics") for u in metrics)
+    assert down.returncode == 0, down.stderr
+    assert up.returncode == 0
+    pids = [cluster["pid"], *(s["pid"] for s in cluster["services"].values())]
+    assert all(start_time(pid) == "" for pid in pids), "orphans left"
+    assert not (run / "cluster.json").exists()
