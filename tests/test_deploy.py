@@ -75,7 +75,7 @@ def test_committed_compose_and_prometheus_files_are_generated_from_the_topology(
 
 def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
     # Arrange
-    env = {**os.environ, "NAS_REDIS_PASSWORD": "0123abcd"}
+    env = {**os.environ, "NAS_REDIS_PASSWORD": "0123abcd", "NAS_RAY_TOKEN": "4567ef"}
     env.pop("NAS_DATA_DIR", None)
     # Act
     ok = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
@@ -87,6 +87,11 @@ def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
     assert ok.returncode == 0, ok.stderr
     assert refused.returncode != 0
     assert "set NAS_REDIS_PASSWORD" in refused.stderr
+    env.update(NAS_REDIS_PASSWORD="0123abcd")
+    env.pop("NAS_RAY_TOKEN")
+    no_token = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert no_token.returncode != 0 and "set NAS_RAY_TOKEN" in no_token.stderr
 
 
 def test_promtool_accepts_the_compose_prometheus_config() -> None:

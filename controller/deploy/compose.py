@@ -42,7 +42,10 @@ VOLUMES = {
 }
 GPU_RESERVATION = {"resources": {"reservations": {"devices": [
     {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# Ray 2.6x authenticates its nodes with a shared token (on by default from 2.61): every Ray
+# container sets the same one, from $NAS_RAY_TOKEN, and no usage stats leave the cluster
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": "${NAS_RAY_TOKEN:?set NAS_RAY_TOKEN (README: Cluster)}"}
 
 
 class ComposeTarget:
