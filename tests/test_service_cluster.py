@@ -50,7 +50,9 @@ replicas: 2
 
 
 def nb201_spec(budget: int, replicas: int) -> sp.SearchSpec:
+    # Zoph & Le's slow controller explores: the budget is spent before it settles on cached cells
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
+                         controller=sp.ControllerSpec(preset="zoph-le"),
                          evaluation=sp.EvaluationSpec(evaluator="nb201", dataset="cifar10"),
                          budget=budget, seed=5, execution=sp.ExecutionSpec(replicas=replicas))
 
