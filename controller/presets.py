@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from controller.policy.lstm import PRESETS as POLICY_PRESETS
 from controller.policy.lstm import PolicyConfig
+from controller.policy.ppo import PPOConfig
 from controller.policy.reinforce import ReinforceConfig
 
 
@@ -42,4 +43,13 @@ CONTROLLER_PRESETS: dict[str, ControllerPreset] = {
         description="for budgets of tens to hundreds of trainings (tuned on NAS-Bench-201): "
                     "2x35 LSTM, Adam 0.03, rank rewards, normalised advantages, entropy 0.03, "
                     "m=1"),
+    # NASNet (Zoph et al. 2018): PPO, Adam 3.5e-4, entropy 1e-5, batches of 20 architectures;
+    # its 1x100 LSTM, uniform init +-0.1 (no tanh or temperature, unlike ENAS).
+    "ppo": ControllerPreset(
+        PolicyConfig(layers=1, units=100, init_range=0.1),
+        PPOConfig(learning_rate=3.5e-4, baseline_decay=0.95, entropy_weight=1e-5, clip=0.2,
+                  epochs=4),
+        children=20,
+        description="NASNet: PPO (clip 0.2, 4 epochs per batch), 1x100 LSTM, Adam 3.5e-4, "
+                    "entropy 1e-5, m=20"),
 }

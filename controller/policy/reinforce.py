@@ -30,10 +30,12 @@ TRANSFORM_NAMES = (*REWARD_TRANSFORMS, "rank")
 
 @dataclass(frozen=True)
 class ScoredTrial:
-    """A trial together with its own result: the only way a reward reaches the gradient."""
+    """A trial together with its own result: the only way a reward reaches the gradient.
+    ``log_prob``: the log-probability of its actions when it was sampled (PPO's old policy)."""
 
     trial: Trial
     result: TrialResult
+    log_prob: float | None = None
 
     def __post_init__(self) -> None:
         if self.result.trial_id != self.trial.trial_id:

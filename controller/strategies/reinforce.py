@@ -1,4 +1,4 @@
-"""The LSTM controller trained with REINFORCE (Zoph & Le 2017), as a strategy.
+"""The LSTM controller trained with REINFORCE (Zoph & Le 2017) or PPO (NASNet), as a strategy.
 
 Trials are sampled m at a time under one policy version; once all m are reported, the gradient is
 computed on exactly their recorded actions and applied.
@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 
 from controller.policy.lstm import LSTMPolicy, PolicyConfig
-from controller.policy.reinforce import ReinforceConfig, ReinforceLearner, ScoredTrial, UpdateStats
+from controller.policy.ppo import make_learner
+from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStats
 from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
@@ -32,8 +33,9 @@ class ReinforceStrategy(Strategy):
         super().__init__(space, job_id)
         self.batch_size = batch_size
         self.policy = LSTMPolicy(space.decisions, policy, seed=seed)
-        self.learner = ReinforceLearner(self.policy, learner,
-                                        updater(self.policy) if updater is not None else None)
+        self.learner = make_learner(self.policy, learner,
+                                    updater(self.policy) if updater is not None else None)
+        self._log_probs: dict[str, float] = {}  # trial id -> log P(actions) when sampled
         self.generator = torch.Generator().manual_seed(seed + 1)
         self._scored: list[ScoredTrial] = []
         self.last_update: UpdateStats | None = None
@@ -41,14 +43,17 @@ class ReinforceStrategy(Strategy):
     def suggest(self, n: int = 1) -> list[Trial]:
         out = self.policy.sample(n, generator=self.generator)
         trials = []
-        for row in out.actions.tolist():
+        for row, log_prob in zip(out.actions.tolist(), out.log_probs.sum(dim=1).tolist(),
+                                 strict=True):
             arch = self.space.decode(row)
-            trials.append(self._new_trial(arch, row, policy_version=self.learner.version))
+            trial = self._new_trial(arch, row, policy_version=self.learner.version)
+            self._log_probs[trial.trial_id] = log_prob
+            trials.append(trial)
         return trials
 
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
-        self._scored.append(ScoredTrial(trial, result))
+        self._scored.append(ScoredTrial(trial, result, self._log_probs.pop(trial_id, None)))
         if len(self._scored) >= self.batch_size:
             batch, self._scored = self._scored[: self.batch_size], self._scored[self.batch_size:]
             self.last_update = self.learner.update(batch)
