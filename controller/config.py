@@ -42,6 +42,8 @@ class SearchConfig:
     entropy_weight: float | None = None
     baseline_decay: float | None = None
     reward_transform: str | None = None
+    ppo_clip: float | None = None  # controller ppo: clip epsilon (None: the preset's 0.2)
+    ppo_epochs: int | None = None  # controller ppo: gradient steps per batch (None: 4)
     population: int = 10
     tournament: int = 3
     evaluator: str = "nb201"
@@ -147,6 +149,7 @@ class SearchConfig:
         _one_of("update_policy", self.update_policy, ("async", "sync"))
         _one_of("early_stopping", self.early_stopping, EARLY_STOPPING)
         self._check_workers()
+        self._check_ppo()
         if self.distributed and self.strategy != "reinforce":
             raise ConfigError(f"strategy: --shards/--replicas/--redis distribute the REINFORCE "
                               f"controller; {self.strategy!r} has no parameters to shard")
@@ -158,6 +161,17 @@ class SearchConfig:
         else:
             _one_of("dataset", self.dataset, TRAIN_DATASETS)
 
+
+    def _check_ppo(self) -> None:
+        for name in ("ppo_clip", "ppo_epochs"):
+            if getattr(self, name) is not None and self.controller != "ppo":
+                raise ConfigError(f"{name}: only the ppo controller clips and repeats epochs; "
+                                  f"add --controller ppo (got {self.controller!r})")
+        if self.ppo_clip is not None and not (math.isfinite(self.ppo_clip)
+                                              and 0 < self.ppo_clip < 1):
+            raise ConfigError(f"ppo_clip: must be in (0, 1), got {self.ppo_clip}")
+        if self.ppo_epochs is not None and self.ppo_epochs < 1:
+            raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
 
     def _check_workers(self) -> None:
         if self.cpus_per_child == 0 and not self.gpus_per_child:

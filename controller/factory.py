@@ -41,7 +41,9 @@ def learner_config(cfg: SearchConfig) -> ReinforceConfig:
     overrides: dict[str, Any] = {k: v for k, v in (("learning_rate", cfg.controller_lr),
                                    ("entropy_weight", cfg.entropy_weight),
                                    ("baseline_decay", cfg.baseline_decay),
-                                   ("reward_transform", cfg.reward_transform)) if v is not None}
+                                   ("reward_transform", cfg.reward_transform),
+                                   ("clip", cfg.ppo_clip), ("epochs", cfg.ppo_epochs))
+                                   if v is not None}
     return dataclasses.replace(CONTROLLER_PRESETS[cfg.controller].learner, **overrides)
 
 

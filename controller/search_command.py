@@ -63,7 +63,8 @@ def add_parser(sub: Any) -> None:
     g = p.add_argument_group("strategy")
     g.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default reinforce)")
     g.add_argument("--controller", choices=tuple(CONTROLLER_PRESETS),
-                   help="reinforce: controller preset (default sample-efficient)")
+                   help="reinforce: controller preset (default sample-efficient; ppo: "
+                        "NASNet's PPO learner)")
     g.add_argument("--children", type=int, help="reinforce: children per policy update (m)")
     g.add_argument("--controller-lr", type=float, help="reinforce: the policy's Adam learning rate")
     g.add_argument("--entropy-weight", type=float, help="reinforce: entropy bonus weight")
@@ -71,6 +72,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--reward-transform", choices=TRANSFORM_NAMES,
                    help="reinforce: reward shaping: cubed (Zoph & Le), rank (quantile among the "
                         "rewards seen so far)")
+    g.add_argument("--ppo-clip", type=float,
+                   help="--controller ppo: clip range epsilon of the probability ratio (0.2)")
+    g.add_argument("--ppo-epochs", type=int,
+                   help="--controller ppo: gradient steps over each batch of children (4)")
     g.add_argument("--population", type=int, help="evolution: population size (10)")
     g.add_argument("--tournament", type=int, help="evolution: tournament sample size (3)")
     g = p.add_argument_group("evaluation")

@@ -28,6 +28,7 @@ WIRE_NAMES = {
     "entropy_weight": "spec.controller.entropy_weight",
     "baseline_decay": "spec.controller.baseline_decay",
     "reward_transform": "spec.controller.reward_transform",
+    "ppo_clip": "spec.controller.ppo_clip", "ppo_epochs": "spec.controller.ppo_epochs",
     "evaluator": "spec.evaluation.evaluator", "dataset": "spec.evaluation.dataset",
     "train_subset": "spec.evaluation.train_subset", "val_subset": "spec.evaluation.val_subset",
     "failure_reward": "spec.evaluation.failure_reward", "cells": "spec.evaluation.model.cells",
@@ -63,6 +64,7 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "children": _optional(c, "children"), "controller_lr": _optional(c, "learning_rate"),
         "entropy_weight": _optional(c, "entropy_weight"),
         "baseline_decay": _optional(c, "baseline_decay"),
+        "ppo_clip": _optional(c, "ppo_clip"), "ppo_epochs": _optional(c, "ppo_epochs"),
         "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
         "dataset": e.dataset or None, "train_subset": e.train_subset or None,
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
@@ -108,7 +110,8 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                    reward_transform=s.get("reward_transform", ""))
     for name, key in (("children", "children"), ("learning_rate", "controller_lr"),
                       ("entropy_weight", "entropy_weight"),
-                      ("baseline_decay", "baseline_decay")):
+                      ("baseline_decay", "baseline_decay"), ("ppo_clip", "ppo_clip"),
+                      ("ppo_epochs", "ppo_epochs")):
         if key in s:
             setattr(controller, name, s[key])
     evaluation = sp.EvaluationSpec(evaluator=s.get("evaluator", ""),

@@ -56,8 +56,10 @@ class ControllerSpec(_message.Message):
     ENTROPY_WEIGHT_FIELD_NUMBER: _builtins.int
     BASELINE_DECAY_FIELD_NUMBER: _builtins.int
     REWARD_TRANSFORM_FIELD_NUMBER: _builtins.int
+    PPO_CLIP_FIELD_NUMBER: _builtins.int
+    PPO_EPOCHS_FIELD_NUMBER: _builtins.int
     preset: _builtins.str
-    """sample-efficient | zoph-le | enas"""
+    """sample-efficient | zoph-le | enas | ppo"""
     children: _builtins.int
     """m, children per policy update"""
     learning_rate: _builtins.float
@@ -65,6 +67,10 @@ class ControllerSpec(_message.Message):
     baseline_decay: _builtins.float
     reward_transform: _builtins.str
     """"" (preset's) | none | cubed | rank"""
+    ppo_clip: _builtins.float
+    """preset ppo: clip range epsilon (0.2)"""
+    ppo_epochs: _builtins.int
+    """preset ppo: gradient steps per batch (4)"""
     def __init__(
         self,
         *,
@@ -74,10 +80,12 @@ class ControllerSpec(_message.Message):
         entropy_weight: _builtins.float | None = ...,
         baseline_decay: _builtins.float | None = ...,
         reward_transform: _builtins.str = ...,
+        ppo_clip: _builtins.float | None = ...,
+        ppo_epochs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "preset", b"preset", "reward_transform", b"reward_transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs", "preset", b"preset", "reward_transform", b"reward_transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__baseline_decay: _TypeAlias = _typing.Literal["baseline_decay"]  # noqa: Y015
     _WhichOneofArgType__baseline_decay: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay"]  # noqa: Y015
@@ -87,6 +95,10 @@ class ControllerSpec(_message.Message):
     _WhichOneofArgType__entropy_weight: _TypeAlias = _typing.Literal["_entropy_weight", b"_entropy_weight"]  # noqa: Y015
     _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
     _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__ppo_clip: _TypeAlias = _typing.Literal["ppo_clip"]  # noqa: Y015
+    _WhichOneofArgType__ppo_clip: _TypeAlias = _typing.Literal["_ppo_clip", b"_ppo_clip"]  # noqa: Y015
+    _WhichOneofReturnType__ppo_epochs: _TypeAlias = _typing.Literal["ppo_epochs"]  # noqa: Y015
+    _WhichOneofArgType__ppo_epochs: _TypeAlias = _typing.Literal["_ppo_epochs", b"_ppo_epochs"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_decay) -> _WhichOneofReturnType__baseline_decay | None: ...
     @_typing.overload
@@ -95,6 +107,10 @@ class ControllerSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__entropy_weight) -> _WhichOneofReturnType__entropy_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ppo_clip) -> _WhichOneofReturnType__ppo_clip | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ppo_epochs) -> _WhichOneofReturnType__ppo_epochs | None: ...
 
 Global___ControllerSpec: _TypeAlias = ControllerSpec  # noqa: Y015
 
