@@ -13,7 +13,7 @@ import torch
 
 from controller.policy.lstm import PolicyConfig
 from controller.policy.ppo import PPOConfig, PPOLearner, clipped_surrogate
-from controller.policy.reinforce import ScoredTrial
+from controller.policy.reinforce import ReinforceConfig, ReinforceLearner, ScoredTrial
 from controller.service.client import SearchClient
 from controller.spaces import create_space
 from controller.strategies.reinforce import ReinforceStrategy
@@ -61,6 +61,7 @@ def _p_best(strategy: ReinforceStrategy) -> float:
         return float(strategy.policy.log_prob(actions).log_probs[0, 0].exp())
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_ppo_raises_the_probability_of_the_rewarded_action_on_a_bandit() -> None:
     # Arrange: a bandit on the first decision of the NB201 space (5 ops: 0.2 at the start).
     strategy = _toy_strategy()
@@ -85,12 +86,30 @@ def test_the_old_log_prob_is_the_one_recorded_at_sampling_and_is_required() -> N
     recorded = strategy._log_probs[trial.trial_id]
     result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, 0.5)
     # Act
-    rescored = strategy.policy.log_prob(torch.tensor([trial.actions])).log_probs.sum()
+    rescored = strategy.policy.log_prob(torch.tensor([trial.actions])).log_probs.sum().detach()
     # Assert: the recorded value is the sampled sequence's log-prob, and PPO refuses a trial
     # without one rather than recomputing it from parameters that may have moved since.
     assert recorded == pytest.approx(float(rescored), abs=1e-5)
     with pytest.raises(ValueError, match="log-prob"):
         strategy.learner.update([ScoredTrial(trial, result)])
+
+
+def test_the_first_ppo_step_is_the_reinforce_gradient_where_nothing_moved() -> None:
+    # Arrange: a batch sampled from the policy as it is now (every ratio is 1).
+    strategy = _toy_strategy(epochs=1)
+    batch = []
+    for i, trial in enumerate(strategy.suggest(6)):
+        result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, 0.1 * i)
+        batch.append(ScoredTrial(trial, result, strategy._log_probs[trial.trial_id]))
+    reinforce = ReinforceLearner(strategy.policy, ReinforceConfig(learning_rate=0.02))
+    ppo = PPOLearner(strategy.policy, PPOConfig(learning_rate=0.02, entropy_weight=0.0))
+    # Act
+    ppo_grads, _ = ppo.gradient(batch)
+    reinforce_grads, _ = reinforce.gradient(batch)
+    # Assert: d(r * A) = r * A * d(log p), and r = 1: the clip only matters once p has moved.
+    for a, b in zip(ppo_grads, reinforce_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(float(g.abs().sum()) > 0 for g in ppo_grads)
 
 
 def test_nas_search_with_the_ppo_controller_on_nb201(tmp_path: Path,

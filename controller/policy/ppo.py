@@ -60,9 +60,10 @@ class PPOLearner(ReinforceLearner):
                  updater: ParameterUpdater | None = None) -> None:
         super().__init__(policy, config or PPOConfig(), updater)
 
-    def update(self, batch: Sequence[ScoredTrial]) -> UpdateStats:
-        """Advantages once per batch (the baseline moves once), then ``epochs`` gradient steps
-        of the clipped objective, each applied through the updater."""
+    def _prepare(self, batch: Sequence[ScoredTrial]) -> tuple[Tensor, Tensor, Tensor, float,
+                                                               list[float]]:
+        """Actions, recorded log-probs, advantages (moving the baseline once), the baseline
+        before the batch and the transformed rewards."""
         if not batch:
             raise ValueError("an update needs at least one scored trial")
         missing = [s.trial.trial_id for s in batch if s.log_prob is None]
@@ -74,23 +75,38 @@ class PPOLearner(ReinforceLearner):
         adv = self.advantages(rewards)
         actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
         old = torch.tensor([float(s.log_prob or 0.0) for s in batch], dtype=torch.float64)
+        return actions, old, adv, base_before, rewards
+
+    def _epoch_loss(self, actions: Tensor, old: Tensor, adv: Tensor) -> tuple[Tensor, float]:
+        """The clipped objective minus the entropy bonus at the current parameters."""
+        out = self.policy.log_prob(actions)
+        entropy = out.entropies.sum(dim=1).mean()
+        surrogate = clipped_surrogate(out.log_probs.sum(dim=1).double(), old, adv.double(),
+                                      self.config.clip)
+        return surrogate.float() - self.config.entropy_weight * entropy, float(entropy.detach())
+
+    def loss(self, batch: Sequence[ScoredTrial]) -> tuple[Tensor, UpdateStats]:
+        """One epoch's loss for ``batch`` (what ``gradient`` differentiates)."""
+        actions, old, adv, base_before, rewards = self._prepare(batch)
+        loss, entropy = self._epoch_loss(actions, old, adv)
+        return loss, UpdateStats(reward=sum(rewards) / len(rewards), baseline=base_before,
+                                 entropy=entropy, loss=float(loss.detach()), version=self.version)
+
+    def update(self, batch: Sequence[ScoredTrial]) -> UpdateStats:
+        """Advantages once per batch (the baseline moves once), then ``epochs`` gradient steps
+        of the clipped objective, each applied through the updater."""
+        actions, old, adv, base_before, rewards = self._prepare(batch)
         params = list(self.policy.parameters())
         first: tuple[float, float] | None = None
         for _ in range(self.config.epochs):
-            out = self.policy.log_prob(actions)
-            entropy = out.entropies.sum(dim=1).mean()
-            loss = (clipped_surrogate(out.log_probs.sum(dim=1).double(), old, adv.double(),
-                                      self.config.clip).float()
-                    - self.config.entropy_weight * entropy)
+            loss, entropy = self._epoch_loss(actions, old, adv)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            if first is None:
-                first = (float(entropy.detach()), float(loss.detach()))
+            first = first or (entropy, float(loss.detach()))
             self.apply([torch.zeros_like(p) if g is None else g
                         for p, g in zip(params, grads, strict=True)])
         assert first is not None
         return UpdateStats(reward=sum(rewards) / len(rewards), baseline=base_before,
                            entropy=first[0], loss=first[1], version=self.version)
-
 
 def make_learner(policy: LSTMPolicy, config: ReinforceConfig | None = None,
                  updater: ParameterUpdater | None = None) -> ReinforceLearner:
