@@ -19,7 +19,8 @@ from controller.spaces import SPACE_NAMES
 STRATEGIES = ("reinforce", "random", "evolution")
 EVALUATORS = ("nb201", "train")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
-TRAIN_DATASETS = ("fashion-mnist", "cifar10")
+TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
+RNN_SPACES = ("rnn-cell", "enas-rnn")  # trained as char LMs on --dataset text
 DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist"}
 
 
@@ -65,6 +66,11 @@ class SearchConfig:
     reward: str = "last"
     cube_reward: bool = False
     device: str = "auto"
+    # --dataset text (recurrent cells): corpus, char-LM steps, hidden size, BPTT window
+    corpus: str | None = None  # None: $NAS_DATA_DIR/text/tinyshakespeare.txt
+    lm_steps: int = 200
+    lm_hidden: int = 64
+    bptt: int = 32
     budget: int = 100
     seed: int = 0
     failure_reward: float = 0.0
@@ -115,7 +121,8 @@ class SearchConfig:
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
                           ("workers", 0), ("max_attempts", 1),
-                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1)):
+                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1),
+                          ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
@@ -157,6 +164,13 @@ class SearchConfig:
             _one_of("dataset", self.dataset, NB201_DATASETS)
         else:
             _one_of("dataset", self.dataset, TRAIN_DATASETS)
+            if (self.dataset == "text") != (self.space in RNN_SPACES):
+                raise ConfigError(f"dataset: recurrent cells ({', '.join(RNN_SPACES)}) train "
+                                  f"on --dataset text and only they do; got space "
+                                  f"{self.space!r} with dataset {self.dataset!r}")
+            if self.dataset == "text" and self.workers:
+                raise ConfigError("workers: --dataset text children train in this process "
+                                  "only (no Ray workers yet); drop --workers")
 
 
     def _check_workers(self) -> None:
