@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from controller.service.client import SearchClient
 from controller.spaces import InvalidArchitecture, create_space
 from controller.spaces.rnn import RNNTreeSpace
+from protos.errors import InvalidArgumentError
+from protos.types import SearchSpaceSpec
+from protos.v1 import common_pb2 as pb
+from protos.v1 import search_pb2 as sp
 from worker.builders.rnn import build_char_lm
 from worker.text_lm import LMRecipe, default_corpus, load_corpus, perplexity_reward, train_char_lm
 
@@ -163,3 +168,24 @@ def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) 
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _text_spec(corpus: Path, lm_steps: int = 30) -> sp.SearchSpec:
+    return sp.SearchSpec(space=pb.SearchSpaceSpec(name="enas-rnn", num_blocks=4),
+                         strategy="random", budget=2, evaluation=sp.EvaluationSpec(
+                             evaluator="train", dataset="text", corpus=str(corpus),
+                             train_subset=10_000, val_subset=2_000, lm_steps=lm_steps,
+                             lm_hidden=32, bptt=16))
+
+
+def test_the_service_runs_an_rnn_search(client: SearchClient, corpus_path: Path) -> None:
+    # Act
+    job_id = client.submit(_text_spec(corpus_path))
+    job = client.wait(job_id, 120)
+    # Assert
+    assert job.state == sp.JOB_STATE_SUCCEEDED, job.reason
+    assert job.trainings == 2 and 0 < job.best_reward <= 1
+    assert job.spec.evaluation.corpus == str(corpus_path) and job.spec.evaluation.lm_steps == 30
+    create_space(SearchSpaceSpec("enas-rnn", num_blocks=4)).from_string(job.best_arch)
+    with pytest.raises(InvalidArgumentError, match=r"spec\.evaluation\.lm_steps: must be >= 1"):
+        client.submit(_text_spec(corpus_path, lm_steps=-1))
