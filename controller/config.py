@@ -71,6 +71,7 @@ class SearchConfig:
     lm_steps: int = 200
     lm_hidden: int = 64
     bptt: int = 32
+    reward_c: float = 80.0  # reward = min(1, reward_c / val_perplexity^2) (Zoph & Le: 80)
     budget: int = 100
     seed: int = 0
     failure_reward: float = 0.0
@@ -131,11 +132,11 @@ class SearchConfig:
         for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
                      "weight_decay", "label_smoothing", "drop_path", "simulate_seconds",
                      "cpus_per_child", "gpus_per_child", "heartbeat_seconds",
-                     "heartbeat_timeout"):
+                     "heartbeat_timeout", "reward_c"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name}: must be a finite number, got {value}")
-        for name in ("controller_lr", "lr"):
+        for name in ("controller_lr", "lr", "reward_c"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {value}")

@@ -85,7 +85,7 @@ def _train_evaluator(cfg: SearchConfig) -> Evaluator:
 def _text_evaluator(cfg: SearchConfig) -> Evaluator:
     """Char-LM children of a recurrent-cell space on ``cfg.corpus``."""
     recipe = LMRecipe(steps=cfg.lm_steps, bptt=cfg.bptt, batch_size=cfg.batch_size,
-                      hidden=cfg.lm_hidden, seed=cfg.seed)
+                      hidden=cfg.lm_hidden, seed=cfg.seed, reward_c=cfg.reward_c)
     return TextLMEvaluator.from_corpus(cfg.corpus, cfg.train_subset, cfg.val_subset, recipe)
 
 

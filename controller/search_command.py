@@ -118,6 +118,8 @@ def add_parser(sub: Any) -> None:
                    "min(1, 80 / val_perplexity^2) (Zoph & Le)")
     g.add_argument("--lm-hidden", type=int, help="hidden size of the child LM (64)")
     g.add_argument("--bptt", type=int, help="truncated-BPTT window in characters (32)")
+    g.add_argument("--reward-c", type=float, help="c of the reward min(1, c / perplexity^2) "
+                   "(80, Zoph & Le); lower it when good children reach perplexity < sqrt(c)")
     g = p.add_argument_group("distributed layout (Zoph & Le: S shards, K replicas, m children)")
     g.add_argument("--shards", type=int, help="parameter-server shards, S (1)")
     g.add_argument("--replicas", type=int, help="controller replicas, K (1); > 1 or --shards "

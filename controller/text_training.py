@@ -12,7 +12,7 @@ import torch
 
 from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator, EvaluatorError
 from protos.types import Architecture
-from worker.text_lm import REWARD_C, Corpus, LMRecipe, load_corpus, train_char_lm
+from worker.text_lm import Corpus, LMRecipe, load_corpus, train_char_lm
 
 
 class TextLMEvaluator(Evaluator):
@@ -59,4 +59,4 @@ class TextLMEvaluator(Evaluator):
         return {"name": self.name, "cache_key": self.cache_key, "dataset": "text",
                 "corpus": c.name, "vocab": len(c.vocab), "train_chars": len(c.train),
                 "val_chars": len(c.val), "recipe": asdict(self.recipe),
-                "reward": f"min(1, {REWARD_C:g} / val_perplexity^2)"}
+                "reward": f"min(1, {self.recipe.reward_c:g} / val_perplexity^2)"}

@@ -123,6 +123,7 @@ def test_reward_is_c_over_perplexity_squared_clipped() -> None:
     assert perplexity_reward(40.0) == pytest.approx(0.05)
     assert perplexity_reward(4.0) == 1.0  # 80/16 = 5, clipped to [0, 1]
     assert perplexity_reward(math.inf) == 0.0 and perplexity_reward(math.nan) == 0.0
+    assert perplexity_reward(10.0, c=40.0) == pytest.approx(0.4)
 
 
 def test_corpus_errors_name_the_setting(tmp_path: Path) -> None:
@@ -142,16 +143,18 @@ def test_search_through_the_cli(tmp_path: Path, corpus_path: Path) -> None:
     # Act
     proc = _nas("search", "--space", "rnn-cell", "--evaluator", "train", "--dataset", "text",
                 "--corpus", str(corpus_path), "--budget", "3", "--train-subset", "20000",
-                "--val-subset", "3000", "--lm-steps", "40", "--out", str(tmp_path), "--quiet")
+                "--val-subset", "3000", "--lm-steps", "40", "--reward-c", "60",
+                "--out", str(tmp_path), "--quiet")
     # Assert
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["trainings"] == 3 and doc["evaluator"]["train_chars"] == 20000
+    assert doc["evaluator"]["reward"] == "min(1, 60 / val_perplexity^2)"
     done = [h for h in doc["history"] if h.get("status") != "failed"]
     assert done, doc["history"]
     for entry in done:
         ppl = entry["metrics"]["val_perplexity"]
-        assert 1 < ppl < 65 and entry["reward"] == pytest.approx(perplexity_reward(ppl))
+        assert 1 < ppl < 65 and entry["reward"] == pytest.approx(perplexity_reward(ppl, 60))
     assert doc["best"]["reward"] == max(h["reward"] for h in doc["history"])
     create_space("rnn-cell").from_string(doc["best"]["arch"])
 
@@ -162,6 +165,7 @@ def test_search_through_the_cli(tmp_path: Path, corpus_path: Path) -> None:
     (["--space", "rnn-cell", "--dataset", "text", "--corpus", "/nonexistent.txt"],
      "corpus: cannot read"),
     (["--space", "rnn-cell", "--dataset", "text", "--lm-steps", "0"], "lm_steps: must be >= 1"),
+    (["--space", "rnn-cell", "--dataset", "text", "--reward-c", "0"], "reward_c: must be > 0"),
 ])
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
     proc = _nas("search", "--evaluator", "train", *flags, "--budget", "1", "--quiet")

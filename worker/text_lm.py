@@ -79,7 +79,7 @@ def load_corpus(path: str | Path | None, train_subset: int | None = None,
 @dataclass(frozen=True)
 class LMRecipe:
     """How a child language model trains: ``steps`` Adam steps of ``batch_size`` streams x
-    ``bptt`` characters, gradient norm clipped to ``clip``."""
+    ``bptt`` characters, gradient norm clipped to ``clip``; reward = min(1, reward_c / ppl^2)."""
 
     steps: int = 200
     bptt: int = 32
@@ -88,11 +88,14 @@ class LMRecipe:
     learning_rate: float = 3e-3
     clip: float = 0.25
     seed: int = 0
+    reward_c: float = REWARD_C
 
     def __post_init__(self) -> None:
         for name in ("steps", "bptt", "batch_size", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.reward_c < math.inf:
+            raise ValueError(f"reward_c: must be a finite number > 0, got {self.reward_c}")
 
 
 def _streams(ids: torch.Tensor, batch: int) -> torch.Tensor:
@@ -158,4 +161,4 @@ def train_char_lm(arch: Architecture, corpus: Corpus, recipe: LMRecipe) -> LMRes
         start += recipe.bptt
     seconds = time.perf_counter() - begin
     ppl = val_perplexity(model, corpus.val, recipe.bptt)
-    return LMResult(model, ppl, perplexity_reward(ppl), seconds)
+    return LMResult(model, ppl, perplexity_reward(ppl, recipe.reward_c), seconds)

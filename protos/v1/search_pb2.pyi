@@ -115,6 +115,7 @@ class EvaluationSpec(_message.Message):
     LM_STEPS_FIELD_NUMBER: _builtins.int
     LM_HIDDEN_FIELD_NUMBER: _builtins.int
     BPTT_FIELD_NUMBER: _builtins.int
+    REWARD_C_FIELD_NUMBER: _builtins.int
     evaluator: _builtins.str
     """nb201 | train"""
     dataset: _builtins.str
@@ -134,6 +135,8 @@ class EvaluationSpec(_message.Message):
     """hidden size (64)"""
     bptt: _builtins.int
     """truncated-BPTT window in characters (32)"""
+    reward_c: _builtins.float
+    """reward = min(1, reward_c / perplexity^2) (80)"""
     @_builtins.property
     def model(self) -> _worker_pb2.ChildSize:
         """train: the child's size (unset: defaults)"""
@@ -156,10 +159,11 @@ class EvaluationSpec(_message.Message):
         lm_steps: _builtins.int = ...,
         lm_hidden: _builtins.int = ...,
         bptt: _builtins.int = ...,
+        reward_c: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "model", b"model", "recipe", b"recipe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "bptt", b"bptt", "corpus", b"corpus", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "lm_hidden", b"lm_hidden", "lm_steps", b"lm_steps", "model", b"model", "recipe", b"recipe", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "bptt", b"bptt", "corpus", b"corpus", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "lm_hidden", b"lm_hidden", "lm_steps", b"lm_steps", "model", b"model", "recipe", b"recipe", "reward_c", b"reward_c", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
     _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
