@@ -157,6 +157,11 @@ def test_search_through_the_cli(tmp_path: Path, corpus_path: Path) -> None:
         assert 1 < ppl < 65 and entry["reward"] == pytest.approx(perplexity_reward(ppl, 60))
     assert doc["best"]["reward"] == max(h["reward"] for h in doc["history"])
     create_space("rnn-cell").from_string(doc["best"]["arch"])
+    exported = _nas("export", str(tmp_path), "--top", "1", "--to", str(tmp_path / "bundle"))
+    assert exported.returncode == 0, exported.stderr
+    bundle = next((tmp_path / "bundle").iterdir())
+    assert (bundle / "genotype.txt").read_text().strip() == doc["best"]["arch"]
+    assert (bundle / "cell.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(("flags", "message"), [
