@@ -19,7 +19,8 @@ from controller.spaces import SPACE_NAMES
 STRATEGIES = ("reinforce", "random", "evolution")
 EVALUATORS = ("nb201", "train")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
-TRAIN_DATASETS = ("fashion-mnist", "cifar10")
+TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
+RNN_SPACES = ("rnn-cell", "enas-rnn")  # trained as char LMs on --dataset text
 DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist"}
 
 
@@ -67,6 +68,12 @@ class SearchConfig:
     reward: str = "last"
     cube_reward: bool = False
     device: str = "auto"
+    # --dataset text (recurrent cells): corpus, char-LM steps, hidden size, BPTT window
+    corpus: str | None = None  # None: $NAS_DATA_DIR/text/tinyshakespeare.txt
+    lm_steps: int = 200
+    lm_hidden: int = 64
+    bptt: int = 32
+    reward_c: float = 80.0  # reward = min(1, reward_c / val_perplexity^2) (Zoph & Le: 80)
     budget: int = 100
     seed: int = 0
     failure_reward: float = 0.0
@@ -117,7 +124,8 @@ class SearchConfig:
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
                           ("workers", 0), ("max_attempts", 1),
-                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1)):
+                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1),
+                          ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
@@ -126,11 +134,11 @@ class SearchConfig:
         for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
                      "weight_decay", "label_smoothing", "drop_path", "simulate_seconds",
                      "cpus_per_child", "gpus_per_child", "heartbeat_seconds",
-                     "heartbeat_timeout"):
+                     "heartbeat_timeout", "reward_c"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f"{name}: must be a finite number, got {value}")
-        for name in ("controller_lr", "lr"):
+        for name in ("controller_lr", "lr", "reward_c"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {value}")
@@ -160,6 +168,13 @@ class SearchConfig:
             _one_of("dataset", self.dataset, NB201_DATASETS)
         else:
             _one_of("dataset", self.dataset, TRAIN_DATASETS)
+            if (self.dataset == "text") != (self.space in RNN_SPACES):
+                raise ConfigError(f"dataset: recurrent cells ({', '.join(RNN_SPACES)}) train "
+                                  f"on --dataset text and only they do; got space "
+                                  f"{self.space!r} with dataset {self.dataset!r}")
+            if self.dataset == "text" and self.workers:
+                raise ConfigError("workers: --dataset text children train in this process "
+                                  "only (no Ray workers yet); drop --workers")
 
 
     def _check_ppo(self) -> None:

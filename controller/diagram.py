@@ -58,8 +58,33 @@ def _macro(arch: Architecture) -> list[Graph]:
     return [Graph("macro network", (*names, "classifier"), tuple(edges))]
 
 
+def _rnn_tree(arch: Architecture) -> list[Graph]:
+    tree = [n for n in arch.nodes if n.type == "tree"]
+    inject = next(n for n in arch.nodes if n.type == "inject")
+    cell = next(n for n in arch.nodes if n.type == "cell")
+    names = [f"{i} {n.op}" for i, n in enumerate(tree)]
+    edges = [(src, names[i], "") for i, n in enumerate(tree) if not n.inputs
+             for src in ("x[t]", "h[t-1]")]
+    edges += [(names[j], names[i], "") for i, n in enumerate(tree) for j in n.inputs]
+    edges += [("c[t-1]", names[inject.inputs[0]], f"inject {inject.op}"),
+              (names[cell.inputs[0]], "c[t]", ""), (names[-1], "h[t]", "")]
+    return [Graph("recurrent tree cell", ("x[t]", "h[t-1]", "c[t-1]", *names, "c[t]", "h[t]"),
+                  tuple(edges))]
+
+
+def _enas_rnn(arch: Architecture) -> list[Graph]:
+    names = [f"{i} {n.op}" for i, n in enumerate(arch.nodes)]
+    read = {j for n in arch.nodes for j in n.inputs}
+    edges = [("x[t]", names[0], ""), ("h[t-1]", names[0], "")]
+    edges += [(names[n.inputs[0]], names[i], "") for i, n in enumerate(arch.nodes) if n.inputs]
+    edges += [(names[i], "h[t] (mean)", "") for i in range(len(names)) if i not in read]
+    return [Graph("ENAS recurrent cell", ("x[t]", "h[t-1]", *names, "h[t] (mean)"),
+                  tuple(edges))]
+
+
 GRAPHS: dict[str, Callable[[Architecture], list[Graph]]] = {
-    "nb201": _nb201, "nasnet": _cells, "enas-micro": _cells, "macro": _macro}
+    "nb201": _nb201, "nasnet": _cells, "enas-micro": _cells, "macro": _macro,
+    "rnn-cell": _rnn_tree, "enas-rnn": _enas_rnn}
 
 
 def draw(arch: Architecture, path: Path) -> Path:

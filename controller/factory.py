@@ -25,8 +25,10 @@ from controller.strategies.base import Strategy
 from controller.strategies.evolution import EvolutionStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
+from controller.text_training import TextLMEvaluator
 from protos.types import SearchSpaceSpec
 from worker.measure import NB201Costs
+from worker.text_lm import LMRecipe
 from worker.trainer import TrainRecipe
 
 
@@ -66,6 +68,8 @@ STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] =
 }
 
 def _train_evaluator(cfg: SearchConfig) -> Evaluator:
+    if cfg.dataset == "text":
+        return _text_evaluator(cfg)
     try:
         recipe = TrainRecipe(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr,
                              weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
@@ -78,6 +82,13 @@ def _train_evaluator(cfg: SearchConfig) -> Evaluator:
     return TrainEvaluator.from_data(str(cfg.dataset), cfg.data_dir, cfg.seed, cfg.train_subset,
                                     cfg.val_subset, spec_args, recipe,
                                     Path(str(cfg.out)) / "children")
+
+
+def _text_evaluator(cfg: SearchConfig) -> Evaluator:
+    """Char-LM children of a recurrent-cell space on ``cfg.corpus``."""
+    recipe = LMRecipe(steps=cfg.lm_steps, bptt=cfg.bptt, batch_size=cfg.batch_size,
+                      hidden=cfg.lm_hidden, seed=cfg.seed, reward_c=cfg.reward_c)
+    return TextLMEvaluator.from_corpus(cfg.corpus, cfg.train_subset, cfg.val_subset, recipe)
 
 
 def _nb201_evaluator(cfg: SearchConfig) -> Evaluator:

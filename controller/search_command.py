@@ -57,7 +57,8 @@ def add_parser(sub: Any) -> None:
                    help="YAML file of settings (keys as flags)")
     g = p.add_argument_group("search space")
     g.add_argument("--space", choices=SPACE_NAMES, help="search space (default nb201)")
-    g.add_argument("--num-blocks", type=int, help="nasnet/enas-micro: blocks per cell (5)")
+    g.add_argument("--num-blocks", type=int, help="nasnet/enas-micro: blocks per cell (5); "
+                   "enas-rnn: nodes (8)")
     g.add_argument("--num-layers", type=int, help="macro: layers (6)")
     g.add_argument("--predict-strides", action="store_true", help="macro: also choose strides")
     g = p.add_argument_group("strategy")
@@ -114,6 +115,16 @@ def add_parser(sub: Any) -> None:
                    help="last epoch's val accuracy, or max of the last 5 (Zoph & Le)")
     g.add_argument("--cube-reward", action="store_true", help="cube the reward (Zoph & Le)")
     g.add_argument("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+    g = p.add_argument_group("recurrent cells (--space rnn-cell/enas-rnn --dataset text)")
+    g.add_argument("--corpus", help="text file for the char-level LM children (default "
+                   "$NAS_DATA_DIR/text/tinyshakespeare.txt); --train-subset/--val-subset count "
+                   "characters (validation: the corpus's tail, 10%% by default)")
+    g.add_argument("--lm-steps", type=int, help="Adam steps per child LM (200); reward = "
+                   "min(1, 80 / val_perplexity^2) (Zoph & Le)")
+    g.add_argument("--lm-hidden", type=int, help="hidden size of the child LM (64)")
+    g.add_argument("--bptt", type=int, help="truncated-BPTT window in characters (32)")
+    g.add_argument("--reward-c", type=float, help="c of the reward min(1, c / perplexity^2) "
+                   "(80, Zoph & Le); lower it when good children reach perplexity < sqrt(c)")
     g = p.add_argument_group("distributed layout (Zoph & Le: S shards, K replicas, m children)")
     g.add_argument("--shards", type=int, help="parameter-server shards, S (1)")
     g.add_argument("--replicas", type=int, help="controller replicas, K (1); > 1 or --shards "

@@ -53,7 +53,7 @@ def test_services_do_not_import_each_other() -> None:
 # The composition root: the `nas` command and what it wires together (the local layout runs the
 # worker's trainer in-process). Nothing else in the controller may import another service.
 COMPOSITION_ROOT = {"cli.py", "factory.py", "local_training.py", "ray_training.py", "bundle.py",
-                    "bundle_command.py"}
+                    "bundle_command.py", "text_training.py"}
 
 
 def test_only_the_composition_root_imports_other_services() -> None:

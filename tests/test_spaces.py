@@ -33,7 +33,7 @@ def test_decode_encode_string_round_trip(spec: SearchSpaceSpec) -> None:
 
 
 def test_registry_names_and_unknown_space() -> None:
-    assert set(SPACE_NAMES) == {"nb201", "nasnet", "enas-micro", "macro"}
+    assert set(SPACE_NAMES) == {"nb201", "nasnet", "enas-micro", "macro", "rnn-cell", "enas-rnn"}
     with pytest.raises(KeyError, match=r"unknown search space 'darts'.*nb201"):
         create_space("darts")
 

@@ -44,7 +44,9 @@ WIRE_NAMES = {
     "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
     "replicas": "spec.execution.replicas", "parallel": "spec.execution.parallel",
     "staleness": "spec.execution.staleness",
-    "objectives": "spec.objectives",
+    "objectives": "spec.objectives", "corpus": "spec.evaluation.corpus",
+    "lm_steps": "spec.evaluation.lm_steps", "lm_hidden": "spec.evaluation.lm_hidden",
+    "bptt": "spec.evaluation.bptt", "reward_c": "spec.evaluation.reward_c",
 }
 MAX_BUDGET = 100_000
 
@@ -68,6 +70,9 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
         "dataset": e.dataset or None, "train_subset": e.train_subset or None,
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
+        "corpus": e.corpus or None, "lm_steps": e.lm_steps or None,
+        "lm_hidden": e.lm_hidden or None, "bptt": e.bptt or None,
+        "reward_c": e.reward_c or None,
         "budget": spec.budget, "seed": spec.seed,
         "replicas": spec.execution.replicas or None, "parallel": spec.execution.parallel or None,
         "staleness": _optional(spec.execution, "staleness"),
@@ -118,7 +123,10 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                    dataset=s.get("dataset", ""),
                                    train_subset=s.get("train_subset", 0),
                                    val_subset=s.get("val_subset", 0),
-                                   failure_reward=s.get("failure_reward", 0.0))
+                                   failure_reward=s.get("failure_reward", 0.0),
+                                   corpus=s.get("corpus", ""), lm_steps=s.get("lm_steps", 0),
+                                   lm_hidden=s.get("lm_hidden", 0), bptt=s.get("bptt", 0),
+                                   reward_c=s.get("reward_c", 0.0))
     if "cells" in s:
         evaluation.model.CopyFrom(wk.ChildSize(cells=s["cells"], filters=s["filters"],
                                                drop_path=s["drop_path"],

@@ -8,6 +8,7 @@ from controller.spaces.base import Decision, InvalidArchitecture, SearchSpace
 from controller.spaces.cell import CellSpace, enas_micro, nasnet
 from controller.spaces.macro import MacroSpace
 from controller.spaces.nb201 import NB201Space
+from controller.spaces.rnn import ENASRNNSpace, RNNTreeSpace
 from protos.types import SearchSpaceSpec
 
 _REGISTRY: dict[str, Callable[[SearchSpaceSpec], SearchSpace]] = {
@@ -15,6 +16,8 @@ _REGISTRY: dict[str, Callable[[SearchSpaceSpec], SearchSpace]] = {
     "nasnet": lambda spec: nasnet(spec.num_blocks or 5),
     "enas-micro": lambda spec: enas_micro(spec.num_blocks or 5),
     "macro": lambda spec: MacroSpace(spec.num_layers or 6, spec.predict_strides),
+    "rnn-cell": lambda spec: RNNTreeSpace(),
+    "enas-rnn": lambda spec: ENASRNNSpace(spec.num_blocks or 8),
 }
 SPACE_NAMES = tuple(_REGISTRY)
 

@@ -127,15 +127,32 @@ class EvaluationSpec(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     RECIPE_FIELD_NUMBER: _builtins.int
     FAILURE_REWARD_FIELD_NUMBER: _builtins.int
+    CORPUS_FIELD_NUMBER: _builtins.int
+    LM_STEPS_FIELD_NUMBER: _builtins.int
+    LM_HIDDEN_FIELD_NUMBER: _builtins.int
+    BPTT_FIELD_NUMBER: _builtins.int
+    REWARD_C_FIELD_NUMBER: _builtins.int
     evaluator: _builtins.str
     """nb201 | train"""
     dataset: _builtins.str
-    """nb201: cifar10 | cifar100 | imagenet16; train: fashion-mnist | cifar10"""
+    """nb201: cifar10 | cifar100 | imagenet16; train: fashion-mnist | cifar10 | text"""
     train_subset: _builtins.int
     """0: all"""
     val_subset: _builtins.int
     """0: all"""
     failure_reward: _builtins.float
+    corpus: _builtins.str
+    """dataset text (spaces rnn-cell, enas-rnn): char-LM children; 0 / empty: the defaults
+    a text file on the service (tinyshakespeare)
+    """
+    lm_steps: _builtins.int
+    """Adam steps per child (200)"""
+    lm_hidden: _builtins.int
+    """hidden size (64)"""
+    bptt: _builtins.int
+    """truncated-BPTT window in characters (32)"""
+    reward_c: _builtins.float
+    """reward = min(1, reward_c / perplexity^2) (80)"""
     @_builtins.property
     def model(self) -> _worker_pb2.ChildSize:
         """train: the child's size (unset: defaults)"""
@@ -154,10 +171,15 @@ class EvaluationSpec(_message.Message):
         model: _worker_pb2.ChildSize | None = ...,
         recipe: _worker_pb2.TrainingRecipe | None = ...,
         failure_reward: _builtins.float = ...,
+        corpus: _builtins.str = ...,
+        lm_steps: _builtins.int = ...,
+        lm_hidden: _builtins.int = ...,
+        bptt: _builtins.int = ...,
+        reward_c: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "model", b"model", "recipe", b"recipe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "model", b"model", "recipe", b"recipe", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "bptt", b"bptt", "corpus", b"corpus", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "lm_hidden", b"lm_hidden", "lm_steps", b"lm_steps", "model", b"model", "recipe", b"recipe", "reward_c", b"reward_c", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
     _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
