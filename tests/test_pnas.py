@@ -40,12 +40,12 @@ def test_expansion_gives_exactly_the_cells_one_block_larger() -> None:
     bigger = pnas.expand([parent])
     # Assert: every child keeps the parent's block and adds node 2; node 3 still copies node 2
     assert all(len(c) == 2 and c[0] == parent[0] and len(c[1]) == 2 for c in bigger)
-    arch = space.to_string(space.decode(pnas._actions(bigger[0])))
+    arch = space.to_string(space.decode(pnas.cell_actions(bigger[0])))
     assert arch.startswith("|nor_conv_3x3~0|+") and arch.endswith("|none~0|none~1|skip_connect~2|")
     # ... and they are the 25 ways to decide node 2, one per isomorphism class
-    every = [space.canonical_hash(space.decode(pnas._actions((parent[0], (a, b)))))
+    every = [space.canonical_hash(space.decode(pnas.cell_actions((parent[0], (a, b)))))
              for a, b in itertools.product(range(5), repeat=2)]
-    got = [space.canonical_hash(space.decode(pnas._actions(c))) for c in bigger]
+    got = [space.canonical_hash(space.decode(pnas.cell_actions(c))) for c in bigger]
     assert len(got) == len(set(got)) and set(got) == set(every)
     # the 1-block cells are op(x): five of them, none trained twice
     assert sorted(space.to_string(t.architecture) for t in pnas.suggest(5))[0] == \

@@ -102,7 +102,8 @@ class PNASStrategy(Strategy):
         return list(itertools.product(*(range(self.space.decisions[d].num_choices)
                                         for d in self.layout.groups[b])))
 
-    def _actions(self, prefix: Prefix) -> tuple[int, ...]:
+    def cell_actions(self, prefix: Prefix) -> tuple[int, ...]:
+        """The space's actions of a cell whose first ``len(prefix)`` blocks are decided."""
         actions = list(self.layout.fill)
         for group, choice in zip(self.layout.groups, prefix, strict=False):
             for d, c in zip(group, choice, strict=True):
@@ -123,7 +124,7 @@ class PNASStrategy(Strategy):
         for cell in cells:
             for choice in self._block_choices(len(cell)):
                 bigger = (*cell, choice)
-                key = self.space.canonical_hash(self.space.decode(self._actions(bigger)))
+                key = self.space.canonical_hash(self.space.decode(self.cell_actions(bigger)))
                 if key not in seen:
                     seen.add(key)
                     out.append(bigger)
@@ -163,7 +164,7 @@ class PNASStrategy(Strategy):
             else:
                 trials.append(self._new_trial(self.space.sample_random(self.rng)))
                 continue
-            trial = self._new_trial(self.space.decode(self._actions(prefix)))
+            trial = self._new_trial(self.space.decode(self.cell_actions(prefix)))
             self._outstanding[trial.trial_id] = (prefix, predicted)
             trials.append(trial)
             if not self._queue and self.steps[-1].blocks < self.max_blocks:
