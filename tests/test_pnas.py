@@ -12,16 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from controller.evaluators.nb201 import NB201Evaluator
 from controller.search import run_search
 from controller.service.client import SearchClient
 from controller.spaces import create_space
 from controller.strategies.pnas import PNASStrategy
+from controller.strategies.pnas_layouts import PNAS_OPS
 from controller.strategies.surrogate import SurrogateEnsemble, kendall_tau
-from protos.types import TrialResult, TrialStatus
+from protos.types import SearchSpaceSpec, TrialResult, TrialStatus
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
+from worker.builders import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,3 +149,73 @@ def test_a_pnas_job_runs_through_the_service(client: SearchClient, one_thread: N
     # Assert: the best 1-block cell, nor_conv_3x3(x), scores 0.760; two blocks do better
     assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 21
     assert job.best_reward > 0.8 and job.spec.strategy == "pnas"
+
+
+def test_cell_spaces_start_from_pnas_136_one_block_cells() -> None:
+    # Arrange: nasnet restricted to PNAS's 8 ops, one cell used as normal and reduction
+    space = create_space(SearchSpaceSpec("nasnet", num_blocks=3))
+    # Act
+    pnas = PNASStrategy(space, beam=2, surrogate="mlp")
+    trials = pnas.suggest(136)
+    # Assert: (2 inputs x 8 ops) choose 2 with repetition = 136, PNAS's |B_1|
+    assert len(trials) == 136 and len({t.arch_hash for t in trials}) == 136
+    for trial in trials:
+        space.validate(trial.architecture)
+        normal, reduction = space.to_string(trial.architecture).split(";")
+        assert normal.partition(":")[2] == reduction.partition(":")[2]
+        assert {n.op for n in trial.architecture.nodes if n.type == "branch"} <= \
+            set(PNAS_OPS)
+    # the undecided blocks pass the last decided one on
+    assert normal.endswith(",identity~2+identity~2,identity~3+identity~3")
+
+
+def test_cell_expansion_gives_every_way_to_add_a_block_once() -> None:
+    # Arrange
+    space = create_space(SearchSpaceSpec("nasnet", num_blocks=2))
+    pnas = PNASStrategy(space, beam=4, surrogate="mlp", seed=1)
+    parent = pnas._queue[0][0]
+    # Act
+    bigger = pnas.expand([parent])
+    # Assert: a parent's children are the 3 x 3 x 8 x 8 ways to add block 1, once per class
+    every = {space.canonical_hash(space.decode(pnas.cell_actions((parent[0], c))))
+             for c in itertools.product(range(3), range(3), *[pnas.layout.allowed[2]] * 2)}
+    got = [space.canonical_hash(space.decode(pnas.cell_actions(c))) for c in bigger]
+    assert all(len(c) == 2 and c[0] == parent[0] for c in bigger)
+    assert len(got) == len(set(got)) and set(got) == every and 200 < len(got) < 576
+
+
+def test_a_cell_step_trains_the_surrogates_top_k(one_thread: None) -> None:
+    # Arrange: enas-micro (5 of PNAS's ops: 55 one-block cells) and a synthetic reward, more
+    # separable convs higher, reported for every cell it proposes
+    space = create_space(SearchSpaceSpec("enas-micro", num_blocks=2))
+    pnas = PNASStrategy(space, beam=4, surrogate="mlp", seed=1)
+
+    def answer(n: int) -> None:
+        for trial in pnas.suggest(n):
+            arch = space.to_string(trial.architecture).split(";")[0]
+            pnas.report(trial.trial_id, TrialResult(trial.trial_id, TrialStatus.SUCCEEDED,
+                                                    0.5 + 0.1 * arch.count("sep_conv")))
+
+    # Act
+    answer(55)
+    answer(4)
+    # Assert: step 2 trained the surrogate's top 4 of every 1-block cell's expansions, which
+    # use separable convs: at least 3 of their 4 ops (a random 2-block cell has 1.6)
+    assert [(s.blocks, s.trained) for s in pnas.steps] == [(1, 55), (2, 4)]
+    assert pnas.steps[1].candidates > 1000
+    assert all(r >= 0.8 for r in pnas.steps[1].rewards)
+    assert pnas.steps[1].kendall_tau is not None
+
+
+def test_a_two_block_pnas_cell_builds_and_runs(one_thread: None) -> None:
+    # Arrange
+    space = create_space(SearchSpaceSpec("nasnet", num_blocks=3))
+    pnas = PNASStrategy(space, beam=2, surrogate="mlp")
+    ops = pnas.layout.allowed[2]
+    cell = ((0, 1, ops[0], ops[-1]), (2, 0, ops[3], ops[4]))
+    arch = space.decode(pnas.cell_actions(cell))
+    # Act
+    net = build_model(arch, ModelSpec(in_channels=1, num_classes=10, cells=1, filters=4))
+    logits = net(torch.zeros(2, 1, 28, 28))
+    # Assert
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()

@@ -6,55 +6,22 @@ trained so far), and trains the top ``beam``; the surrogate's Kendall tau on tho
 predicted before they trained, is the step's held-out rank correlation. After step B the next
 best-ranked B-block candidates are trained while budget remains.
 
-A space takes part through a ``BlockLayout``: which decisions form each block, in the order the
-blocks are added, and the value of a decision not yet decided. NB201 is the one wired here:
-its table makes a test of the whole loop take seconds. A PNAS block makes a new hidden state
-from earlier ones, so an NB201 block is one of its 3 nodes with all its incoming edges (5, 25,
-then 125 choices). Until node k is decided it copies node k-1 (edge k<-k-1 ``skip_connect``,
-its other edges ``none``), so a b-block cell outputs its last block, as a PNAS cell of b
-blocks would: the 1-block cells are op(x), and no step adds a block that computes nothing.
+How each space's decisions form blocks is in ``controller.strategies.pnas_layouts``.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.spaces.base import SearchSpace
-from controller.spaces.nb201 import EDGES, NUM_NODES, OPS
 from controller.strategies.base import Strategy
+from controller.strategies.pnas_layouts import LAYOUTS, PNAS_SPACES, BlockLayout, Prefix
 from controller.strategies.surrogate import SURROGATES, SurrogateEnsemble, kendall_tau
 from protos.types import Trial, TrialResult
 
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """A space's decisions grouped into PNAS blocks (in the order they are added)."""
-
-    groups: tuple[tuple[int, ...], ...]
-    fill: tuple[int, ...]  # every decision's action while its block is undecided
-
-    def __post_init__(self) -> None:
-        flat = sorted(d for g in self.groups for d in g)
-        if flat != list(range(len(self.fill))):
-            raise ValueError("BlockLayout: the groups must cover each decision exactly once")
-
-
-def nb201_layout(space: SearchSpace) -> BlockLayout:
-    """The 3 nodes, each with its incoming edges; an undecided node copies the one before."""
-    groups = tuple(tuple(i for i, (to, _) in enumerate(EDGES) if to == node)
-                   for node in range(1, NUM_NODES))
-    fill = tuple(OPS.index("skip_connect" if src == to - 1 else "none") for to, src in EDGES)
-    return BlockLayout(groups, fill)
-
-
-LAYOUTS: dict[str, Callable[[SearchSpace], BlockLayout]] = {"nb201": nb201_layout}
-PNAS_SPACES = tuple(LAYOUTS)
 __all__ = ["PNAS_SPACES", "SURROGATES", "BlockLayout", "PNASStrategy", "StepReport"]
-
-Prefix = tuple[tuple[int, ...], ...]  # the choices of the blocks decided so far
 
 
 @dataclass
@@ -96,19 +63,13 @@ class PNASStrategy(Strategy):
         self._outstanding: dict[str, tuple[Prefix, float]] = {}
         self._trained: list[Prefix] = []
         self._rest: list[tuple[Prefix, float]] = []  # ranked B-block cells not trained yet
-        self._start_step(1, [(c,) for c in self._block_choices(0)])
-
-    def _block_choices(self, b: int) -> list[tuple[int, ...]]:
-        return list(itertools.product(*(range(self.space.decisions[d].num_choices)
-                                        for d in self.layout.groups[b])))
+        first = self.expand([()])
+        self.rng.shuffle(first)  # a budget too small for all 1-block cells trains a sample
+        self._start_step(1, first)
 
     def cell_actions(self, prefix: Prefix) -> tuple[int, ...]:
         """The space's actions of a cell whose first ``len(prefix)`` blocks are decided."""
-        actions = list(self.layout.fill)
-        for group, choice in zip(self.layout.groups, prefix, strict=False):
-            for d, c in zip(group, choice, strict=True):
-                actions[d] = c
-        return tuple(actions)
+        return self.layout.actions(prefix)
 
     def tokens(self, prefix: Prefix) -> list[int]:
         """The surrogate's input: one token per decided decision, in block order."""
@@ -122,7 +83,7 @@ class PNASStrategy(Strategy):
         out: list[Prefix] = []
         seen: set[str] = set()
         for cell in cells:
-            for choice in self._block_choices(len(cell)):
+            for choice in self.layout.choices(len(cell)):
                 bigger = (*cell, choice)
                 key = self.space.canonical_hash(self.space.decode(self.cell_actions(bigger)))
                 if key not in seen:
