@@ -218,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
         doc["workers"] = workers
     if cfg.strategy == "pnas":
         doc["pnas"] = pnas
-        print("\n".join(pnas_lines(pnas)))
+        for line in pnas_lines(pnas):
+            print(line)
     path = write_result(out_dir, doc)
     print(summary(cfg, outcome, path))
     return 0

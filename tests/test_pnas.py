@@ -129,6 +129,25 @@ def test_nas_search_pnas_writes_each_steps_kendall_tau(tmp_path: Path) -> None:
     assert "pnas 3 block(s): trained 3 of" in proc.stdout and "Kendall tau" in proc.stdout
 
 
+def test_nas_search_pnas_trains_real_pnas_cells(tmp_path: Path,
+                                                fashion_mnist_installed: Path) -> None:
+    # Act: two children of nasnet restricted to PNAS's ops, trained on a Fashion-MNIST slice
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller", "search", "--space", "nasnet", "--num-blocks", "2",
+         "--strategy", "pnas", "--evaluator", "train", "--budget", "2", "--train-subset", "256",
+         "--val-subset", "128", "--quiet", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Assert: 1-block cells (block 1 passes block 0 on), the same cell twice; step 1 unfinished
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["trainings"] == 2 and doc["pnas"] == []
+    for entry in doc["history"]:
+        normal, reduction = entry["arch"].split(";")
+        assert normal.endswith(",identity~2+identity~2") and normal[6:] == reduction[9:]
+        assert 0 < entry["reward"] <= 1 and entry["metrics"]["params"] > 0
+
+
 @pytest.mark.parametrize(("flags", "field"), [
     (["--beam", "0"], "beam: must be >= 1"),
     (["--space", "macro", "--evaluator", "train"], "space: --strategy pnas runs on nb201"),
