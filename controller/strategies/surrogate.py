@@ -112,6 +112,9 @@ class SurrogateEnsemble:
         """The ensemble's mean predicted reward of each cell (0.0 each before any ``fit``)."""
         if not self.models:
             return [0.0] * len(cells)
-        tokens, lengths = self._batch(cells)
-        z = torch.stack([m(tokens, lengths) for m in self.models]).mean(0)
-        return [float(v) * self.std + self.mean for v in z]
+        out: list[float] = []
+        for i in range(0, len(cells), 4096):  # a step ranks ~10^4 cells: bounded memory
+            tokens, lengths = self._batch(cells[i:i + 4096])
+            z = torch.stack([m(tokens, lengths) for m in self.models]).mean(0)
+            out += [float(v) * self.std + self.mean for v in z]
+        return out
