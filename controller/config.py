@@ -15,8 +15,9 @@ from controller.objectives import normalize_objectives
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
+from controller.strategies.pnas import PNAS_SPACES, SURROGATES
 
-STRATEGIES = ("reinforce", "random", "evolution")
+STRATEGIES = ("reinforce", "random", "evolution", "pnas")
 EVALUATORS = ("nb201", "train")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
 TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
@@ -47,6 +48,8 @@ class SearchConfig:
     ppo_epochs: int | None = None  # controller ppo: gradient steps per batch (None: 4)
     population: int = 10
     tournament: int = 3
+    beam: int = 16  # pnas: cells trained per step (K)
+    surrogate: str = "lstm"  # pnas: the accuracy predictor, lstm or mlp
     evaluator: str = "nb201"
     dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
     nb201_csv: str | None = None
@@ -119,7 +122,7 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
-        for name, low in (("budget", 1), ("population", 1), ("tournament", 1),
+        for name, low in (("budget", 1), ("population", 1), ("tournament", 1), ("beam", 1),
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
@@ -150,6 +153,10 @@ class SearchConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         _one_of("reward", self.reward, ("last", "max5"))
+        _one_of("surrogate", self.surrogate, SURROGATES)
+        if self.strategy == "pnas" and self.space not in PNAS_SPACES:
+            raise ConfigError(f"space: --strategy pnas runs on {', '.join(PNAS_SPACES)}, "
+                              f"got {self.space!r}")
         if self.entropy_weight is not None and self.entropy_weight < 0:
             raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
         if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:

@@ -23,6 +23,7 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SearchSpace, create_space
 from controller.strategies.base import Strategy
 from controller.strategies.evolution import EvolutionStrategy
+from controller.strategies.pnas import PNASStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 from controller.text_training import TextLMEvaluator
@@ -65,6 +66,8 @@ STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] =
     "evolution": lambda space, cfg: EvolutionStrategy(space, seed=cfg.seed,
                                                       population=cfg.population,
                                                       sample=cfg.tournament),
+    "pnas": lambda space, cfg: PNASStrategy(space, seed=cfg.seed, beam=cfg.beam,
+                                            surrogate=cfg.surrogate),
 }
 
 def _train_evaluator(cfg: SearchConfig) -> Evaluator:

@@ -32,6 +32,8 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome
 from controller.service.embedded import EmbeddedSearch
 from controller.spaces import SPACE_NAMES
+from controller.strategies.pnas_report import pnas_lines, pnas_steps
+from controller.strategies.surrogate import SURROGATES
 
 EPILOG = """examples:
   nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \\
@@ -79,6 +81,10 @@ def add_parser(sub: Any) -> None:
                    help="--controller ppo: gradient steps over each batch of children (4)")
     g.add_argument("--population", type=int, help="evolution: population size (10)")
     g.add_argument("--tournament", type=int, help="evolution: tournament sample size (3)")
+    g.add_argument("--beam", type=int, help="pnas: cells trained per progressive step, the "
+                   "top-K of the surrogate's ranking (16)")
+    g.add_argument("--surrogate", choices=SURROGATES,
+                   help="pnas: accuracy predictor, an ensemble of 5 LSTMs or MLPs (lstm)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--evaluator", choices=EVALUATORS,
                    help="nb201: NAS-Bench-201 table lookups (default); train: build and train "
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = search.run(progress)
         layout = search.layout_report() if search.cluster.has_paramservers else None
         policy = search.policy_updates()
+        pnas = pnas_steps(search.store.journal(search.job_id)) if cfg.strategy == "pnas" else []
         workers = search.cluster.workers.summary() if search.cluster.workers else None
     finally:
         bar.close()
@@ -225,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
         doc["layout"] = layout
     if workers is not None:
         doc["workers"] = workers
+    if cfg.strategy == "pnas":
+        doc["pnas"] = pnas
+        for line in pnas_lines(pnas):
+            print(line)
     path = write_result(out_dir, doc)
     print(summary(cfg, outcome, path))
     return 0
