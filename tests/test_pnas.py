@@ -21,6 +21,7 @@ from controller.spaces import create_space
 from controller.strategies.pnas import PNASStrategy
 from controller.strategies.pnas_layouts import PNAS_OPS
 from controller.strategies.surrogate import SurrogateEnsemble, kendall_tau
+from protos.errors import InvalidArgumentError
 from protos.types import SearchSpaceSpec, TrialResult, TrialStatus
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -160,14 +161,20 @@ def test_bad_pnas_settings_exit_2_naming_the_field(flags: list[str], field: str)
 
 
 def test_a_pnas_job_runs_through_the_service(client: SearchClient, one_thread: None) -> None:
-    # Arrange: the default beam of 16: 5 one-block cells, then 16 two-block ones
+    # Arrange: a beam of 8 and the MLP surrogate: 5 one-block cells, then 8 two-block ones
     spec = sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="pnas",
-                         evaluation=sp.EvaluationSpec(evaluator="nb201"), budget=21, seed=0)
+                         evaluation=sp.EvaluationSpec(evaluator="nb201"), budget=13, seed=0,
+                         strategy_options=sp.StrategyOptions(beam=8, surrogate="mlp"))
     # Act
     job = client.wait(client.submit(spec), 120.0)
     # Assert: the best 1-block cell, nor_conv_3x3(x), scores 0.760; two blocks do better
-    assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 21
+    assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 13
     assert job.best_reward > 0.8 and job.spec.strategy == "pnas"
+    assert job.spec.strategy_options.beam == 8
+    assert job.spec.strategy_options.surrogate == "mlp"
+    spec.strategy_options.beam = -1
+    with pytest.raises(InvalidArgumentError, match=r"spec\.strategy_options\.beam"):
+        client.submit(spec)
 
 
 def test_cell_spaces_start_from_pnas_136_one_block_cells() -> None:

@@ -44,6 +44,9 @@ WIRE_NAMES = {
     "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
     "replicas": "spec.execution.replicas", "parallel": "spec.execution.parallel",
     "staleness": "spec.execution.staleness",
+    "population": "spec.strategy_options.population",
+    "tournament": "spec.strategy_options.tournament", "beam": "spec.strategy_options.beam",
+    "surrogate": "spec.strategy_options.surrogate",
     "objectives": "spec.objectives", "corpus": "spec.evaluation.corpus",
     "lm_steps": "spec.evaluation.lm_steps", "lm_hidden": "spec.evaluation.lm_hidden",
     "bptt": "spec.evaluation.bptt", "reward_c": "spec.evaluation.reward_c",
@@ -76,6 +79,10 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "budget": spec.budget, "seed": spec.seed,
         "replicas": spec.execution.replicas or None, "parallel": spec.execution.parallel or None,
         "staleness": _optional(spec.execution, "staleness"),
+        "population": spec.strategy_options.population or None,
+        "tournament": spec.strategy_options.tournament or None,
+        "beam": spec.strategy_options.beam or None,
+        "surrogate": spec.strategy_options.surrogate or None,
         "objectives": objectives_settings(spec.objectives) or None}
     if e.HasField("model"):
         settings.update(cells=e.model.cells, filters=e.model.filters,
@@ -137,6 +144,9 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
             weight_decay=s["weight_decay"], label_smoothing=s["label_smoothing"],
             reward=s["reward"], cube_reward=s["cube_reward"], device=s["device"]))
     execution = sp.ExecutionSpec(replicas=s.get("replicas", 0), parallel=s.get("parallel", 0))
+    options = sp.StrategyOptions(population=s.get("population", 0),
+                                 tournament=s.get("tournament", 0), beam=s.get("beam", 0),
+                                 surrogate=s.get("surrogate", ""))
     if "staleness" in s:
         execution.staleness = s["staleness"]
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name=s.get("space", ""),
@@ -146,5 +156,5 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                                                         False)),
                          strategy=s.get("strategy", ""), controller=controller,
                          evaluation=evaluation, budget=s["budget"], seed=s["seed"],
-                         execution=execution,
+                         execution=execution, strategy_options=options,
                          objectives=objectives_to_proto(s.get("objectives", ())))

@@ -207,6 +207,7 @@ class SearchSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     OBJECTIVES_FIELD_NUMBER: _builtins.int
     EXECUTION_FIELD_NUMBER: _builtins.int
+    STRATEGY_OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """free text for people"""
     strategy: _builtins.str
@@ -228,6 +229,10 @@ class SearchSpec(_message.Message):
     def execution(self) -> Global___ExecutionSpec:
         """how the job runs on the service's cluster"""
 
+    @_builtins.property
+    def strategy_options(self) -> Global___StrategyOptions:
+        """evolution's and PNAS's settings (unset: defaults)"""
+
     def __init__(
         self,
         *,
@@ -240,10 +245,11 @@ class SearchSpec(_message.Message):
         seed: _builtins.int = ...,
         objectives: _abc.Iterable[Global___Objective] | None = ...,
         execution: Global___ExecutionSpec | None = ...,
+        strategy_options: Global___StrategyOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "space", b"space"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "space", b"space", "strategy_options", b"strategy_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "name", b"name", "objectives", b"objectives", "seed", b"seed", "space", b"space", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "controller", b"controller", "evaluation", b"evaluation", "execution", b"execution", "name", b"name", "objectives", b"objectives", "seed", b"seed", "space", b"space", "strategy", b"strategy", "strategy_options", b"strategy_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -836,13 +842,46 @@ class ExportChunk(_message.Message):
 Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
 
 @_typing.final
-class ExecutionSpec(_message.Message):
+class StrategyOptions(_message.Message):
     """--- execution ---
 
     How a job runs on the service's parameter servers and workers (unset: one replica, one
     child at a time).
+    Settings of the non-REINFORCE strategies (0 / "": the default).
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POPULATION_FIELD_NUMBER: _builtins.int
+    TOURNAMENT_FIELD_NUMBER: _builtins.int
+    BEAM_FIELD_NUMBER: _builtins.int
+    SURROGATE_FIELD_NUMBER: _builtins.int
+    population: _builtins.int
+    """evolution: population size (10)"""
+    tournament: _builtins.int
+    """evolution: tournament sample size (3)"""
+    beam: _builtins.int
+    """pnas: cells trained per step (16)"""
+    surrogate: _builtins.str
+    """pnas: lstm | mlp"""
+    def __init__(
+        self,
+        *,
+        population: _builtins.int = ...,
+        tournament: _builtins.int = ...,
+        beam: _builtins.int = ...,
+        surrogate: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam", b"beam", "population", b"population", "surrogate", b"surrogate", "tournament", b"tournament"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StrategyOptions: _TypeAlias = StrategyOptions  # noqa: Y015
+
+@_typing.final
+class ExecutionSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLICAS_FIELD_NUMBER: _builtins.int
