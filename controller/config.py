@@ -17,7 +17,8 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
 from controller.strategies.pnas import PNAS_SPACES, SURROGATES
 
-STRATEGIES = ("reinforce", "random", "evolution", "pnas")
+STRATEGIES = ("reinforce", "random", "evolution", "pnas", "enas")
+ENAS_SPACES = ("enas-micro", "macro", "nasnet", "nb201")  # spaces with a supernet
 EVALUATORS = ("nb201", "train")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
 TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
@@ -50,6 +51,9 @@ class SearchConfig:
     tournament: int = 3
     beam: int = 16  # pnas: cells trained per step (K)
     surrogate: str = "lstm"  # pnas: the accuracy predictor, lstm or mlp
+    enas_epochs: int = 10  # enas: passes of shared-weight training (each then controller steps)
+    controller_steps: int = 20  # enas: controller updates after each shared-weight pass
+    derive_samples: int = 16  # enas: children sampled from the final policy and scored
     evaluator: str = "nb201"
     dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
     nb201_csv: str | None = None
@@ -128,7 +132,8 @@ class SearchConfig:
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
                           ("workers", 0), ("max_attempts", 1),
                           ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1),
-                          ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1)):
+                          ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1),
+                          ("enas_epochs", 1), ("controller_steps", 1), ("derive_samples", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.tournament > self.population:
@@ -157,6 +162,8 @@ class SearchConfig:
         if self.strategy == "pnas" and self.space not in PNAS_SPACES:
             raise ConfigError(f"space: --strategy pnas runs on {', '.join(PNAS_SPACES)}, "
                               f"got {self.space!r}")
+        if self.strategy == "enas":
+            self._check_enas()
         if self.entropy_weight is not None and self.entropy_weight < 0:
             raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
         if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
@@ -183,6 +190,14 @@ class SearchConfig:
                 raise ConfigError("workers: --dataset text children train in this process "
                                   "only (no Ray workers yet); drop --workers")
 
+
+    def _check_enas(self) -> None:
+        if self.space not in ENAS_SPACES:
+            raise ConfigError(f"space: --strategy enas shares weights on "
+                              f"{', '.join(ENAS_SPACES)}, got {self.space!r}")
+        if self.evaluator != "train":
+            raise ConfigError("evaluator: --strategy enas trains a supernet on the job's "
+                              "images and its derived child from scratch; add --evaluator train")
 
     def _check_ppo(self) -> None:
         for name in ("ppo_clip", "ppo_epochs"):
@@ -273,6 +288,8 @@ def build_config(*layers: Mapping[str, Any]) -> SearchConfig:
                 raise ConfigError(f"{raw_key}: unknown setting; known: "
                                   f"{', '.join(sorted(known))}")
             merged[key] = _coerce(key, known[key], value)
+    if merged.get("strategy") == "enas":  # ENAS's own controller unless another is named
+        merged.setdefault("controller", "enas")
     return SearchConfig(**merged)
 
 

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.config import ConfigError, SearchConfig
+import torch
+
+from controller.config import ENAS_SPACES, ConfigError, SearchConfig
 from controller.evaluators.base import Evaluator
 from controller.evaluators.measured import MeasuredEvaluator
 from controller.evaluators.nb201 import NB201Evaluator
@@ -21,16 +23,25 @@ from controller.policy.reinforce import ReinforceConfig
 from controller.policy.updaters import ParameterUpdater
 from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SearchSpace, create_space
+from controller.spaces.cell import CellSpace
+from controller.spaces.macro import MacroSpace
+from controller.spaces.nb201 import OPS as NB201_OPS
+from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy
+from controller.strategies.enas import EnasStrategy, SharedWeights
 from controller.strategies.evolution import EvolutionStrategy
 from controller.strategies.pnas import PNASStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 from controller.text_training import TextLMEvaluator
 from protos.types import SearchSpaceSpec
+from worker.builders import ModelSpec
+from worker.datasets import load_dataset
 from worker.measure import NB201Costs
+from worker.supernet import CellSupernet, MacroSupernet, NB201Supernet, Supernet
 from worker.text_lm import LMRecipe
 from worker.trainer import TrainRecipe
+from worker.weight_sharing import SharedRecipe, SharedTrainer
 
 
 def build_space(cfg: SearchConfig) -> SearchSpace:
@@ -68,7 +79,44 @@ STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] =
                                                       sample=cfg.tournament),
     "pnas": lambda space, cfg: PNASStrategy(space, seed=cfg.seed, beam=cfg.beam,
                                             surrogate=cfg.surrogate),
+    "enas": lambda space, cfg: build_enas(space, cfg),
 }
+
+
+def build_supernet(space: SearchSpace, spec: ModelSpec) -> Supernet:
+    """The weight-sharing supernet of a space (enas-micro, nasnet, macro, nb201)."""
+    if isinstance(space, CellSpace):
+        return CellSupernet(spec, space.ops, space.combines, space.num_blocks)
+    if isinstance(space, MacroSpace):
+        return MacroSupernet(spec, space.num_layers)
+    if isinstance(space, NB201Space):
+        return NB201Supernet(spec, NB201_OPS)
+    raise ConfigError(f"space: --strategy enas shares weights on {', '.join(ENAS_SPACES)}, "
+                      f"not {space.name!r}")
+
+
+def build_enas(space: SearchSpace, cfg: SearchConfig) -> EnasStrategy:
+    """ENAS: the job's controller preset (``enas`` unless another is named) and a supernet
+    sized like the job's children, trained on the job's dataset (loaded when the search
+    starts, not when the strategy is built)."""
+    try:
+        recipe = SharedRecipe(epochs=cfg.enas_epochs, batch_size=cfg.batch_size,
+                              learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+                              seed=cfg.seed, device=cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def make_shared() -> SharedWeights:
+        splits = load_dataset(str(cfg.dataset), cfg.data_dir, seed=cfg.seed,
+                              train_subset=cfg.train_subset, val_subset=cfg.val_subset)
+        spec = ModelSpec(in_channels=splits.in_channels, num_classes=splits.num_classes,
+                         cells=cfg.cells, filters=cfg.filters)
+        torch.manual_seed(cfg.seed)
+        return SharedTrainer(build_supernet(space, spec), splits, recipe)
+
+    return EnasStrategy(space, build_reinforce(space, cfg), make_shared,
+                        epochs=cfg.enas_epochs, controller_steps=cfg.controller_steps,
+                        derive_samples=cfg.derive_samples)
 
 def _train_evaluator(cfg: SearchConfig) -> Evaluator:
     if cfg.dataset == "text":

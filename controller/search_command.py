@@ -32,6 +32,7 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome
 from controller.service.embedded import EmbeddedSearch
 from controller.spaces import SPACE_NAMES
+from controller.strategies.enas_report import enas_lines, supernet_report
 from controller.strategies.pnas_report import pnas_lines, pnas_steps
 from controller.strategies.surrogate import SURROGATES
 
@@ -85,6 +86,14 @@ def add_parser(sub: Any) -> None:
                    "top-K of the surrogate's ranking (16)")
     g.add_argument("--surrogate", choices=SURROGATES,
                    help="pnas: accuracy predictor, an ensemble of 5 LSTMs or MLPs (lstm)")
+    g.add_argument("--enas-epochs", type=int, help="enas: passes of shared-weight training, "
+                   "each followed by the controller's steps (10)")
+    g.add_argument("--controller-steps", type=int, help="enas: controller updates after each "
+                   "pass, each rewarded by a sampled child's accuracy on a validation "
+                   "minibatch under the shared weights (20)")
+    g.add_argument("--derive-samples", type=int, help="enas: children sampled from the final "
+                   "policy and scored on the validation split; the best-scored trains from "
+                   "scratch first, the budget's next trainings take the next ones (16)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--evaluator", choices=EVALUATORS,
                    help="nb201: NAS-Bench-201 table lookups (default); train: build and train "
@@ -199,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
                mininterval=0.5)
 
     def progress(trainings: int, best: float | None) -> None:
+        if cfg.strategy == "enas":  # the supernet phase is over: children train from scratch
+            bar.set_description(f"{cfg.space}/enas from scratch", refresh=False)
         if best is not None:
             bar.set_postfix(best=f"{best:.4f}", refresh=False)
         bar.update(min(trainings, cfg.budget) - bar.n)
@@ -209,10 +220,20 @@ def run(args: argparse.Namespace) -> int:
         search = EmbeddedSearch(cfg)
         if search.cluster.metrics_url:
             print(f"metrics: {search.cluster.metrics_url}", file=sys.stderr, flush=True)
-        outcome = search.run(progress)
+        def supernet_epoch(note: dict[str, Any]) -> None:  # ENAS: the phase before training
+            if "enas_epoch" in note:
+                bar.set_description(f"{cfg.space}/enas supernet epoch "
+                                    f"{int(note['enas_epoch'])}/{int(note['enas_epochs'])}",
+                                    refresh=False)
+                bar.set_postfix(shared_acc=f"{note['shared_accuracy']:.3f}",
+                                controller=f"{note['controller_reward']:.3f}")
+
+        outcome = search.run(progress, supernet_epoch if cfg.strategy == "enas" else None)
         layout = search.layout_report() if search.cluster.has_paramservers else None
         policy = search.policy_updates()
-        pnas = pnas_steps(search.store.journal(search.job_id)) if cfg.strategy == "pnas" else []
+        journal = search.store.journal(search.job_id)
+        pnas = pnas_steps(journal) if cfg.strategy == "pnas" else []
+        supernet = supernet_report(journal)
         workers = search.cluster.workers.summary() if search.cluster.workers else None
     finally:
         bar.close()
@@ -235,6 +256,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.strategy == "pnas":
         doc["pnas"] = pnas
         for line in pnas_lines(pnas):
+            print(line)
+    if supernet is not None:
+        doc["enas"] = supernet
+        for line in enas_lines(supernet):
             print(line)
     path = write_result(out_dir, doc)
     print(summary(cfg, outcome, path))

@@ -35,7 +35,8 @@ STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 MOVES = {"PENDING": {"RUNNING", *ENDED}, "RUNNING": set(ENDED)}
 TRIAL_STATUSES = ("running", "succeeded", "failed")
-NOTE_KINDS = ("policy", "evaluator", "resumed")  # facts a job's journal keeps besides trials
+# facts a job's journal keeps besides trials (supernet: an ENAS job's weight-sharing phase)
+NOTE_KINDS = ("policy", "evaluator", "resumed", "supernet")
 
 
 class ConflictError(RuntimeError):

@@ -53,15 +53,23 @@ class EmbeddedSearch:
                 "trial_reports": self.cluster.workers.report_address
                 if self.cluster.workers else None}
 
-    def run(self, progress: ProgressFn | None = None) -> SearchOutcome:
+    def run(self, progress: ProgressFn | None = None,
+            on_policy: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
         """Run the job to its end; the outcome over all replicas (history in journal order).
+        ``on_policy`` gets each new policy note (e.g. an ENAS supernet epoch) while it runs.
         The error that failed the job is raised as it was (ConfigError, EvaluatorError, ...)."""
         settings = {k: v for k, v in vars(self.cfg).items() if v is not None}
         self.store.create(self.job_id, "local", "local", settings)
         start = time.perf_counter()
         self.runner.start(self.job_id)
         seen = 0
+        last_note: dict[str, Any] | None = None
         while not self.runner.wait(self.job_id, 0.2):
+            if on_policy is not None:
+                note = self.store.get(self.job_id).notes.get("policy")
+                if note is not None and note != last_note:
+                    last_note = note
+                    on_policy(note)
             if progress is not None:
                 view = self.store.get(self.job_id)
                 trials = [t for t in view.trials.values() if t.get("status") == "succeeded"]

@@ -43,6 +43,7 @@ from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
+from controller.strategies.enas import EnasStrategy
 from protos.errors import FailedPreconditionError
 from protos.types import Trial
 
@@ -255,6 +256,12 @@ class JobRunner:
         else:
             strategy = build_strategy(space, cfg)
             strategy.job_id = tag
+            if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch
+                report = strategy.search_supernet(
+                    stop=cancelled.is_set,
+                    on_epoch=lambda stats: self.store.note(job_id, "policy", stats))
+                updates = float(len(report.epochs))
+                self.store.note(job_id, "supernet", report.to_json())
             outcomes = [search(strategy)]
         result.outcomes = outcomes
         reasons = sorted({o.stopped_reason for o in outcomes})

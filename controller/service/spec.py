@@ -47,6 +47,9 @@ WIRE_NAMES = {
     "population": "spec.strategy_options.population",
     "tournament": "spec.strategy_options.tournament", "beam": "spec.strategy_options.beam",
     "surrogate": "spec.strategy_options.surrogate",
+    "enas_epochs": "spec.strategy_options.enas_epochs",
+    "controller_steps": "spec.strategy_options.controller_steps",
+    "derive_samples": "spec.strategy_options.derive_samples",
     "objectives": "spec.objectives", "corpus": "spec.evaluation.corpus",
     "lm_steps": "spec.evaluation.lm_steps", "lm_hidden": "spec.evaluation.lm_hidden",
     "bptt": "spec.evaluation.bptt", "reward_c": "spec.evaluation.reward_c",
@@ -83,6 +86,9 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "tournament": spec.strategy_options.tournament or None,
         "beam": spec.strategy_options.beam or None,
         "surrogate": spec.strategy_options.surrogate or None,
+        "enas_epochs": spec.strategy_options.enas_epochs or None,
+        "controller_steps": spec.strategy_options.controller_steps or None,
+        "derive_samples": spec.strategy_options.derive_samples or None,
         "objectives": objectives_settings(spec.objectives) or None}
     if e.HasField("model"):
         settings.update(cells=e.model.cells, filters=e.model.filters,
@@ -146,7 +152,10 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
     execution = sp.ExecutionSpec(replicas=s.get("replicas", 0), parallel=s.get("parallel", 0))
     options = sp.StrategyOptions(population=s.get("population", 0),
                                  tournament=s.get("tournament", 0), beam=s.get("beam", 0),
-                                 surrogate=s.get("surrogate", ""))
+                                 surrogate=s.get("surrogate", ""),
+                                 enas_epochs=s.get("enas_epochs", 0),
+                                 controller_steps=s.get("controller_steps", 0),
+                                 derive_samples=s.get("derive_samples", 0))
     if "staleness" in s:
         execution.staleness = s["staleness"]
     return sp.SearchSpec(space=pb.SearchSpaceSpec(name=s.get("space", ""),

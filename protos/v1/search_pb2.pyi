@@ -211,7 +211,7 @@ class SearchSpec(_message.Message):
     name: _builtins.str
     """free text for people"""
     strategy: _builtins.str
-    """reinforce | random | evolution"""
+    """reinforce | random | evolution | pnas | enas"""
     budget: _builtins.int
     """child trainings to spend (>= 1)"""
     seed: _builtins.int
@@ -231,7 +231,7 @@ class SearchSpec(_message.Message):
 
     @_builtins.property
     def strategy_options(self) -> Global___StrategyOptions:
-        """evolution's and PNAS's settings (unset: defaults)"""
+        """evolution's, PNAS's and ENAS's settings (unset: defaults)"""
 
     def __init__(
         self,
@@ -856,6 +856,9 @@ class StrategyOptions(_message.Message):
     TOURNAMENT_FIELD_NUMBER: _builtins.int
     BEAM_FIELD_NUMBER: _builtins.int
     SURROGATE_FIELD_NUMBER: _builtins.int
+    ENAS_EPOCHS_FIELD_NUMBER: _builtins.int
+    CONTROLLER_STEPS_FIELD_NUMBER: _builtins.int
+    DERIVE_SAMPLES_FIELD_NUMBER: _builtins.int
     population: _builtins.int
     """evolution: population size (10)"""
     tournament: _builtins.int
@@ -864,6 +867,12 @@ class StrategyOptions(_message.Message):
     """pnas: cells trained per step (16)"""
     surrogate: _builtins.str
     """pnas: lstm | mlp"""
+    enas_epochs: _builtins.int
+    """enas: passes of shared-weight training (10)"""
+    controller_steps: _builtins.int
+    """enas: controller updates after each pass (20)"""
+    derive_samples: _builtins.int
+    """enas: children sampled and scored to derive (16)"""
     def __init__(
         self,
         *,
@@ -871,10 +880,13 @@ class StrategyOptions(_message.Message):
         tournament: _builtins.int = ...,
         beam: _builtins.int = ...,
         surrogate: _builtins.str = ...,
+        enas_epochs: _builtins.int = ...,
+        controller_steps: _builtins.int = ...,
+        derive_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam", b"beam", "population", b"population", "surrogate", b"surrogate", "tournament", b"tournament"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam", b"beam", "controller_steps", b"controller_steps", "derive_samples", b"derive_samples", "enas_epochs", b"enas_epochs", "population", b"population", "surrogate", b"surrogate", "tournament", b"tournament"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
