@@ -144,6 +144,28 @@ def test_bad_requests_and_unknown_jobs(client: SearchClient) -> None:
         list(client.trials(job_id, page_size=5000))
 
 
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", nb201_spec().SerializeToString()[:5],
+                                     b"\x0a\x03\xff\xfe\xfd"])  # random, cut, bad UTF-8
+def test_a_request_that_does_not_parse_is_invalid_argument(tmp_path: Path,
+                                                           payload: bytes) -> None:
+    # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
+    store = InMemoryJobStore()
+    running = serve_search(store, JobRunner(store, tmp_path))
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            for method, call in (("SubmitSearch", channel.unary_unary),
+                                 ("WatchSearch", channel.unary_stream)):
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(call(f"/nas.v1.SearchService/{method}")(payload, timeout=10)) \
+                        if method == "WatchSearch" else call(
+                            f"/nas.v1.SearchService/{method}")(payload, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "request: not a valid nas.v1." in caught.value.details()
+            assert SearchClient(running.address).list() == []  # still serving
+    finally:
+        running.stop()
+
+
 def test_health_and_reflection_are_served(tmp_path: Path) -> None:
     store = InMemoryJobStore()
     running: RunningSearchService = serve_search(store, JobRunner(store, tmp_path))
