@@ -120,6 +120,14 @@ def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
     (sp.SearchSpec(budget=5, controller=sp.ControllerSpec(learning_rate=-1.0)),
      "spec.controller.learning_rate"),
     (nb201_spec(dataset="mnist"), "spec.evaluation.dataset"),
+    # found by bench.load's fuzzer: accepted, they made threads and batches by the billion
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   execution=sp.ExecutionSpec(replicas=2**31 - 1)), "spec.execution.replicas"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   execution=sp.ExecutionSpec(parallel=2**31 - 1)), "spec.execution.parallel"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   controller=sp.ControllerSpec(children=2**31 - 1)),
+     "spec.controller.children"),
     (sp.SearchSpec(budget=5, evaluation=sp.EvaluationSpec(evaluator="qa")),
      "spec.evaluation.evaluator"),
 ])
