@@ -17,7 +17,20 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# A status's details travel as grpc-message trailing metadata, percent-encoded; a client drops a
+# call whose metadata passes 16 KiB and reports RESOURCE_EXHAUSTED instead of the real status.
+# An error quoting a huge request field (a 20 kB job id) must not get there: 1000 characters,
+# at most 9 kB encoded, is plenty for the field's name and the start of its value.
+MAX_DETAILS = 1000
 R = TypeVar("R")
+
+
+def details(exc: Exception) -> str:
+    """An error's message as status details, cut to MAX_DETAILS characters."""
+    text = str(exc)
+    if len(text) <= MAX_DETAILS:
+        return text
+    return f"{text[:MAX_DETAILS - 40]}... ({len(text) - MAX_DETAILS + 40} characters cut)"
 
 
 def servicer_method(fn: Callable[..., R]) -> Callable[..., R]:
@@ -28,7 +41,7 @@ def servicer_method(fn: Callable[..., R]) -> Callable[..., R]:
         try:
             return fn(self, request, context)
         except NasError as exc:
-            context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+            context.abort(grpc.StatusCode[status_name(exc)], details(exc))
             raise  # unreachable: abort raises
 
     return wrapper
@@ -43,7 +56,7 @@ def servicer_stream(fn: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]
         try:
             yield from fn(self, request, context)
         except NasError as exc:
-            context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+            context.abort(grpc.StatusCode[status_name(exc)], details(exc))
             raise  # unreachable: abort raises
 
     return wrapper

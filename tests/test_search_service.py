@@ -174,6 +174,22 @@ def test_a_request_that_does_not_parse_is_invalid_argument(tmp_path: Path,
         running.stop()
 
 
+def test_an_error_quoting_a_huge_field_keeps_its_status(tmp_path: Path) -> None:
+    # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB job id passed the client's 16 KiB
+    # metadata limit, so the caller saw RESOURCE_EXHAUSTED "Stream removed" instead
+    store = InMemoryJobStore()
+    running = serve_search(store, JobRunner(store, tmp_path))
+    try:
+        with SearchClient(running.address) as remote:
+            with pytest.raises(NotFoundError, match="characters cut") as caught:
+                remote.get("x" * 20_000)
+            assert len(str(caught.value)) <= 1000
+            with pytest.raises(InvalidArgumentError, match="status"):
+                list(remote.trials("job-nope", status="\u00e9" * 20_000))
+    finally:
+        running.stop()
+
+
 def test_health_and_reflection_are_served(tmp_path: Path) -> None:
     store = InMemoryJobStore()
     running: RunningSearchService = serve_search(store, JobRunner(store, tmp_path))

@@ -194,6 +194,19 @@ def test_over_grpc_a_request_that_does_not_parse_is_invalid_argument(
     assert wk.LeaseResponse.FromString(lease).tasks == []  # still serving
 
 
+def test_over_grpc_an_error_quoting_a_huge_trial_id_keeps_its_status(
+        served: tuple[TrialBoard, RunningTrialReport]) -> None:
+    # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB trial id passed the client's
+    # 16 KiB metadata limit, so the caller saw RESOURCE_EXHAUSTED instead
+    _, running = served
+    with grpc.insecure_channel(running.address) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        wk_grpc.TrialReportStub(channel).Heartbeat(
+            wk.HeartbeatReport(trial_id="t" * 20_000, attempt=1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "characters cut" in str(info.value.details())
+
+
 def test_over_grpc_a_retried_result_after_a_lost_ack_is_accepted_once(
         served: tuple[TrialBoard, RunningTrialReport]) -> None:
     board, running = served
