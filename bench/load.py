@@ -14,8 +14,9 @@ parameter-server shard process, a bearer-token table, optionally Ray workers and
    ``TrialReport`` service: random field values (negative and huge numbers, NaN and inf,
    empty, huge and unicode strings, unknown enum values, wrong ids), random bytes as the
    request, truncated and bit-flipped encodings, oversized messages, unknown methods and wrong
-   metadata. Targets: no UNKNOWN, no INTERNAL, no crash (every server still answers a valid
-   request afterwards, the shard process was never restarted).
+   metadata. Targets: no UNKNOWN, no INTERNAL, no status lost to details too big for the
+   client's metadata limit, no crash (every server still answers a valid request afterwards,
+   the shard process was never restarted).
 
     python -m bench.load                 # 32 clients, 1500 fuzz requests per service
     python -m bench.load --quick --no-write
@@ -601,7 +602,10 @@ def send(channels: dict[str, grpc.Channel], call: FuzzCall, rec: Recorder) -> No
         else:
             details = str(exc.details() if isinstance(exc, grpc.Call) else exc)
             rec.example(target.name, code, details)
-            if code in BAD_STATUSES:
+            if code == "RESOURCE_EXHAUSTED" and "received metadata size exceeds" in details \
+                    and call.mode != "wrong metadata":  # not ours: the answer's details were
+                code = "LOST STATUS"  # too big, the client dropped the real status
+            if code in (*BAD_STATUSES, "LOST STATUS"):
                 rec.add(target.name, f"!{method} [{call.mode}] {details}"[:300], code)
     except (ValueError, TypeError):  # metadata the client library refuses to send
         code = "CLIENT_REFUSED"
@@ -815,12 +819,12 @@ def render(report: dict[str, Any], command: str) -> str:
               f"deadline {FUZZ_DEADLINE_S:.0f} s, 8 at once; {fuzz['seconds']:.0f} s. Modes: "
               + ", ".join(f"{m} {w:.0%}" for m, w in MODES) + ". Real ids (jobs, trials, the "
               "layout) are mixed into string fields.", "",
-              "| service | calls | status codes | UNKNOWN | INTERNAL | after the fuzz |",
-              "|---|---:|---|---:|---:|---|"]
+              "| service | calls | status codes | UNKNOWN | INTERNAL | LOST STATUS | after the "
+              "fuzz |", "|---|---:|---|---:|---:|---:|---|"]
     for name, codes in fuzz["codes"].items():
         c = Counter(codes)
         lines.append(f"| {name} | {sum(c.values())} | {_codes(c)} | {c['UNKNOWN']} | "
-                     f"{c['INTERNAL']} | {fuzz['health'].get(name, '?')} |")
+                     f"{c['INTERNAL']} | {c['LOST STATUS']} | {fuzz['health'].get(name, '?')} |")
     lines += ["", f"Search process after the fuzz: {fuzz['health']['search process']}; "
               f"shard process restarted: {fuzz['shard_restarted']}. Jobs the fuzzer's "
               f"SubmitSearch calls got accepted: {_codes(Counter(fuzz['fuzz_jobs'])) or 'none'}"
@@ -833,14 +837,17 @@ def render(report: dict[str, Any], command: str) -> str:
               "commonest details per service, numbers as N):", ""]
     for key, details in fuzz["examples"].items():
         lines.append(f"- {key}: " + "; ".join(f"`{d}` x{n}" for d, n in details.items()))
-    lines += ["", "CLIENT_REFUSED: metadata the client library itself would not send (a "
+    lines += ["", "LOST STATUS (a target: none): an answer whose details (quoting a huge "
+              "request field) passed the client's 16 KiB metadata limit, so the client saw "
+              "RESOURCE_EXHAUSTED instead of the real status.", "",
+              "CLIENT_REFUSED: metadata the client library itself would not send (a "
               "non-ASCII value: grpc core fails the call locally with INTERNAL \"Invalid "
               "metadata\"; nothing reached a server).", "", "Per mode (all services):", "",
               "| mode | status codes |", "|---|---|"]
     for mode, codes in sorted(fuzz["per_mode"].items()):
         lines.append(f"| {mode} | {_codes(Counter(codes))} |")
     if fuzz["bad"]:
-        lines += ["", "UNKNOWN / INTERNAL answers:", ""]
+        lines += ["", "UNKNOWN / INTERNAL / LOST STATUS answers:", ""]
         lines += [f"- {b}" for b in fuzz["bad"][:20]]
     return "\n".join(lines) + "\n"
 

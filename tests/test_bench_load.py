@@ -25,11 +25,12 @@ def test_load_and_fuzz_meet_the_targets() -> None:
     assert set(jobs["codes"]) == {"OK"}
     assert {"SubmitSearch", "WatchSearch", "GetSearch", "GetBest", "ListTrials",
             "ListSearches"} <= set(jobs["latency_ms"])
-    # no UNKNOWN or INTERNAL anywhere, every RPC of every service fuzzed, all still serving
+    # no UNKNOWN, INTERNAL or status lost to huge details anywhere, every RPC of every service
+    # fuzzed, all still serving
     fuzz = report["fuzz"]
     assert fuzz["bad"] == []
     for name, codes in fuzz["codes"].items():
-        assert not set(codes) & {"UNKNOWN", "INTERNAL"}, (name, codes)
+        assert not set(codes) & {"UNKNOWN", "INTERNAL", "LOST STATUS"}, (name, codes)
         assert set(fuzz["methods"][name]) <= set(fuzz["per_method"][name]), name
     assert set(fuzz["codes"]) == {"search", "paramserver", "trials (seeded board)"}
     assert {"INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED",
