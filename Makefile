@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fashion
 	$(BIN)/python -m bench.paramserver
 	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.load
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate

@@ -13,7 +13,7 @@ from prometheus_client import ProcessCollector, start_http_server
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
 from protos.metrics_interceptor import for_registry
-from protos.rpc import CHANNEL_OPTIONS
+from protos.rpc import CHANNEL_OPTIONS, DecodeGuard
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
 
 
@@ -67,7 +67,7 @@ def serve(shard: int, num_shards: int, store: CheckpointStore, host: str = "127.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix=f"ps{shard}"),
                          options=CHANNEL_OPTIONS,
-                         interceptors=[for_registry(registry).interceptor()])
+                         interceptors=[for_registry(registry).interceptor(), DecodeGuard()])
     ps_grpc.add_ParameterServerServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

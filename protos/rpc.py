@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos.errors import ERRORS_BY_STATUS, NasError, UnavailableError, status_name
 
@@ -16,7 +17,20 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# A status's details travel as grpc-message trailing metadata, percent-encoded; a client drops a
+# call whose metadata passes 16 KiB and reports RESOURCE_EXHAUSTED instead of the real status.
+# An error quoting a huge request field (a 20 kB job id) must not get there: 1000 characters,
+# at most 9 kB encoded, is plenty for the field's name and the start of its value.
+MAX_DETAILS = 1000
 R = TypeVar("R")
+
+
+def details(exc: Exception) -> str:
+    """An error's message as status details, cut to MAX_DETAILS characters."""
+    text = str(exc)
+    if len(text) <= MAX_DETAILS:
+        return text
+    return f"{text[:MAX_DETAILS - 40]}... ({len(text) - MAX_DETAILS + 40} characters cut)"
 
 
 def servicer_method(fn: Callable[..., R]) -> Callable[..., R]:
@@ -27,7 +41,7 @@ def servicer_method(fn: Callable[..., R]) -> Callable[..., R]:
         try:
             return fn(self, request, context)
         except NasError as exc:
-            context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+            context.abort(grpc.StatusCode[status_name(exc)], details(exc))
             raise  # unreachable: abort raises
 
     return wrapper
@@ -42,10 +56,52 @@ def servicer_stream(fn: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]
         try:
             yield from fn(self, request, context)
         except NasError as exc:
-            context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+            context.abort(grpc.StatusCode[status_name(exc)], details(exc))
             raise  # unreachable: abort raises
 
     return wrapper
+
+
+class _Undecodable:
+    """A request whose bytes did not parse as the method's message (and why)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """A request that does not parse as its method's message (random bytes, a truncated or
+    corrupted encoding, invalid UTF-8 in a string field) gets INVALID_ARGUMENT naming the
+    message, instead of grpc's INTERNAL "Exception deserializing request!". Put it last in a
+    server's interceptors: the others pass its lenient deserializer on."""
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        descriptor = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        name = getattr(descriptor, "full_name", str(handler_call_details.method))
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except (DecodeError, ValueError) as exc:
+                return _Undecodable(str(exc) or type(exc).__name__)
+
+        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        behavior = getattr(handler, kind)
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request: not a valid {name} message ({request.reason})")
+            return behavior(request, context)
+
+        factory = (grpc.unary_stream_rpc_method_handler if handler.response_streaming
+                   else grpc.unary_unary_rpc_method_handler)
+        return factory(guarded, lenient, handler.response_serializer)
 
 
 def error_from_rpc(exc: grpc.RpcError) -> Exception:

@@ -125,6 +125,31 @@ def test_errors_map_to_status_codes(shard1: Served) -> None:
     assert 'nas_ps_version{shard="1"} 2.0' in text
 
 
+def test_a_request_that_does_not_parse_is_invalid_argument(shard1: Served) -> None:
+    # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
+    running, stub = shard1
+    register(stub)
+    with grpc.insecure_channel(running.address) as channel:
+        for payload in (b"\xff\xff\xff", b"\x0a\x06pol", b"\x0a\x02\xff\xfe"):
+            for method in ("Push", "Pull", "RegisterLayout", "ShardStatus"):
+                raw = channel.unary_unary(f"/nas.v1.ParameterServer/{method}")
+                with pytest.raises(grpc.RpcError) as info:
+                    raw(payload, timeout=10)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "request: not a valid nas.v1." in str(info.value.details())
+    assert pull(stub)[0] == 0  # still serving
+
+
+def test_an_error_quoting_a_huge_layout_id_keeps_its_status(shard1: Served) -> None:
+    # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB layout id passed the client's
+    # 16 KiB metadata limit, so the caller saw RESOURCE_EXHAUSTED instead
+    _, stub = shard1
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ShardStatus(ps.ShardStatusRequest(layout_id="x" * 20_000), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "characters cut" in str(info.value.details())
+
+
 def scrape(running: RunningShard) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10) as reply:

@@ -120,6 +120,14 @@ def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
     (sp.SearchSpec(budget=5, controller=sp.ControllerSpec(learning_rate=-1.0)),
      "spec.controller.learning_rate"),
     (nb201_spec(dataset="mnist"), "spec.evaluation.dataset"),
+    # found by bench.load's fuzzer: accepted, they made threads and batches by the billion
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   execution=sp.ExecutionSpec(replicas=2**31 - 1)), "spec.execution.replicas"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   execution=sp.ExecutionSpec(parallel=2**31 - 1)), "spec.execution.parallel"),
+    (sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=5,
+                   controller=sp.ControllerSpec(children=2**31 - 1)),
+     "spec.controller.children"),
     (sp.SearchSpec(budget=5, evaluation=sp.EvaluationSpec(evaluator="qa")),
      "spec.evaluation.evaluator"),
 ])
@@ -142,6 +150,44 @@ def test_bad_requests_and_unknown_jobs(client: SearchClient) -> None:
         list(client.trials(job_id, status="lost"))
     with pytest.raises(InvalidArgumentError, match="page_size"):
         list(client.trials(job_id, page_size=5000))
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", nb201_spec().SerializeToString()[:5],
+                                     b"\x0a\x03\xff\xfe\xfd"])  # random, cut, bad UTF-8
+def test_a_request_that_does_not_parse_is_invalid_argument(tmp_path: Path,
+                                                           payload: bytes) -> None:
+    # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
+    store = InMemoryJobStore()
+    running = serve_search(store, JobRunner(store, tmp_path))
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            for method, call in (("SubmitSearch", channel.unary_unary),
+                                 ("WatchSearch", channel.unary_stream)):
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(call(f"/nas.v1.SearchService/{method}")(payload, timeout=10)) \
+                        if method == "WatchSearch" else call(
+                            f"/nas.v1.SearchService/{method}")(payload, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "request: not a valid nas.v1." in caught.value.details()
+            assert SearchClient(running.address).list() == []  # still serving
+    finally:
+        running.stop()
+
+
+def test_an_error_quoting_a_huge_field_keeps_its_status(tmp_path: Path) -> None:
+    # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB job id passed the client's 16 KiB
+    # metadata limit, so the caller saw RESOURCE_EXHAUSTED "Stream removed" instead
+    store = InMemoryJobStore()
+    running = serve_search(store, JobRunner(store, tmp_path))
+    try:
+        with SearchClient(running.address) as remote:
+            with pytest.raises(NotFoundError, match="characters cut") as caught:
+                remote.get("x" * 20_000)
+            assert len(str(caught.value)) <= 1000
+            with pytest.raises(InvalidArgumentError, match="status"):
+                list(remote.trials("job-nope", status="\u00e9" * 20_000))
+    finally:
+        running.stop()
 
 
 def test_health_and_reflection_are_served(tmp_path: Path) -> None:

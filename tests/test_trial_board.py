@@ -177,6 +177,36 @@ def served() -> Iterator[tuple[TrialBoard, RunningTrialReport]]:
     running.stop()
 
 
+def test_over_grpc_a_request_that_does_not_parse_is_invalid_argument(
+        served: tuple[TrialBoard, RunningTrialReport]) -> None:
+    # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
+    _, running = served
+    with grpc.insecure_channel(running.address) as channel:
+        for payload in (b"\xff\xff\xff", b"\x0a\x06t1", b"\x0a\x02\xff\xfe"):
+            for method in ("LeaseTrials", "ReportStart", "ReportResult", "ReportLost"):
+                raw = channel.unary_unary(f"/nas.v1.TrialReport/{method}")
+                with pytest.raises(grpc.RpcError) as info:
+                    raw(payload, timeout=10)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "request: not a valid nas.v1." in str(info.value.details())
+        lease = channel.unary_unary("/nas.v1.TrialReport/LeaseTrials")(
+            wk.LeaseRequest(worker_id="w").SerializeToString(), timeout=10)
+    assert wk.LeaseResponse.FromString(lease).tasks == []  # still serving
+
+
+def test_over_grpc_an_error_quoting_a_huge_trial_id_keeps_its_status(
+        served: tuple[TrialBoard, RunningTrialReport]) -> None:
+    # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB trial id passed the client's
+    # 16 KiB metadata limit, so the caller saw RESOURCE_EXHAUSTED instead
+    _, running = served
+    with grpc.insecure_channel(running.address) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        wk_grpc.TrialReportStub(channel).Heartbeat(
+            wk.HeartbeatReport(trial_id="t" * 20_000, attempt=1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "characters cut" in str(info.value.details())
+
+
 def test_over_grpc_a_retried_result_after_a_lost_ack_is_accepted_once(
         served: tuple[TrialBoard, RunningTrialReport]) -> None:
     board, running = served

@@ -14,6 +14,7 @@ import grpc
 
 from controller.service.auth import Identity, TokenTable, acting_as, authorize, bearer_token
 from protos.errors import NasError, status_name
+from protos.rpc import details
 from protos.v1 import search_pb2 as sp
 
 SERVICE = sp.DESCRIPTOR.services_by_name["SearchService"]
@@ -63,7 +64,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 identity = authorize(self.tokens, method, token)
                 return call_as(identity, method, behavior, request, context)
             except NasError as exc:
-                context.abort(grpc.StatusCode[status_name(exc)], str(exc))
+                context.abort(grpc.StatusCode[status_name(exc)], details(exc))
 
         return guarded
 

@@ -30,7 +30,13 @@ from controller.service.tenants import TenantBudgets
 from controller.service.tls import ServerTls
 from protos.errors import FailedPreconditionError, InvalidArgumentError
 from protos.metrics_interceptor import for_registry
-from protos.rpc import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, servicer_method, servicer_stream
+from protos.rpc import (
+    CHANNEL_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    DecodeGuard,
+    servicer_method,
+    servicer_stream,
+)
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
@@ -241,7 +247,8 @@ def serve_search(store: JobStore, runner: JobRunner, host: str = "127.0.0.1", po
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="search"),
                          interceptors=[for_registry(runner.cluster.registry).interceptor(),
-                                       AuthInterceptor(tokens)], options=options,
+                                       AuthInterceptor(tokens), DecodeGuard()],
+                         options=options,
                          maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers)
     sp_grpc.add_SearchServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

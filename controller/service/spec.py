@@ -55,6 +55,11 @@ WIRE_NAMES = {
     "bptt": "spec.evaluation.bptt", "reward_c": "spec.evaluation.reward_c",
 }
 MAX_BUDGET = 100_000
+# A job turns these into threads and batch sizes of this service: each needs a bound, or one
+# submit (replicas 2**31-1: a list of two billion replica threads) exhausts the service.
+MAX_REPLICAS = 256       # spec.execution.replicas: controller replica threads
+MAX_PARALLEL = 256       # spec.execution.parallel: children evaluated at once
+MAX_CHILDREN = 1024      # spec.controller.children: m, children sampled per policy update
 
 
 def _optional(msg: Any, name: str) -> Any:
@@ -113,6 +118,12 @@ def spec_to_config(spec: sp.SearchSpec) -> SearchConfig:
                                    f"{spec.budget}")
     if spec.seed < 0:
         raise InvalidArgumentError(f"spec.seed: must be >= 0, got {spec.seed}")
+    for name, value, most in (
+            ("spec.execution.replicas", spec.execution.replicas, MAX_REPLICAS),
+            ("spec.execution.parallel", spec.execution.parallel, MAX_PARALLEL),
+            ("spec.controller.children", spec.controller.children, MAX_CHILDREN)):
+        if value > most:
+            raise InvalidArgumentError(f"{name}: at most {most}, got {value}")
     check_objectives(spec.objectives)
     try:
         return build_config(spec_settings(spec))

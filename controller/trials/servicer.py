@@ -16,7 +16,7 @@ from controller.trials.board import Ack, TrialBoard
 from protos import codec
 from protos.errors import InvalidArgumentError
 from protos.metrics_interceptor import for_registry
-from protos.rpc import CHANNEL_OPTIONS, servicer_method
+from protos.rpc import CHANNEL_OPTIONS, DecodeGuard, servicer_method
 from protos.types import TrialStatus
 from protos.v1 import worker_pb2 as wk
 from protos.v1 import worker_pb2_grpc as wk_grpc
@@ -177,7 +177,8 @@ def serve_trial_reports(board: TrialBoard, host: str = "127.0.0.1", port: int = 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="trials"),
                          options=CHANNEL_OPTIONS,
-                         interceptors=[for_registry(registry).interceptor()] if registry else [])
+                         interceptors=[*([for_registry(registry).interceptor()] if registry
+                                         else []), DecodeGuard()])
     wk_grpc.add_TrialReportServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
