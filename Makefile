@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fashion
 	$(BIN)/python -m bench.paramserver
 	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.systems
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
