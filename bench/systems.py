@@ -104,6 +104,14 @@ class Row:
         return statistics.mean(r.wall for r in self.runs)
 
     @property
+    def budget_cell(self) -> str:
+        """The budget, and the trainings used when a run stopped before it (converged)."""
+        used = [r.outcome.trainings for r in self.runs]
+        if min(used) >= self.budget:
+            return str(self.budget)
+        return f"{self.budget} (used {statistics.mean(used):g})"
+
+    @property
     def cpu_hours(self) -> float:
         return sum(r.wall for r in self.runs) * self.cores / 3600
 
@@ -313,6 +321,13 @@ def render_comparison(c: Comparison) -> list[str]:
         lines.append(f"| {seed} | {100 * target:.2f}% | " +
                      " | ".join(_n(r.to_reach(target), c.budget) for r in runs) + " |")
     lines.append("| all | | " + " | ".join(_stat(same[n], c.budget) for n in names) + " |")
+    used = {n: statistics.mean(r.outcome.trainings for r in c.runs[n]) for n in names}
+    best = {n: statistics.mean(r.best.reward if r.best else 0.0 for r in c.runs[n])
+            for n in names}
+    lines += ["", "Trainings used per run, mean (a run whose controller converged stops "
+              "early): " + ", ".join(f"{n} {used[n]:g}" for n in names) +
+              "; best reward reached, mean: " +
+              ", ".join(f"{n} {100 * best[n]:.2f}%" for n in names) + "."]
     return lines
 
 
@@ -341,7 +356,7 @@ def render(rows: list[Row], comparison: Comparison, opts: Options, command: str,
              "| system | space | evaluator / data | budget | best found (reward; meaning) | "
              "to best | wall s | CPU-h |", "|---" * 8 + "|"]
     for r in rows:
-        lines.append(f"| {r.system} | {r.space} | {r.evaluator} | {r.budget} | "
+        lines.append(f"| {r.system} | {r.space} | {r.evaluator} | {r.budget_cell} | "
                      f"{r.reward:.4f}; {r.meaning} | {r.to_best:.1f} | {r.wall:.1f} | "
                      f"{r.cpu_hours:.4f} |")
     lines += ["", "### PNAS vs REINFORCE on NB201 CIFAR-10: trainings to the same best", ""]
