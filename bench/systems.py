@@ -10,8 +10,8 @@ entries of ``SYSTEMS``: a name and a function returning the row; adding one (say
 entry. Torch runs on ``--threads`` (1) threads and every child trains in this process, so a
 run uses one core: CPU-hours = wall seconds x cores / 3600.
 
-    python -m bench.systems              # the full run (~15 min on 2 busy cores)
-    python -m bench.systems --quick      # 2 seeds at budget 20, tiny children (~2 min)
+    python -m bench.systems              # the full run (~6 min on 2 busy cores)
+    python -m bench.systems --quick      # 2 seeds at budget 20, tiny children (~1 min)
 """
 
 from __future__ import annotations
