@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.paramserver
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.systems
+	$(BIN)/python -m bench.enas
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
