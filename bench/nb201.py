@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from tqdm import tqdm
 from bench.baselines import LogitsReinforce, OptunaTPE
 from bench.plots import OUT, plot_nb201
 from bench.report import ROOT, machine, write_section
+from controller.config import build_config
 from controller.evaluators.nb201 import NB201Evaluator, default_csv, load_table
 from controller.presets import CONTROLLER_PRESETS
-from controller.search import run_search
+from controller.search import SearchOutcome, run_search
+from controller.service.embedded import EmbeddedSearch
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy
 from controller.strategies.evolution import EvolutionStrategy
@@ -81,6 +84,12 @@ def run_one(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult:
     evaluator = NB201Evaluator(dataset, table=table)
     outcome = run_search(space, METHODS[method](space, seed), evaluator, max(budgets),
                          max_idle_proposals=max_idle, report_test=False)
+    return read_budgets(method, dataset, seed, outcome, table, budgets)
+
+
+def read_budgets(method: str, dataset: str, seed: int, outcome: SearchOutcome,
+                 table: dict[str, tuple[float, float]], budgets: tuple[int, ...]) -> RunResult:
+    """The test accuracy of the best-reward cell within each budget of one run's history."""
     test_at: dict[int, float] = {}
     for budget in budgets:
         trained, best = 0, None
@@ -95,6 +104,33 @@ def run_one(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult:
     optimum = max(r for r, _ in table.values())
     return RunResult(method, dataset, seed, test_at, outcome.trainings_to_reach(optimum),
                      outcome.cache_hits, outcome.wall_seconds)
+
+
+STACK = "ours, full stack S=4 K=4 m=8"
+IN_PROCESS_M8 = "ours, in-process K=1 m=8"
+
+
+def run_stack(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult:
+    """Ours as ``nas search`` runs it: an embedded search service; the full stack is 4
+    parameter-server shard processes (gRPC, checkpoints in a private Redis) and 4 controller
+    replicas sharing the policy, 8 children per update."""
+    method, dataset, seed, budgets, csv, max_idle = job
+    torch.set_num_threads(1)
+    if dataset not in _TABLES:
+        _TABLES[dataset] = load_table(Path(csv), dataset)
+    stack = method == STACK
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = build_config({"space": "nb201", "strategy": "reinforce", "controller": OURS,
+                            "evaluator": "nb201", "dataset": dataset, "nb201_csv": csv,
+                            "budget": max(budgets), "seed": seed, "children": 8,
+                            "max_idle_proposals": max_idle, "out": tmp,
+                            **({"shards": 4, "replicas": 4} if stack else {})})
+        search = EmbeddedSearch(cfg)
+        try:
+            outcome = search.run()
+        finally:
+            search.close()
+    return read_budgets(method, dataset, seed, outcome, _TABLES[dataset], budgets)
 
 
 def _optuna_available() -> bool:
@@ -117,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes (2)")
     p.add_argument("--max-idle-proposals", type=int, default=2000,
                    help="stop a run after this many cache hits in a row (2000)")
+    p.add_argument("--stack-seeds", type=int, default=0,
+                   help="also run ours through the full distributed stack (4 shard processes, "
+                        "4 replicas, m=8) and in-process with m=8, seeds 0..N-1 of the first "
+                        "dataset (0: skip)")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     p.add_argument("--plot-dir", type=Path, default=OUT, help="where plots go (bench/out)")
     args = p.parse_args(argv)
+    if args.stack_seeds < 0 or args.stack_seeds > args.seeds:
+        p.error("--stack-seeds: must be in 0..--seeds")
     budgets = tuple(sorted(int(b) for b in args.budgets.split(",")))
     datasets = args.datasets.split(",")
     methods = [m for m in METHODS if m != "Optuna TPE" or _optuna_available()]
@@ -128,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     with Pool(args.workers) as pool:
         results = list(tqdm(pool.imap_unordered(run_one, jobs), total=len(jobs), unit="run"))
+    stack_jobs = [(m, datasets[0], s, budgets, args.nb201_csv, args.max_idle_proposals)
+                  for s in range(args.stack_seeds) for m in (STACK, IN_PROCESS_M8)]
+    stack = [run_stack(job) for job in tqdm(stack_jobs, unit="run", desc="stack")]
     wall = time.time() - start
     command = " ".join(["python -m bench.nb201", f"--seeds {args.seeds}",
-                        f"--budgets {args.budgets}", f"--datasets {args.datasets}"])
+                        f"--budgets {args.budgets}", f"--datasets {args.datasets}"]
+                       + ([f"--stack-seeds {args.stack_seeds}"] if args.stack_seeds else []))
     body = render(results, methods, datasets, budgets, command, wall, args.plot_dir)
+    if stack:
+        body += "\n" + render_stack(stack, results, datasets[0], budgets)
     print(body)
     if not args.no_write:
         write_section("nb201", body)
@@ -175,6 +223,33 @@ def render(results: list[RunResult], methods: list[str], datasets: list[str],
         shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
         lines += [f"![{dataset}]({shown})", ""]
     return "\n".join(lines)
+
+
+def render_stack(stack: list[RunResult], results: list[RunResult], dataset: str,
+                 budgets: tuple[int, ...]) -> str:
+    """Ours through the distributed stack against ours in-process, on the same seeds."""
+    seeds = sorted({r.seed for r in stack})
+    same = [r for r in results if r.dataset == dataset and r.method == "ours (LSTM REINFORCE)"
+            and r.seed in seeds]
+    lines = [f"### Ours through the full distributed stack ({dataset}, seeds 0-{seeds[-1]})",
+             "", "The same preset as `nas search` runs it (an embedded search service): 4 "
+             "parameter-server shard processes over gRPC with checkpoints in a private Redis, "
+             "4 controller replicas pushing gradients and pulling the policy, m=8 children per "
+             "update; beside it the same m=8 in one process (K=1, no shards) and the in-process "
+             "m=1 row above on the same seeds. Mean +- standard error of the test accuracy (%).",
+             "", "| method | " + " | ".join(f"budget {b}" for b in budgets) + " | s / run |",
+             "|---" * (len(budgets) + 2) + "|"]
+    for name, runs in ((STACK, [r for r in stack if r.method == STACK]),
+                       (IN_PROCESS_M8, [r for r in stack if r.method == IN_PROCESS_M8]),
+                       ("ours, in-process K=1 m=1 (above)", same)):
+        cells = []
+        for b in budgets:
+            accs = [100 * r.test_at[b] for r in runs]
+            err = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else 0.0
+            cells.append(f"{statistics.mean(accs):.2f} +- {err:.2f}")
+        secs = statistics.mean(r.seconds for r in runs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def verdict(rows: list[RunResult], budgets: tuple[int, ...]) -> str:

@@ -13,6 +13,7 @@ def test_nb201_benchmark_runs_every_method(tmp_path: Path, nb201_csv: Path,
                                            capsys: object) -> None:
     # Act
     code = nb201.main(["--seeds", "2", "--budgets", "10,20", "--workers", "1", "--no-write",
+                       "--stack-seeds", "1",
                        "--nb201-csv", str(nb201_csv), "--plot-dir", str(tmp_path)])
     # Assert
     out = capsys.readouterr().out  # type: ignore[attr-defined]
@@ -20,6 +21,8 @@ def test_nb201_benchmark_runs_every_method(tmp_path: Path, nb201_csv: Path,
     for method in nb201.METHODS:
         assert f"| {method} |" in out
     assert "Target ours >= REA at every budget" in out
+    # ours through 4 shard processes and 4 replicas, beside the same m=8 in one process
+    assert f"| {nb201.STACK} |" in out and f"| {nb201.IN_PROCESS_M8} |" in out
     assert (tmp_path / "nb201-cifar10.png").stat().st_size > 1000
 
 
