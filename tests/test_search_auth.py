@@ -237,6 +237,9 @@ def test_bad_budget_lines_and_tokens_from_the_environment() -> None:
     assert security_from_args(serve_args(), {}).tokens is None
     with pytest.raises(ServeOptionError, match="--tls-cert, --tls-key: TLS needs both"):
         security_from_args(serve_args("--tls-cert", "c.pem"), {})
+    assert security_from_args(serve_args(), {}).max_workers == 64
+    with pytest.raises(ServeOptionError, match="--max-workers: must be >= 1, got 0"):
+        security_from_args(serve_args("--max-workers", "0"), {})
 
 
 def test_health_stays_open_and_an_oversized_request_is_resource_exhausted(tmp_path: Path

@@ -277,7 +277,8 @@ def _serve(args: argparse.Namespace, store: Any, runner: Any, security: Any,
     try:
         running = serve_search(store, runner, args.host, args.port, tokens=security.tokens,
                                budgets=security.budgets, tls=security.tls,
-                               max_concurrent_rpcs=security.max_concurrent_rpcs)
+                               max_concurrent_rpcs=security.max_concurrent_rpcs,
+                               max_workers=security.max_workers)
     except OSError as exc:
         print(f"nas serve search: error: --port: {exc}", file=sys.stderr)
         return 2

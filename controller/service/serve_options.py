@@ -30,6 +30,7 @@ class ServeSecurity:
     budgets: TenantBudgets
     tls: ServerTls | None
     max_concurrent_rpcs: int | None
+    max_workers: int = 64
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=os.environ.get("NAS_REDIS_PASSWORD"),
                    help="password of the --redis server (default $NAS_REDIS_PASSWORD; a "
                         "password in the URL wins)")
+    p.add_argument("--max-workers", type=int, default=64,
+                   help="threads serving calls (64); each open WatchSearch holds one for as "
+                        "long as it watches, so raise it for many watchers")
     p.add_argument("--max-concurrent-rpcs", type=int,
-                   help="calls served at once; more get RESOURCE_EXHAUSTED (default 64)")
+                   help="calls served or queued at once; more get RESOURCE_EXHAUSTED "
+                        "(default 4 x --max-workers)")
 
 
 def _lines(path: Path, option: str) -> list[str]:
@@ -87,7 +92,9 @@ def security_from_args(args: argparse.Namespace,
     if args.max_concurrent_rpcs is not None and args.max_concurrent_rpcs < 1:
         raise ServeOptionError(f"--max-concurrent-rpcs: must be >= 1, got "
                                f"{args.max_concurrent_rpcs}")
-    return ServeSecurity(tokens, budgets, tls, args.max_concurrent_rpcs)
+    if args.max_workers < 1:
+        raise ServeOptionError(f"--max-workers: must be >= 1, got {args.max_workers}")
+    return ServeSecurity(tokens, budgets, tls, args.max_concurrent_rpcs, args.max_workers)
 
 
 def url_with_password(url: str | None, password: str | None) -> str | None:

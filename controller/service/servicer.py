@@ -229,14 +229,16 @@ class RunningSearchService:
 
 
 def serve_search(store: JobStore, runner: JobRunner, host: str = "127.0.0.1", port: int = 0,
-                 max_workers: int = 16, *, tokens: TokenTable | None = None,
+                 max_workers: int = 64, *, tokens: TokenTable | None = None,
                  budgets: TenantBudgets | None = None, tls: ServerTls | None = None,
                  max_concurrent_rpcs: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES) -> RunningSearchService:
     """Serve the search service, the standard health service and reflection (those two stay
     open to all). ``tokens``: who may call what (None: open); ``tls``: serve TLS only; calls
     beyond ``max_concurrent_rpcs`` (default 4 per worker thread) and requests over
-    ``max_message_bytes`` get RESOURCE_EXHAUSTED."""
+    ``max_message_bytes`` get RESOURCE_EXHAUSTED. Each open WatchSearch holds one of the
+    ``max_workers`` threads while it watches: 16 threads left 32 watchers' other calls queued
+    for seconds (bench.load)."""
     unlisted = missing_roles(list(sp.DESCRIPTOR.services_by_name["SearchService"]
                                   .methods_by_name))
     if unlisted:  # a new RPC must be given a role before it can be served
