@@ -53,13 +53,3 @@ def test_fashion_benchmark_runs(fashion_mnist_installed: Path, capsys: object) -
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert code == 0
     assert "| searched cell |" in out and "| hand-designed ResNet |" in out
-
-
-def test_paramserver_benchmark_runs(capsys: object) -> None:
-    from bench import paramserver
-
-    code = paramserver.main(["--latency-n", "5", "--tp-seconds", "0.3", "--tp-shards", "1",
-                             "--tp-replicas", "2", "--no-paper", "--no-write"])
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
-    assert code == 0
-    assert "bare gRPC echo of the same bytes" in out and "| S=1 |" in out
