@@ -322,3 +322,16 @@ def test_without_groups_the_queue_stays_first_in_first_out() -> None:
     for i in range(1, 5):
         board.submit(_trial(i), WORKLOAD, Resources())
     assert [t.trial.trial_id for t in board.lease(4)[0]] == ["t1", "t2", "t3", "t4"]
+
+
+def test_an_attempt_that_reported_its_result_is_not_named_for_cancelling() -> None:
+    # Arrange: attempt 1 reported; its Ray task has not returned yet (still "running")
+    board, _ = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    board.start("t1", 1, "host:1")
+    assert board.result("t1", 1, _ok("t1")).accepted
+    # Act
+    _, cancel = board.lease(1, running=[("t1", 1)])
+    # Assert: it returns by itself; a force-cancel racing that return crashed Ray's core worker
+    assert cancel == []

@@ -161,7 +161,11 @@ class RayScheduler(Scheduler):
             refs = list(self._refs)
         if not refs:
             return []
-        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        # back as soon as one attempt ends (its slot is free again), with all that ended by
+        # then: waiting for every running attempt would idle the slots of those that ended
+        ready, rest = self._ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         finished = []
         for ref in ready:
             with self._lock:

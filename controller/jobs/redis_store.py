@@ -35,6 +35,7 @@ class RedisJobStore(JournalJobStore):
         self.snapshot_every = snapshot_every
         self._views: dict[str, JobView] = {}  # folded so far, per job (only later entries
         self._lock = threading.Lock()  # are read and folded on the next read)
+        self._writers: dict[str, threading.Lock] = {}  # per job: this process's writers
 
     def _key(self, job_id: str, what: str) -> str:
         return f"{self.prefix}:job:{job_id}:{what}"
@@ -61,6 +62,15 @@ class RedisJobStore(JournalJobStore):
             for entry in rest[view.length - start:]:  # another thread may have folded some
                 view.apply(entry)
             return fn(view)
+
+    def _write(self, job_id: str, make: Any) -> Any:
+        """This process's writers of a job take turns: racing each other to WATCH only made
+        the losers re-read and retry (a job's replica and evaluation threads lost about two
+        appends in three that way); writers in other processes still conflict and retry."""
+        with self._lock:
+            writer = self._writers.setdefault(job_id, threading.Lock())
+        with writer:
+            return super()._write(job_id, make)
 
     def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
         journal = self._key(job_id, "journal")

@@ -78,6 +78,7 @@ class _Record:
     epochs: dict[int, tuple[float, float]] = field(default_factory=dict)
     stopped_at_epoch: int | None = None
     outcome: TrialOutcome | None = None
+    reported: int = 0  # the attempt whose result was accepted (it ends by itself)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -181,7 +182,11 @@ class TrialBoard:
         deadline = self.clock() + wait
         with self._cond:
             self._expire()
-            cancel = [(t, a) for t, a in running or [] if not self._wanted(t, a)]
+            # not an attempt that reported its result: it is returning by itself, and a
+            # force-cancel racing its return crashed Ray's core worker in this process
+            # ("Tried to complete task that was not pending", Ray 2.60)
+            cancel = [(t, a) for t, a in running or []
+                      if not self._wanted(t, a) and not self._reported(t, a)]
             while not self._queue and not self._closed and max_trials > 0:
                 left = deadline - self.clock()
                 if left <= 0:
@@ -257,6 +262,7 @@ class TrialBoard:
             if record.outcome is not None:
                 self.counters.duplicates += 1
                 return Ack(duplicate=True)
+            record.reported = attempt
             self._finish(record, result, dict(artifacts or {}), attempts=attempt)
             return Ack(accepted=True)
 
@@ -305,6 +311,10 @@ class TrialBoard:
             return self._records[trial_id]
         except KeyError:
             raise NotFoundError(f"trial_id: no trial {trial_id!r} on this controller") from None
+
+    def _reported(self, trial_id: str, attempt: int) -> bool:
+        record = self._records.get(trial_id)
+        return record is not None and record.reported == attempt
 
     def _wanted(self, trial_id: str, attempt: int) -> bool:
         record = self._records.get(trial_id)
