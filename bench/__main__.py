@@ -59,6 +59,8 @@ BENCHES = (
           ("--quick",)),
     Bench("enas", "ENAS search cost; NB201 supernet Kendall tau against the table", (),
           ("--quick", "--seeds", "1", "--cells", "8", "--standalone", "3")),
+    Bench("throughput", "end-to-end trials/s of the full stack against Ray Tune and Optuna",
+          (), ("--quick",)),
     Bench("gpu_children", "the CUDA path: bf16 autocast, channels_last, packing (GPU only)",
           (), ("--smoke",), gpu=True),
 )
