@@ -359,7 +359,9 @@ def render(rows: list[Row], comparison: Comparison, opts: Options, command: str,
         lines.append(f"| {r.system} | {r.space} | {r.evaluator} | {r.budget_cell} | "
                      f"{r.reward:.4f}; {r.meaning} | {r.to_best:.1f} | {r.wall:.1f} | "
                      f"{r.cpu_hours:.4f} |")
-    lines += ["", "### PNAS vs REINFORCE on NB201 CIFAR-10: trainings to the same best", ""]
+    lines += ["", "ENAS (weight sharing) has its own section below (`python -m bench.enas`): "
+              "its cost is a supernet phase, not trainings.", "",
+              "### PNAS vs REINFORCE on NB201 CIFAR-10: trainings to the same best", ""]
     lines += render_comparison(comparison)
     return "\n".join(lines) + "\n"
 
