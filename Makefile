@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.systems
 	$(BIN)/python -m bench.enas
+	$(BIN)/python -m bench.chaos
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
