@@ -223,15 +223,16 @@ def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(tmp_path: Pat
         raise AssertionError("redis-server did not start")
 
     servers = [start()]
-    store = RedisJobStore(redis.Redis(port=port, socket_timeout=5), "chaos", snapshot_every=3,
-                          retry_for=30.0)
+    restart = threading.Timer(1.0, lambda: servers.append(start()))
     try:
+        # a client made as the service makes it (from_url: no retries of redis-py's own)
+        store = RedisJobStore(redis.Redis.from_url(f"redis://127.0.0.1:{port}/0"), "chaos",
+                              snapshot_every=3)
         store.create("j", "alice", "lab", SPEC)
         store.set_state("j", "RUNNING")
         store.start_trial("j", {"trial_id": "t0"})
         servers[0].kill()
         servers[0].wait(10)
-        restart = threading.Timer(1.0, lambda: servers.append(start()))
         restart.start()
         # Act: written while Redis is down; each waits for the restarted one
         assert store.finish_trial("j", "t0", {"status": "succeeded", "reward": 0.5})
@@ -245,6 +246,9 @@ def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(tmp_path: Pat
         assert {k: t["status"] for k, t in view.trials.items()} == {"t0": "succeeded",
                                                                   "t1": "succeeded"}
     finally:
+        restart.cancel()  # a failed test must not leave the restarted server behind
+        if restart.is_alive():
+            restart.join(40)
         for server in servers:
             server.kill()
             server.wait(10)
