@@ -41,14 +41,7 @@ test: lint $(FMNIST)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.nb201 --seeds 100
-	$(BIN)/python -m bench.fashion
-	$(BIN)/python -m bench.paramserver
-	$(BIN)/python -m bench.orchestration
-	$(BIN)/python -m bench.load
-	$(BIN)/python -m bench.systems
-	$(BIN)/python -m bench.enas
-	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench all
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate

@@ -42,7 +42,7 @@ class Bench:
 BENCHES = (
     Bench("nb201", "search quality on NAS-Bench-201 (CIFAR-10, CIFAR-100, ImageNet16-120) "
           "for random, REA, ours, logits-REINFORCE, Optuna TPE; ours through the full stack",
-          ("--seeds", "100", "--datasets", "cifar10,cifar100,imagenet16", "--stack-seeds", "10"),
+          ("--seeds", "30", "--datasets", "cifar10,cifar100,imagenet16", "--stack-seeds", "5"),
           ("--seeds", "2", "--budgets", "10,20", "--workers", "1", "--stack-seeds", "1",
            "--plot-dir", "/tmp/nas-bench-quick")),
     Bench("fashion", "the searched cell against a matched ResNet on Fashion-MNIST", (),
@@ -61,6 +61,10 @@ BENCHES = (
           ("--quick", "--seeds", "1", "--cells", "8", "--standalone", "3")),
     Bench("throughput", "end-to-end trials/s of the full stack against Ray Tune and Optuna",
           (), ("--quick",)),
+    Bench("chaos", "workers, replicas, a shard, the search service and Redis killed during "
+          "searches: results lost, retries, runtime, final best", (),
+          ("--quick", "--faults", "service,shard", "--together", "--kills", "1", "--budget",
+           "24", "--run-timeout", "60", "--down-seconds", "0.5", "--seed", "1")),
     Bench("gpu_children", "the CUDA path: bf16 autocast, channels_last, packing (GPU only)",
           (), ("--smoke",), gpu=True),
 )

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 class ShardRegistry:
     """Shard ``shard`` of ``num_shards`` for every registered layout. Restores each layout's
     checkpoint for this shard from ``store`` on construction, and checkpoints a layout every
-    ``layout.checkpoint_every`` applied updates (0: only in :meth:`checkpoint_all`)."""
+    ``layout.checkpoint_every`` applied updates (0: only in :meth:`checkpoint_all`).
+
+    Those checkpoints (and a new layout's first) never fail the call that made them: the update
+    is applied either way. A save that fails (the store is down, e.g. Redis restarting) is
+    logged and tried again after each later update of the layout until one succeeds."""
 
     def __init__(self, shard: int, num_shards: int, store: CheckpointStore,
                  metrics: ShardMetrics | None = None) -> None:
@@ -31,6 +35,7 @@ class ShardRegistry:
         self._lock = threading.Lock()
         self._states: dict[str, ShardState] = {}
         self._checkpoint_locks: dict[str, threading.Lock] = {}
+        self._due: set[str] = set()  # layouts whose last checkpoint failed
         for layout_id, blob in store.load_all(shard, num_shards).items():
             try:
                 state = ShardState.from_bytes(blob)
@@ -69,7 +74,7 @@ class ShardRegistry:
                                            f"{expected_start}, got {start}")
             state = ShardState(layout, shard, initial)
             self._add(state)
-        self.checkpoint(layout.layout_id)
+        self._checkpoint_or_retry_later(layout.layout_id)
         return 0, True
 
     def get(self, layout_id: str) -> ShardState:
@@ -88,9 +93,24 @@ class ShardRegistry:
         result = state.push(replica_id, seq, base_version, start, gradient)
         self.metrics.record_push(result)
         every = state.layout.checkpoint_every
-        if result.applied and every and result.version % every == 0:
-            self.checkpoint(layout_id)
+        with self._lock:
+            due = layout_id in self._due
+        if result.applied and (due or (every and result.version % every == 0)):
+            self._checkpoint_or_retry_later(layout_id)
         return result
+
+    def _checkpoint_or_retry_later(self, layout_id: str) -> None:
+        """Checkpoint now; if the store fails, log it and leave the layout due."""
+        try:
+            self.checkpoint(layout_id)
+        except Exception as exc:  # the update stands; an RPC error would make it look lost
+            with self._lock:
+                self._due.add(layout_id)
+            log.warning("checkpoint of layout %r failed, retried after its next update: %s",
+                        layout_id, exc)
+            return
+        with self._lock:
+            self._due.discard(layout_id)
 
     def checkpoint(self, layout_id: str) -> None:
         """Save one layout's state now. Saves of one layout are serialized, snapshot and write

@@ -5,6 +5,11 @@ are serialised and a reader never sees half a write. Every ``snapshot_every`` en
 view is stored beside the journal (with the length it covers); a read folds only the entries
 after it. The journal stays the truth: a lost or stale snapshot only costs a longer read.
 Watchers waiting for new entries poll the journal's length every ``poll_interval`` seconds.
+
+A Redis that goes away (killed, restarting from its AOF) is waited for up to ``retry_for``
+seconds: every read and append is retried on a connection error. An append whose reply was lost
+is safe to retry: it is guarded by the journal's length, so one that did land makes the retry a
+conflict, and the writer re-reads the view and sees its entry there.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from controller.jobs.store import ConflictError, JobView, JournalJobStore, R
 from protos.errors import NotFoundError
+
+T = TypeVar("T")
 
 
 class RedisJobStore(JournalJobStore):
@@ -27,10 +34,11 @@ class RedisJobStore(JournalJobStore):
     poll_interval = 0.15
 
     def __init__(self, client: redis.Redis, prefix: str = "nas",
-                 snapshot_every: int = 64) -> None:
+                 snapshot_every: int = 64, retry_for: float = 60.0) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every: must be >= 1, got {snapshot_every}")
         self.client = client
+        self.retry_for = retry_for
         self.prefix = prefix
         self.snapshot_every = snapshot_every
         self._views: dict[str, JobView] = {}  # folded so far, per job (only later entries
@@ -40,18 +48,33 @@ class RedisJobStore(JournalJobStore):
     def _key(self, job_id: str, what: str) -> str:
         return f"{self.prefix}:job:{job_id}:{what}"
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, again after a connection error until ``retry_for`` s have passed (a
+        Redis restarting: refused connections, then LOADING while it replays its AOF)."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
     def _with_view(self, job_id: str, fn: Callable[[JobView], R]) -> R:
         with self._lock:
             cached = self._views.get(job_id)
             start = cached.length if cached is not None else 0
         snapshot = None
         if cached is None:  # first read in this process: start from the snapshot, if any
-            raw = self.client.get(self._key(job_id, "snapshot"))
+            raw = self._retrying(lambda: self.client.get(self._key(job_id, "snapshot")))
             if raw is not None:
                 snapshot = JobView.from_json(json.loads(raw))
                 start = snapshot.length
-        rest = [json.loads(e) for e in self.client.lrange(self._key(job_id, "journal"), start,
-                                                          -1)]
+        journal = self._key(job_id, "journal")
+        rest = [json.loads(e) for e in self._retrying(lambda: self.client.lrange(journal, start,
+                                                                                 -1))]
         with self._lock:
             view = self._views.get(job_id)
             if view is None:
@@ -73,6 +96,11 @@ class RedisJobStore(JournalJobStore):
             return super()._write(job_id, make)
 
     def _append(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
+        self._retrying(lambda: self._append_once(job_id, expected_length, entry))
+        if (expected_length + 1) % self.snapshot_every == 0:
+            self._snapshot(job_id)
+
+    def _append_once(self, job_id: str, expected_length: int, entry: dict[str, Any]) -> None:
         journal = self._key(job_id, "journal")
         with self.client.pipeline() as pipe:
             try:
@@ -84,25 +112,27 @@ class RedisJobStore(JournalJobStore):
                 if expected_length == 0:
                     pipe.zadd(f"{self.prefix}:jobs", {job_id: float(entry["at"])})
                 pipe.execute()
-            except redis.WatchError:
+            except redis.WatchError:  # another writer, or the connection broke while watching
                 raise ConflictError(job_id) from None
-        if (expected_length + 1) % self.snapshot_every == 0:
-            self._snapshot(job_id)
 
     def _snapshot(self, job_id: str) -> None:
         doc = self._with_view(job_id, JobView.to_json)
-        self.client.set(self._key(job_id, "snapshot"), json.dumps(doc))
+        self._retrying(lambda: self.client.set(self._key(job_id, "snapshot"), json.dumps(doc)))
 
     def _job_ids(self) -> list[str]:
-        return [j.decode() if isinstance(j, bytes) else str(j)
-                for j in self.client.zrange(f"{self.prefix}:jobs", 0, -1)]
+        ids = self._retrying(lambda: self.client.zrange(f"{self.prefix}:jobs", 0, -1))
+        return [j.decode() if isinstance(j, bytes) else str(j) for j in ids]
 
     def _read(self, job_id: str, offset: int) -> list[dict[str, Any]]:
         journal = self._key(job_id, "journal")
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.lrange(journal, offset, -1)
-            pipe.exists(journal)
-            raw, exists = pipe.execute()
+
+        def read() -> list[Any]:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.lrange(journal, offset, -1)
+                pipe.exists(journal)
+                return list(pipe.execute())
+
+        raw, exists = self._retrying(read)
         if not exists:
             raise NotFoundError(f"job_id: no job {job_id!r}")
         return [json.loads(e) for e in raw]
