@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import torch
 
 from controller.service.client import SearchClient
@@ -73,3 +78,40 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class OwnRedis:
+    """redis-server processes of a test's own on one free port of 127.0.0.1, with an AOF
+    (fsync always) in ``directory``: ``start()`` (again after a kill) restarts from it."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port: int = s.getsockname()[1]
+        self.directory = directory
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """A server on ``port``, once it accepts connections."""
+        proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind",
+                                 "127.0.0.1", "--save", "", "--appendonly", "yes",
+                                 "--appendfsync", "always", "--dir", str(self.directory)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.started.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return proc
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A Redis of the test's own to kill and restart; every server it started is killed after."""
+    servers = OwnRedis(tmp_path)
+    yield servers
+    for proc in servers.started:
+        proc.kill()
+        proc.wait(10)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -18,6 +14,9 @@ import redis
 from paramserver.checkpoint import CheckpointStore, InMemoryCheckpointStore, RedisCheckpointStore
 from paramserver.registry import ShardRegistry
 from protos.types import LayoutSpec
+
+if TYPE_CHECKING:
+    from conftest import OwnRedis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -124,29 +123,12 @@ class TestRedisCheckpointStore(CheckpointStoreContract):
             store.ping()
 
 
-def _redis_server(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    """A redis-server of this test's own on 127.0.0.1:``port``, once it accepts connections."""
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "yes", "--dir", str(directory)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(redis.ConnectionError):
-            if redis.Redis(port=port, socket_timeout=1).ping():
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("redis-server did not start")
-
-
-def test_a_registry_rides_out_its_redis_restarting(tmp_path: Path) -> None:
+def test_a_registry_rides_out_its_redis_restarting(own_redis: OwnRedis) -> None:
     # found by bench.chaos: Redis SIGKILLed during a search made the shard's RegisterLayout and
     # checkpointing pushes fail with UNKNOWN, and the job FAILED although every update applied
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = _redis_server(tmp_path, port)
-    store = RedisCheckpointStore(f"redis://127.0.0.1:{port}/0", prefix="t", timeout_s=1.0)
+    server = own_redis.start()
+    store = RedisCheckpointStore(f"redis://127.0.0.1:{own_redis.port}/0", prefix="t",
+                                 timeout_s=1.0)
     layout = LayoutSpec("policy", total_size=4, num_shards=1, checkpoint_every=2)
     try:
         registry = ShardRegistry(0, 1, store)
@@ -156,12 +138,10 @@ def test_a_registry_rides_out_its_redis_restarting(tmp_path: Path) -> None:
         assert registry.register(layout, 0, 0, np.zeros(4, np.float32)) == (0, True)
         for seq in (1, 2):
             assert registry.push("policy", "r0", seq, seq - 1, 0, np.ones(4, np.float32)).applied
-        server = _redis_server(tmp_path, port)
+        own_redis.start()
         # Assert: the next update saves the checkpoint that was due
         assert registry.push("policy", "r0", 3, 2, 0, np.ones(4, np.float32)).version == 3
         restored = ShardRegistry(0, 1, store)
         assert restored.get("policy").version == 3
     finally:
         store.close()
-        server.kill()
-        server.wait(10)

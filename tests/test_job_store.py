@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -18,6 +15,9 @@ import redis
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore, JobStore, JobView
 from protos.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+
+if TYPE_CHECKING:
+    from conftest import OwnRedis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SPEC = {"space": "nb201", "budget": 10, "recipe": {"epochs": 1}}
@@ -202,28 +202,13 @@ def test_notes_keep_the_last_of_each_kind_and_a_resume_drops_running_trials(
         store.note("j", "gossip", {})
 
 
-def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(tmp_path: Path) -> None:
+def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(own_redis: OwnRedis
+                                                                    ) -> None:
     # found by bench.chaos: a SIGKILLed Redis made the job's next journal write raise, then the
     # write of FAILED too, so the job stayed RUNNING with nothing running it (wedged)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)]
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.ConnectionError):
-                if redis.Redis(port=port, socket_timeout=1).ping():
-                    return proc
-            time.sleep(0.05)
-        proc.kill()
-        raise AssertionError("redis-server did not start")
-
-    servers = [start()]
-    restart = threading.Timer(1.0, lambda: servers.append(start()))
+    port = own_redis.port
+    first = own_redis.start()
+    restart = threading.Timer(1.0, own_redis.start)
     try:
         # a client made as the service makes it (from_url: no retries of redis-py's own)
         store = RedisJobStore(redis.Redis.from_url(f"redis://127.0.0.1:{port}/0"), "chaos",
@@ -231,8 +216,8 @@ def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(tmp_path: Pat
         store.create("j", "alice", "lab", SPEC)
         store.set_state("j", "RUNNING")
         store.start_trial("j", {"trial_id": "t0"})
-        servers[0].kill()
-        servers[0].wait(10)
+        first.kill()
+        first.wait(10)
         restart.start()
         # Act: written while Redis is down; each waits for the restarted one
         assert store.finish_trial("j", "t0", {"status": "succeeded", "reward": 0.5})
@@ -249,6 +234,3 @@ def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(tmp_path: Pat
         restart.cancel()  # a failed test must not leave the restarted server behind
         if restart.is_alive():
             restart.join(40)
-        for server in servers:
-            server.kill()
-            server.wait(10)

@@ -29,7 +29,7 @@ from torch import nn
 from protos.types import Architecture
 from worker.builders.base import ModelSpec
 from worker.builders.nasnet import STEM_MULTIPLIER
-from worker.builders.nb201 import NUM_NODES, ResidualReduction
+from worker.builders.nb201 import NUM_NODES, nb201_skeleton
 from worker.layers import FactorizedReduce, ReLUConvBN
 from worker.ops import create_op
 
@@ -201,15 +201,8 @@ class NB201Supernet(Supernet):
 
     def __init__(self, spec: ModelSpec, ops: Sequence[str]) -> None:
         super().__init__()
-        c = spec.filters
-        self.stem = nn.Sequential(nn.Conv2d(spec.in_channels, c, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c))
-        layers: list[nn.Module] = []
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResidualReduction(c, 2 * c))
-                c *= 2
-            layers += [_SharedNB201Cell(ops, c) for _ in range(spec.cells)]
+        self.stem, layers, c = nb201_skeleton(spec, lambda channels: _SharedNB201Cell(ops,
+                                                                                      channels))
         self.layers = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.classifier = nn.Linear(c, spec.num_classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -53,20 +55,28 @@ class NB201Cell(nn.Module):
         return nodes[-1]
 
 
+def nb201_skeleton(spec: ModelSpec, cell: Callable[[int], nn.Module]
+                   ) -> tuple[nn.Module, list[nn.Module], int]:
+    """The stem, the layers (3 stages of ``spec.cells`` cells of ``cell(channels)``, a
+    residual reduction before stages 2 and 3) and the last stage's channels."""
+    c = spec.filters
+    stem = nn.Sequential(nn.Conv2d(spec.in_channels, c, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c))
+    layers: list[nn.Module] = []
+    for stage in range(3):
+        if stage > 0:
+            layers.append(ResidualReduction(c, 2 * c))
+            c *= 2
+        layers += [cell(c) for _ in range(spec.cells)]
+    return stem, layers, c
+
+
 class NB201Net(ChildNet):
     """The NAS-Bench-201 skeleton (TinyNetwork) with one cell repeated in every stage."""
 
     def __init__(self, arch: Architecture, spec: ModelSpec) -> None:
         super().__init__(spec)
-        c = spec.filters
-        self.stem = nn.Sequential(nn.Conv2d(spec.in_channels, c, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c))
-        layers: list[nn.Module] = []
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResidualReduction(c, 2 * c))
-                c *= 2
-            layers += [NB201Cell(arch, c) for _ in range(spec.cells)]
+        self.stem, layers, c = nb201_skeleton(spec, lambda channels: NB201Cell(arch, channels))
         self.cells = nn.Sequential(*layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.pool = nn.AdaptiveAvgPool2d(1)
