@@ -182,9 +182,9 @@ def _run_cli(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.parametrize("space_flags", [["--space", "enas-micro", "--num-blocks", "2"],
-                                         ["--space", "macro", "--num-layers", "2"]],
-                         ids=["enas-micro", "macro"])
+# (enas-micro's CLI run is tests/test_bench_enas.py's; the service test below runs it too)
+@pytest.mark.parametrize("space_flags", [["--space", "macro", "--num-layers", "2"]],
+                         ids=["macro"])
 def test_nas_search_enas_derives_and_trains_the_best_child_from_scratch(
         tmp_path: Path, fashion_mnist_installed: Path, space_flags: list[str]) -> None:
     # Act: budget 1, ENAS's protocol: the single best-scored derived child trains from scratch
