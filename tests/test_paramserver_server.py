@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from conftest import assert_unparsable_requests_are_invalid_argument
 
 from paramserver.checkpoint import InMemoryCheckpointStore, RedisCheckpointStore
 from paramserver.server import RunningShard, serve
@@ -126,17 +127,11 @@ def test_errors_map_to_status_codes(shard1: Served) -> None:
 
 
 def test_a_request_that_does_not_parse_is_invalid_argument(shard1: Served) -> None:
-    # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
     running, stub = shard1
     register(stub)
-    with grpc.insecure_channel(running.address) as channel:
-        for payload in (b"\xff\xff\xff", b"\x0a\x06pol", b"\x0a\x02\xff\xfe"):
-            for method in ("Push", "Pull", "RegisterLayout", "ShardStatus"):
-                raw = channel.unary_unary(f"/nas.v1.ParameterServer/{method}")
-                with pytest.raises(grpc.RpcError) as info:
-                    raw(payload, timeout=10)
-                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert "request: not a valid nas.v1." in str(info.value.details())
+    assert_unparsable_requests_are_invalid_argument(
+        running.address, "ParameterServer", ("Push", "Pull", "RegisterLayout", "ShardStatus"),
+        (b"\xff\xff\xff", b"\x0a\x06pol", b"\x0a\x02\xff\xfe"))
     assert pull(stub)[0] == 0  # still serving
 
 

@@ -20,6 +20,7 @@ DARTS; scoring a child therefore runs the supernet in training mode without grad
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -34,16 +35,16 @@ from worker.layers import FactorizedReduce, ReLUConvBN
 from worker.ops import create_op
 
 
-class Supernet(nn.Module):
+class Supernet(nn.Module, ABC):
     """``forward(x, arch)``: logits of ``arch``'s path through the shared weights."""
 
+    @abstractmethod
     def forward(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
         """Logits of shape (B, num_classes) for the child ``arch``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def path_parameters(self, arch: Architecture) -> int:
         """How many shared values the child ``arch`` uses (its parameter count)."""
-        raise NotImplementedError
 
 
 def _batch_norm(x: torch.Tensor) -> torch.Tensor:
