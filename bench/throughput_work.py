@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 from typing import Any
 
 from controller.evaluators.nb201 import default_csv, load_table
@@ -33,25 +34,24 @@ def lookup_attempt(task_bytes: bytes, controller: str) -> dict[str, Any]:
     from protos import codec
     from protos.types import TrialResult, TrialStatus
     from protos.v1 import worker_pb2 as wk
-    from worker.reporting import TrialReporter
+    from worker.reporting import shared_reporter
 
+    began = time.perf_counter()
     task = wk.TrialTask.FromString(task_bytes)
     trial = codec.trial_from_proto(task.trial)
     dataset = codec.workload_from_proto(task.workload).dataset.removeprefix(LOOKUP_PREFIX)
     tid, attempt = trial.trial_id, trial.attempt
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    reporter = TrialReporter(controller)
-    try:
-        if reporter.start(tid, attempt, worker, "cpu").superseded:
-            return {"trial_id": tid, "attempt": attempt, "outcome": "superseded",
-                    "worker": worker}
-        space = NB201Space()
-        reward = lookup(list(space.encode(trial.architecture)), dataset)
-        reporter.result(tid, attempt, TrialResult(tid, TrialStatus.SUCCEEDED, reward,
-                                                  {"max_epochs": 0.0}), {})
-    finally:
-        reporter.close()
-    return {"trial_id": tid, "attempt": attempt, "outcome": "reported", "worker": worker}
+    reporter = shared_reporter(controller)  # as run_attempt: one channel per process
+    if reporter.start(tid, attempt, worker, "cpu").superseded:
+        return {"trial_id": tid, "attempt": attempt, "outcome": "superseded", "worker": worker,
+                "seconds": time.perf_counter() - began}
+    space = NB201Space()
+    reward = lookup(list(space.encode(trial.architecture)), dataset)
+    reporter.result(tid, attempt, TrialResult(tid, TrialStatus.SUCCEEDED, reward,
+                                              {"max_epochs": 0.0}), {})
+    return {"trial_id": tid, "attempt": attempt, "outcome": "reported", "worker": worker,
+            "seconds": time.perf_counter() - began}
 
 
 def tune_trainable(config: dict[str, Any]) -> None:

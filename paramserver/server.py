@@ -12,6 +12,7 @@ from prometheus_client import ProcessCollector, start_http_server
 
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
+from paramserver.shard import warm_up
 from protos.metrics_interceptor import for_registry
 from protos.rpc import CHANNEL_OPTIONS, DecodeGuard
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
@@ -61,6 +62,7 @@ def serve(shard: int, num_shards: int, store: CheckpointStore, host: str = "127.
     """Restore this shard's layouts from ``store`` and start serving on ``host:port`` (0: a
     free port, reported in ``RunningShard.port``); with ``metrics_port`` (0: a free port) also
     serve Prometheus text at ``http://host:metrics_port/metrics``."""
+    warm_up()  # before serving: the first registration must not wait for torch's imports
     servicer = ParameterServerServicer(shard, num_shards, store)
     registry = servicer.metrics.registry
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, memory

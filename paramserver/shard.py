@@ -39,6 +39,16 @@ class ShardStats:
     duplicates: int
 
 
+def warm_up() -> None:
+    """Build and step a throwaway Adam, once per process: a process's first ``torch.optim``
+    optimizer imports ``torch._dynamo`` (about a second, 1.5 s measured on a busy 2-core
+    machine), which the first job's registration would otherwise wait for."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    adam = torch.optim.Adam([param], foreach=False)
+    param.grad = torch.zeros(1)
+    adam.step()
+
+
 class ShardState:
     """The state of shard ``shard`` of ``layout``; every public method is thread-safe."""
 

@@ -211,6 +211,53 @@ def test_an_infeasible_trial_fails_at_once_instead_of_hanging(rig: Rig) -> None:
     assert "no node of the Ray cluster" in outcome.result.error
 
 
+def _unknown_dataset(rig: Rig) -> Workload:
+    """A workload whose attempts end at once (the dataset is unknown: a FAILED result)."""
+    return dataclasses.replace(rig.workload(), dataset="no-such-dataset")
+
+
+def test_short_attempts_are_prefetched_and_long_ones_are_not(rig: Rig) -> None:
+    # Arrange: "short" is under 0.3 s here; a service prefetches only once each of its last 8
+    # attempts was short, so none yet
+    rig.service.prefetch_below_s = 0.3
+    assert not rig.service.prefetching()
+    # Act 1: attempts that end at once (a few ms; rounds of 8 until 8 in a row were short,
+    # should a loaded machine slow one down)
+    for round_ in range(5):
+        quick = [rig.board.submit(Trial(f"quick{round_}-{i}", SPACE.from_string(GOOD), (), ""),
+                                  _unknown_dataset(rig), Resources(1.0, 0.0)) for i in range(8)]
+        assert all(_wait(h).result.status is TrialStatus.FAILED for h in quick)
+        deadline = time.monotonic() + 5.0  # the loop collects the last ones after their results
+        while not rig.service.prefetching() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if rig.service.prefetching():
+            break
+    # Assert 1: now each slot gets one more attempt queued behind its running one
+    assert rig.service.prefetching()
+    slots = rig.service.slots()
+    longer = dataclasses.replace(rig.workload(), train_subset=4096)  # seconds each
+    busy = [rig.board.submit(Trial(f"busy{i}", SPACE.from_string(GOOD), (), ""), longer,
+                             Resources(1.0, 0.0)) for i in range(slots)]
+    for i in range(slots):
+        rig.wait_started(f"busy{i}")
+    queued = [rig.board.submit(Trial(f"next{i}", SPACE.from_string(GOOD), (), ""),
+                               _unknown_dataset(rig), Resources(1.0, 0.0))
+              for i in range(slots + 2)]
+    deadline = time.monotonic() + 10.0
+    while rig.board.running() < 2 * slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.board.running() == 2 * slots  # the trainings, and one leased behind each
+    assert rig.board.queued() == 2  # no more than that: the rest wait on the board
+    # Act 2 / Assert 2: every trial still ends, each once; the trainings turn prefetching off
+    assert all(_wait(h).result.status is TrialStatus.SUCCEEDED for h in busy)
+    assert all(_wait(h).result.status is TrialStatus.FAILED for h in queued)
+    assert rig.board.counters.duplicates == 0 and rig.board.counters.retried_lost == 0
+    deadline = time.monotonic() + WAIT_S
+    while rig.service.prefetching() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not rig.service.prefetching()  # a training is among the last 8 attempts again
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, **_ray_env(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
 

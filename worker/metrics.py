@@ -46,12 +46,15 @@ class WorkerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The service's state as Prometheus families."""
-        busy = len(self.service.scheduler.running())
+        running, slots = len(self.service.scheduler.running()), self.service.slots()
         yield GaugeMetricFamily("nas_worker_slots_busy", "Children training here now",
-                                value=busy)
+                                value=min(running, slots))
         yield GaugeMetricFamily("nas_worker_slots", "Children this worker may train at once "
                                 "(its cluster's capacity, capped by --slots)",
-                                value=busy + self.service.free_slots())
+                                value=slots)
+        yield GaugeMetricFamily("nas_worker_attempts_prefetched", "Short attempts queued "
+                                "here behind a running one (prefetched)",
+                                value=max(0, running - slots))
         yield CounterMetricFamily("nas_worker_attempts_lost", "Attempts whose process died, "
                                   "reported to the controller for a retry",
                                   value=self.service.lost_reported)

@@ -8,6 +8,8 @@ accepted result must never be lost to a controller restart).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -90,3 +92,23 @@ class TrialReporter:
                                 retryable=retryable)
         return self._call(lambda: self._stub.ReportLost(request, timeout=self.timeout),
                           self.result_retry_for)
+
+
+_SHARED_MAX = 8
+_shared: OrderedDict[str, TrialReporter] = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def shared_reporter(address: str) -> TrialReporter:
+    """This process's reporter to the controller at ``address``, kept for every attempt the
+    process runs (a Ray worker process runs many: a channel of its own per attempt paid a
+    connection set-up each time). gRPC reconnects it when the controller comes back; the
+    least recently used of more than a few controllers' reporters is closed."""
+    with _shared_lock:
+        reporter = _shared.get(address)
+        if reporter is None:
+            reporter = _shared[address] = TrialReporter(address)
+            while len(_shared) > _SHARED_MAX:
+                _shared.popitem(last=False)[1].close()
+        _shared.move_to_end(address)
+        return reporter

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class Finished:
     attempt: int
     lost: bool
     reason: str = ""
+    seconds: float | None = None  # how long the attempt ran, as it measured (None: unknown)
 
 
 class Scheduler(ABC):
@@ -81,9 +83,11 @@ def _ray_entry(task_bytes: bytes, controller: str) -> dict[str, Any]:
     """The Ray task: decode and run one attempt (imports stay inside: a fresh worker process)."""
     from worker.task import run_attempt
 
+    start = time.perf_counter()
     summary = run_attempt(wk.TrialTask.FromString(task_bytes), controller)
     return {"trial_id": summary.trial_id, "attempt": summary.attempt,
-            "outcome": summary.outcome, "worker": summary.worker}
+            "outcome": summary.outcome, "worker": summary.worker,
+            "seconds": time.perf_counter() - start}
 
 
 class RayScheduler(Scheduler):
@@ -117,15 +121,34 @@ class RayScheduler(Scheduler):
         self._remote = ray.remote(max_retries=0, retry_exceptions=False)(_ray_entry)
         self._refs: dict[Any, Key] = {}
         self._lock = threading.Lock()
+        self._node_cache: tuple[float, list[dict[str, float]]] | None = None
 
-    def _nodes(self) -> list[dict[str, float]]:
-        return [dict(n.get("Resources", {})) for n in self._ray.nodes() if n.get("Alive")]
+    # how long the cluster's node table is reused: the worker loop asks for its capacity on
+    # every lease, and each ``ray.nodes()`` is a GCS round trip (a profile of a lookup-speed
+    # search found it among the worker loop's largest costs); a node that joins or leaves is
+    # seen within this
+    NODE_TABLE_TTL_S = 5.0
+
+    def _nodes(self, fresh: bool = False) -> list[dict[str, float]]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._node_cache
+        if not fresh and cached is not None and now - cached[0] < self.NODE_TABLE_TTL_S:
+            return cached[1]
+        nodes = [dict(n.get("Resources", {})) for n in self._ray.nodes() if n.get("Alive")]
+        with self._lock:
+            self._node_cache = (now, nodes)
+        return nodes
 
     def check_feasible(self, resources: Resources) -> None:
-        nodes = self._nodes()
-        fits = [n for n in nodes if n.get("CPU", 0.0) >= resources.num_cpus
-                and n.get("GPU", 0.0) >= resources.num_gpus]
-        if fits:
+        def fits(nodes: list[dict[str, float]]) -> bool:
+            return any(n.get("CPU", 0.0) >= resources.num_cpus
+                       and n.get("GPU", 0.0) >= resources.num_gpus for n in nodes)
+
+        if fits(self._nodes()):
+            return
+        nodes = self._nodes(fresh=True)  # not on the cached table: a node may have joined
+        if fits(nodes):
             return
         total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
         total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
@@ -177,7 +200,7 @@ class RayScheduler(Scheduler):
     def _finished(self, ref: Any, key: Key) -> Finished:
         exceptions = self._ray.exceptions
         try:
-            self._ray.get(ref, timeout=30)
+            summary = self._ray.get(ref, timeout=30)
         except exceptions.TaskCancelledError:
             return Finished(*key, lost=False, reason="cancelled")
         except exceptions.RayTaskError as exc:  # the attempt raised: it could not report
@@ -186,7 +209,9 @@ class RayScheduler(Scheduler):
         except exceptions.RayError as exc:  # worker or node died, out of memory, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Finished(*key, lost=True, reason=f"{type(exc).__name__}: {first}")
-        return Finished(*key, lost=False)
+        seconds = summary.get("seconds") if isinstance(summary, dict) else None
+        return Finished(*key, lost=False,
+                        seconds=float(seconds) if isinstance(seconds, int | float) else None)
 
     def cancel(self, trial_id: str, attempt: int) -> None:
         with self._lock:

@@ -4,6 +4,13 @@ Loop: lease up to the free capacity (telling the controller what runs here, so i
 attempts to cancel) -> submit -> collect ended attempts. An attempt whose process died is
 reported lost (the controller retries it with a new attempt number); one that asks for more than
 any machine has is reported lost and not retryable, so it fails at once instead of hanging.
+
+Short attempts (each of the last 8 ran under ``prefetch_below_s``: table lookups, tiny
+children) are prefetched: each slot gets one more attempt queued behind its running one
+in the scheduler, so a slot starts its next attempt the moment the last ends instead of after
+this loop's collect and lease round trip (which cost more than such an attempt itself). Long
+attempts are never prefetched (one among the last 8 turns it off): a trial queued behind an
+hour-long training here could have started on another worker meanwhile.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+from collections import deque
 
 from protos import codec
 from protos.errors import NasError
@@ -26,12 +34,15 @@ class WorkerService:
     """Feeds ``scheduler`` with trials of the controller at ``controller`` (host:port)."""
 
     def __init__(self, scheduler: Scheduler, controller: str, worker_id: str | None = None,
-                 poll_seconds: float = 0.5, max_slots: int | None = None) -> None:
+                 poll_seconds: float = 0.5, max_slots: int | None = None,
+                 prefetch_below_s: float = 1.0) -> None:
         self.scheduler = scheduler
         self.controller = controller
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_seconds = poll_seconds
         self.max_slots = max_slots
+        self.prefetch_below_s = prefetch_below_s
+        self._durations: deque[float] = deque(maxlen=8)  # the last attempts' run times
         self.reporter = TrialReporter(controller)
         self.lost_reported = 0
         self._last_resources = Resources()
@@ -60,12 +71,23 @@ class WorkerService:
                 log.warning("worker service: %s", exc)
                 self._stop.wait(1.0)
 
-    def free_slots(self) -> int:
-        """How many more attempts to take now."""
+    def slots(self) -> int:
+        """How many attempts run here at once."""
         slots = self.scheduler.capacity(self._last_resources)
         if self.max_slots is not None:
             slots = min(slots, self.max_slots)
-        return max(0, slots - len(self.scheduler.running()))
+        return slots
+
+    def prefetching(self) -> bool:
+        """Whether attempts are short enough to queue one more behind each running one."""
+        return (len(self._durations) == self._durations.maxlen
+                and max(self._durations) < self.prefetch_below_s)
+
+    def free_slots(self) -> int:
+        """How many more attempts to take now (with prefetching: to run or to queue)."""
+        slots = self.slots()
+        allowed = 2 * slots if self.prefetching() else slots
+        return max(0, allowed - len(self.scheduler.running()))
 
     def step(self) -> None:
         """One lease, submit, collect round."""
@@ -86,6 +108,8 @@ class WorkerService:
             self.scheduler.submit(task, self.controller)
         # full: wait for an attempt to end; else the lease's long poll already waited
         for ended in self.scheduler.wait(0.0 if free else self.poll_seconds):
+            if ended.seconds is not None:
+                self._durations.append(ended.seconds)
             if ended.lost:
                 self._report_lost(ended.trial_id, ended.attempt, ended.reason)
 

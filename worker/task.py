@@ -23,7 +23,7 @@ from protos.v1 import worker_pb2 as wk
 from worker.builders import ModelSpec
 from worker.child import ChildFailed, train_child
 from worker.datasets import DatasetError, DatasetSplits, load_dataset
-from worker.reporting import TrialReporter
+from worker.reporting import TrialReporter, shared_reporter
 from worker.trainer import TrainRecipe
 from worker.trainer_recipe import resolve_device
 
@@ -89,20 +89,16 @@ def run_attempt(task: wk.TrialTask, controller: str) -> AttemptSummary:
     threads = max(1, int(task.resources.num_cpus))
     torch.set_num_threads(threads)
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    reporter = TrialReporter(controller)
+    reporter = shared_reporter(controller)
     tid, attempt = trial.trial_id, trial.attempt
-    try:
-        if reporter.start(tid, attempt, worker, _device(workload)).superseded:
-            return AttemptSummary(tid, attempt, "superseded", worker)
-        with _Heartbeat(reporter, tid, attempt, task.heartbeat_seconds or 5.0) as beat:
-            result, artifacts = _train(trial.architecture, workload, reporter, tid, attempt,
-                                       beat)
-        if result is None:
-            return AttemptSummary(tid, attempt, "superseded", worker)
-        reporter.result(tid, attempt, result, artifacts)
-        return AttemptSummary(tid, attempt, "reported", worker)
-    finally:
-        reporter.close()
+    if reporter.start(tid, attempt, worker, _device(workload)).superseded:
+        return AttemptSummary(tid, attempt, "superseded", worker)
+    with _Heartbeat(reporter, tid, attempt, task.heartbeat_seconds or 5.0) as beat:
+        result, artifacts = _train(trial.architecture, workload, reporter, tid, attempt, beat)
+    if result is None:
+        return AttemptSummary(tid, attempt, "superseded", worker)
+    reporter.result(tid, attempt, result, artifacts)
+    return AttemptSummary(tid, attempt, "reported", worker)
 
 
 def _device(workload: Workload) -> str:
