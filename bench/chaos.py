@@ -50,7 +50,7 @@ from typing import Any
 
 import redis
 
-from bench.report import machine, write_section
+from bench.report import background_load, machine, write_section
 from controller.jobs.redis_store import RedisJobStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -607,9 +607,9 @@ def section(args: argparse.Namespace, argv: list[str] | None,
     command = "python -m bench.chaos" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     lines = ["## Chaos: faults during a search lose nothing", "",
-             f"Machine: {machine()}; **shared with other developers while it ran**, so run "
-             f"times are noisy. Command: `{command}` ({minutes:.1f} min). Every process is "
-             f"real and on 127.0.0.1: a redis-server of the benchmark's own with "
+             f"Machine: {machine()}; {background_load()}. Command: `{command}` "
+             f"({minutes:.1f} min). Every process is real and on 127.0.0.1: a redis-server of "
+             f"the benchmark's own with "
              f"`--appendonly yes --appendfsync always` (job store and shard checkpoints), "
              f"{args.shards} `nas serve paramserver` shards, `nas serve search --paramservers "
              f"...` and, for the worker row, its private local Ray with {args.workers} workers. "

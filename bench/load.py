@@ -53,7 +53,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from tqdm import tqdm
 
-from bench.report import machine, write_section
+from bench.report import background_load, machine, write_section
 from controller.trials.board import TrialBoard
 from controller.trials.servicer import RunningTrialReport, serve_trial_reports
 from protos.types import Architecture, Node, Resources, Trial, Workload
@@ -788,8 +788,7 @@ def render(report: dict[str, Any], command: str) -> str:
     load, fuzz = report["load"], report["fuzz"]
     lines = [
         "## Load and bad input", "",
-        f"Machine: {machine()}; shared with other developers while it ran (their builds and "
-        f"tests competed for the 2 cores), so latencies are upper bounds.",
+        f"Machine: {machine()}; {background_load()}.",
         f"Command: `{command}` ({report['seconds']:.0f} s).", "",
         f"`nas serve search` ran as a subprocess on 127.0.0.1 (port 0): jobs in Redis, one "
         f"parameter-server shard process (`--shards 1`), a token table (an admin and a reader "

@@ -253,15 +253,24 @@ def render_stack(stack: list[RunResult], results: list[RunResult], dataset: str,
 
 
 def verdict(rows: list[RunResult], budgets: tuple[int, ...]) -> str:
-    """Does ours match or beat regularized evolution at every budget (the issue's target)?"""
-    def mean(method: str, b: int) -> float:
-        return statistics.mean(r.test_at[b] for r in rows if r.method == method)
+    """Does ours match or beat regularized evolution at every budget (the issue's target)?
+    Each gap comes with its standard error (independent runs: sqrt(sd1^2/n1 + sd2^2/n2)), so
+    a reader sees whether a miss is more than noise."""
+    def runs(method: str, b: int) -> list[float]:
+        return [100 * r.test_at[b] for r in rows if r.method == method]
 
     ours, rea = "ours (LSTM REINFORCE)", "evolution (REA)"
-    gaps = [100 * (mean(ours, b) - mean(rea, b)) for b in budgets]
+    parts, gaps = [], []
+    for b in budgets:
+        a, e = runs(ours, b), runs(rea, b)
+        gap = statistics.mean(a) - statistics.mean(e)
+        se = (statistics.variance(a) / len(a) + statistics.variance(e) / len(e)) ** 0.5 \
+            if len(a) > 1 and len(e) > 1 else float("nan")
+        gaps.append(gap)
+        parts.append(f"{b}: {gap:+.2f} +- {se:.2f}")
     status = "met" if all(g >= 0 for g in gaps) else "not met"
-    return (f"Target ours >= REA at every budget: **{status}** (ours - REA: " +
-            ", ".join(f"{b}: {g:+.2f}" for b, g in zip(budgets, gaps, strict=True)) + " points).")
+    return (f"Target ours >= REA at every budget: **{status}** (ours - REA, points +- the "
+            f"standard error of the difference: " + ", ".join(parts) + ").")
 
 
 if __name__ == "__main__":
