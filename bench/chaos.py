@@ -646,8 +646,9 @@ def section(args: argparse.Namespace, argv: list[str] | None,
                         f"K={args.replicas} replicas that is not guaranteed: their pushes "
                         f"interleave by thread timing, so a run may sample differently after "
                         f"the first update (other runs of this command have seen clean bests "
-                        f"differ). A faulted best that differs is therefore the fault's doing "
-                        f"or timing; what the table guarantees is that every trial accepted got "
+                        f"differ, and faulted bests differ from run to run). A faulted best that "
+                        f"differs is therefore the fault's doing or timing; what the table "
+                        f"guarantees is that every trial accepted got "
                         f"its result, the budget was spent exactly and nothing trained twice.")
     elif len(repeats) > 1:
         reproducible = (f" The clean run reproduced its best in {len(repeats)} runs, so a "
@@ -669,15 +670,21 @@ def section(args: argparse.Namespace, argv: list[str] | None,
               "seed, with the policy the shards kept) and trains its re-queued children first; "
               "a restarted shard restores its last checkpoint (every `checkpoint_every` = 10 "
               "updates) and drops the updates since. Either way the search then proposes other "
-              "children than the clean run. A Redis restart (journal writes wait for it) and a "
-              "killed worker (its child is trained again, to the same accuracy) leave the "
-              "sampling alone." + reproducible,
+              "children than the clean run. A Redis restart and a killed worker change no "
+              "state the search samples from (journal writes wait for Redis; the child is "
+              "trained again, to the same accuracy), but they delay the replicas unevenly, and "
+              "with K > 1 that alone can reorder their pushes." + reproducible,
               "- Found and fixed by this benchmark: a Redis SIGKILL wedged the job (the job "
               "store's next write raised, then so did the write of FAILED: the job stayed "
               "RUNNING with nothing running it) and failed it (a shard's checkpoint on "
               "RegisterLayout or on a push raised, the RPC failed with UNKNOWN). The job store "
               "now waits up to 60 s for Redis; a failed checkpoint no longer fails the update "
-              "that triggered it and is retried after the next one."]
+              "that triggered it and is retried after the next one. And a service killed "
+              "twice in a row, the second time while it resumed the job, lost a result (1 in "
+              "120): the first resume's note had dropped the in-flight trials from the job's "
+              "view before it re-queued them all, so the second resume no longer knew of those "
+              "not yet re-queued. The view now keeps each dropped trial as owed until a "
+              "re-queued trial naming it starts."]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from controller.jobs.redis_store import RedisJobStore
-from controller.jobs.store import InMemoryJobStore, JobStore, JobView
+from controller.jobs.store import InMemoryJobStore, JobStore, JobView, to_requeue
 from protos.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 
 if TYPE_CHECKING:
@@ -201,6 +201,31 @@ def test_notes_keep_the_last_of_each_kind_and_a_resume_drops_running_trials(
     with pytest.raises(ValueError, match="kind"):
         store.note("j", "gossip", {})
 
+
+
+def test_a_lost_trial_stays_owed_until_its_requeued_trial_starts(store: JobStore) -> None:
+    # Arrange: a service resumes the job (t2 and t3 were in flight), re-queues t2, and is
+    # killed before it re-queues t3 (found by bench.chaos: killed twice in a row, the second
+    # time mid-resume, the old code forgot t3 and its result was lost)
+    store.create("j", "alice", "lab", SPEC)
+    for trial_id, arch in (("t1", "a"), ("t2", "b"), ("t3", "c")):
+        store.start_trial("j", {"trial_id": trial_id, "arch": arch})
+    store.finish_trial("j", "t1", {"status": "succeeded", "reward": 0.5})
+    assert to_requeue(store.get("j")) == {"t2": "b", "t3": "c"}
+    store.note("j", "resumed", {"lost": ["t2", "t3"]})
+    store.start_trial("j", {"trial_id": "j-x5-q1", "arch": "b", "requeues": "t2"})
+    # Act: the next resume asks what it owes
+    owed = to_requeue(store.get("j"))
+    # Assert: t3 (never re-queued) and the re-queued t2 that never finished
+    assert owed == {"t3": "c", "j-x5-q1": "b"}
+    store.note("j", "resumed", {"lost": list(owed)})
+    store.start_trial("j", {"trial_id": "j-x7-q1", "arch": "c", "requeues": "t3"})
+    store.start_trial("j", {"trial_id": "j-x7-q2", "arch": "b", "requeues": "j-x5-q1"})
+    store.finish_trial("j", "j-x7-q1", {"status": "succeeded", "reward": 0.6})
+    store.finish_trial("j", "j-x7-q2", {"status": "succeeded", "reward": 0.7})
+    view = store.get("j")
+    assert to_requeue(view) == {} and view.requeue == {}
+    assert list(view.trials) == ["t1", "j-x7-q1", "j-x7-q2"]
 
 def test_a_redis_store_waits_for_its_redis_restarting_from_its_aof(own_redis: OwnRedis
                                                                     ) -> None:

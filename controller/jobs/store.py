@@ -58,6 +58,9 @@ class JobView:
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # insertion-ordered
     length: int = 0  # journal entries folded in
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last note of each kind
+    # trials a ``resumed`` note dropped whose re-queued trial has not started yet (id -> arch):
+    # a service killed again before it re-queued them all must re-queue these too
+    requeue: dict[str, str] = field(default_factory=dict)
 
     def apply(self, entry: Mapping[str, Any]) -> None:
         """Fold one journal entry into the view."""
@@ -67,6 +70,7 @@ class JobView:
         elif op == "trial":
             self.trials.setdefault(entry["trial"]["trial_id"],
                                    {**entry["trial"], "status": "running"})
+            self.requeue.pop(str(entry["trial"].get("requeues", "")), None)
         elif op == "result":
             trial = self.trials.setdefault(entry["trial_id"], {"trial_id": entry["trial_id"]})
             if trial.get("status") in (None, "running"):
@@ -75,7 +79,7 @@ class JobView:
             self.notes[entry["kind"]] = entry["data"]
             if entry["kind"] == "resumed":  # in-flight trials died with the previous service
                 for trial_id in lost_trials(self):
-                    del self.trials[trial_id]
+                    self.requeue[trial_id] = str(self.trials.pop(trial_id).get("arch", ""))
         self.updated_at = max(self.updated_at, at)
         self.length += 1
 
@@ -106,6 +110,16 @@ class JobView:
 def lost_trials(view: JobView) -> list[str]:
     """The trials a ``resumed`` note drops: handed out, never finished."""
     return [k for k, t in view.trials.items() if t.get("status") in (None, "running")]
+
+
+def to_requeue(view: JobView) -> dict[str, str]:
+    """What a resumed job must train again first (trial id -> architecture): the trials handed
+    out and never finished, and those an earlier resume dropped but had not re-queued yet
+    (its service was killed in between). A re-queued trial's start entry names the trial it
+    re-queues (``requeues``), which settles it."""
+    lost = dict(view.requeue)
+    lost.update((k, str(view.trials[k].get("arch", ""))) for k in lost_trials(view))
+    return lost
 
 
 class JobStore(ABC):

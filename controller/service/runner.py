@@ -18,6 +18,7 @@ rebuild a trained child) and the policy's statistics after each update (for watc
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from controller.distributed.remote import RemoteUpdater, ReplicaStats
 from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
-from controller.jobs.store import ENDED, JobStore, JobView, lost_trials
+from controller.jobs.store import ENDED, JobStore, JobView, to_requeue
 from controller.objectives import ACCURACY, RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
@@ -211,9 +212,10 @@ class JobRunner:
                                                                self.cluster.options.workers)
         done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
         # trial ids name the job (the trial board is shared by every job); a resumed run's
-        # ids name the resumption too, so they never repeat an earlier run's
-        tag = f"{job_id}-x{len(view.trials)}" if view.trials else job_id
-        lost = {k: str(view.trials[k]["arch"]) for k in lost_trials(view)}
+        # ids name the resumption by the journal's length, which only grows, so they never
+        # repeat an earlier run's (the number of trials could: a resume drops the lost ones)
+        tag = f"{job_id}-x{view.length}" if view.trials or view.requeue else job_id
+        lost = to_requeue(view)
         if lost:  # handed out by a service that died: dropped here, trained again below
             self.store.note(job_id, "resumed", {"lost": list(lost)})
         self.store.note(job_id, "evaluator", evaluator.describe())
@@ -241,8 +243,9 @@ class JobRunner:
                                         "cache_key": key}):
                 self.metrics.finished(entry.trial_id, entry.status, entry.reward, entry.cached)
 
-        def start(trial: Trial, arch: str) -> None:
-            self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch})
+        def start(trial: Trial, arch: str, requeues: str = "") -> None:
+            self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch,
+                                            **({"requeues": requeues} if requeues else {})})
             self.metrics.started(trial.trial_id)
 
         updates = 0.0
@@ -255,11 +258,13 @@ class JobRunner:
                 self.store.note(job_id, "policy", stats)
 
         shaper = RewardShaper.from_settings(cfg.objectives)
-        for n, arch in enumerate(lost.values()):  # re-queued first, each once
+        for n, (old, arch) in enumerate(lost.items()):  # re-queued first, each once
             trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
                           space.canonical_hash(space.from_string(arch)), job_id=job_id)
             done_trial = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
-                                   claim, refund, start, shaper)
+                                   claim, refund,
+                                   functools.partial(start, requeues=old),
+                                   shaper)
             if done_trial is None:
                 break
             record(done_trial[0])
