@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.report import ROOT, machine, write_section
+from bench.report import ROOT, background_load, machine, write_section
 from controller.evaluators.nb201 import default_csv, load_table
 from controller.factory import build_supernet
 from controller.spaces import create_space
@@ -139,11 +139,11 @@ def ranking(sizes: dict[str, int], cells: int, standalone: int, seed: int,
 
 
 def render(rows: list[dict[str, Any]], rank: dict[str, Any], sizes: dict[str, int],
-           spaces: dict[str, list[str]], command: str) -> str:
+           spaces: dict[str, list[str]], command: str, minutes: float) -> str:
     lines = [
         "## ENAS: weight-sharing search cost and shared-weight ranking", "",
-        f"Machine: {machine()}; shared with other work while it ran, so times are upper "
-        "bounds. Command: " f"`{command}.", "",
+        f"Machine: {machine()}; {background_load()}. Command: `{command}` "
+        f"({minutes:.0f} min).", "",
         f"### Search (Fashion-MNIST: {sizes['train']} training / {sizes['val']} validation "
         f"images, F=8, N=1; supernet {sizes['enas_epochs']} passes x "
         f"{sizes['controller_steps']} controller steps, {sizes['derive']} children derived; "
@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ("" if args.cells == 100 else f" --cells {args.cells}") + \
         ("" if args.standalone == 12 else f" --standalone {args.standalone}") + \
         ("" if len(chosen) == len(SPACES) else f" --spaces {','.join(chosen)}")
-    text = render(rows, rank, sizes, spaces,
-                  f"{command}` ({(time.perf_counter() - started) / 60:.0f} min)")
+    text = render(rows, rank, sizes, spaces, command, (time.perf_counter() - started) / 60)
     print(text)
     if not args.no_write:
         write_section("enas", text)

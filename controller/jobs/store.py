@@ -118,7 +118,7 @@ def to_requeue(view: JobView) -> dict[str, str]:
     (its service was killed in between). A re-queued trial's start entry names the trial it
     re-queues (``requeues``), which settles it."""
     lost = dict(view.requeue)
-    lost.update((k, str(view.trials[k].get("arch", ""))) for k in lost_trials(view))
+    lost.update((k, str(view.trials[k]["arch"])) for k in lost_trials(view))
     return lost
 
 
