@@ -57,7 +57,8 @@ class SearchConfig:
     evaluator: str = "nb201"
     dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
     nb201_csv: str | None = None
-    simulate_seconds: float = 0.0  # nb201: each table lookup takes this long, like a training
+    simulate_seconds: float = 0.0  # nb201/synthetic: each lookup takes this long, like a training
+    landscape_seed: int = 0  # synthetic: the reward landscape's seed (the search's is ``seed``)
     parallel: int = 1  # children of one batch evaluated at once (threads)
     # evaluator "train": data, child size and the training recipe
     data_dir: str | None = None

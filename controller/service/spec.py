@@ -41,7 +41,7 @@ WIRE_NAMES = {
     "label_smoothing": "spec.evaluation.recipe.label_smoothing",
     "reward": "spec.evaluation.recipe.reward",
     "cube_reward": "spec.evaluation.recipe.cube_reward",
-    "device": "spec.evaluation.recipe.device", "budget": "spec.budget", "seed": "spec.seed",
+    "device": "spec.execution.device", "budget": "spec.budget", "seed": "spec.seed",
     "replicas": "spec.execution.replicas", "parallel": "spec.execution.parallel",
     "staleness": "spec.execution.staleness",
     "population": "spec.strategy_options.population",
@@ -53,6 +53,8 @@ WIRE_NAMES = {
     "objectives": "spec.objectives", "corpus": "spec.evaluation.corpus",
     "lm_steps": "spec.evaluation.lm_steps", "lm_hidden": "spec.evaluation.lm_hidden",
     "bptt": "spec.evaluation.bptt", "reward_c": "spec.evaluation.reward_c",
+    "landscape_seed": "spec.evaluation.landscape_seed",
+    "simulate_seconds": "spec.evaluation.simulate_seconds",
 }
 MAX_BUDGET = 100_000
 # A job turns these into threads and batch sizes of this service: each needs a bound, or one
@@ -83,7 +85,9 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
         "corpus": e.corpus or None, "lm_steps": e.lm_steps or None,
         "lm_hidden": e.lm_hidden or None, "bptt": e.bptt or None,
-        "reward_c": e.reward_c or None,
+        "reward_c": e.reward_c or None, "landscape_seed": e.landscape_seed or None,
+        "simulate_seconds": e.simulate_seconds or None,
+        "device": spec.execution.device or None,
         "budget": spec.budget, "seed": spec.seed,
         "replicas": spec.execution.replicas or None, "parallel": spec.execution.parallel or None,
         "staleness": _optional(spec.execution, "staleness"),
@@ -102,8 +106,13 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         r = e.recipe
         settings.update(epochs=r.epochs, batch_size=r.batch_size, lr=r.learning_rate,
                         weight_decay=r.weight_decay, label_smoothing=r.label_smoothing,
-                        reward=r.reward or "last", cube_reward=r.cube_reward,
-                        device=r.device or "auto")
+                        reward=r.reward or "last", cube_reward=r.cube_reward)
+        if r.device and spec.execution.device and r.device != spec.execution.device:
+            raise InvalidArgumentError(f"spec.evaluation.recipe.device: {r.device!r} differs "
+                                       f"from spec.execution.device {spec.execution.device!r}; "
+                                       f"set spec.execution.device only")
+        if settings["device"] is None:  # an older client names it in the recipe
+            settings["device"] = r.device or None
         for name, default in (("lr_schedule", ""), ("aux_weight", 0.0), ("seed", 0)):
             if getattr(r, name) != default:
                 raise InvalidArgumentError(f"spec.evaluation.recipe.{name}: not settable per "
@@ -150,7 +159,9 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
                                    failure_reward=s.get("failure_reward", 0.0),
                                    corpus=s.get("corpus", ""), lm_steps=s.get("lm_steps", 0),
                                    lm_hidden=s.get("lm_hidden", 0), bptt=s.get("bptt", 0),
-                                   reward_c=s.get("reward_c", 0.0))
+                                   reward_c=s.get("reward_c", 0.0),
+                                   landscape_seed=s.get("landscape_seed", 0),
+                                   simulate_seconds=s.get("simulate_seconds", 0.0))
     if "cells" in s:
         evaluation.model.CopyFrom(wk.ChildSize(cells=s["cells"], filters=s["filters"],
                                                drop_path=s["drop_path"],
@@ -159,8 +170,9 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
         evaluation.recipe.CopyFrom(wk.TrainingRecipe(
             epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["lr"],
             weight_decay=s["weight_decay"], label_smoothing=s["label_smoothing"],
-            reward=s["reward"], cube_reward=s["cube_reward"], device=s["device"]))
-    execution = sp.ExecutionSpec(replicas=s.get("replicas", 0), parallel=s.get("parallel", 0))
+            reward=s["reward"], cube_reward=s["cube_reward"]))
+    execution = sp.ExecutionSpec(replicas=s.get("replicas", 0), parallel=s.get("parallel", 0),
+                                 device=s.get("device", ""))
     options = sp.StrategyOptions(population=s.get("population", 0),
                                  tournament=s.get("tournament", 0), beam=s.get("beam", 0),
                                  surrogate=s.get("surrogate", ""),

@@ -132,6 +132,8 @@ class EvaluationSpec(_message.Message):
     LM_HIDDEN_FIELD_NUMBER: _builtins.int
     BPTT_FIELD_NUMBER: _builtins.int
     REWARD_C_FIELD_NUMBER: _builtins.int
+    LANDSCAPE_SEED_FIELD_NUMBER: _builtins.int
+    SIMULATE_SECONDS_FIELD_NUMBER: _builtins.int
     evaluator: _builtins.str
     """nb201 | train"""
     dataset: _builtins.str
@@ -153,6 +155,11 @@ class EvaluationSpec(_message.Message):
     """truncated-BPTT window in characters (32)"""
     reward_c: _builtins.float
     """reward = min(1, reward_c / perplexity^2) (80)"""
+    landscape_seed: _builtins.int
+    """evaluator synthetic (a benchmark instrument): the landscape's seed; nb201 and synthetic:
+    each evaluation takes simulate_seconds, like a child's training
+    """
+    simulate_seconds: _builtins.float
     @_builtins.property
     def model(self) -> _worker_pb2.ChildSize:
         """train: the child's size (unset: defaults)"""
@@ -176,10 +183,12 @@ class EvaluationSpec(_message.Message):
         lm_hidden: _builtins.int = ...,
         bptt: _builtins.int = ...,
         reward_c: _builtins.float = ...,
+        landscape_seed: _builtins.int = ...,
+        simulate_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "model", b"model", "recipe", b"recipe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "bptt", b"bptt", "corpus", b"corpus", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "lm_hidden", b"lm_hidden", "lm_steps", b"lm_steps", "model", b"model", "recipe", b"recipe", "reward_c", b"reward_c", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_recipe", b"_recipe", "bptt", b"bptt", "corpus", b"corpus", "dataset", b"dataset", "evaluator", b"evaluator", "failure_reward", b"failure_reward", "landscape_seed", b"landscape_seed", "lm_hidden", b"lm_hidden", "lm_steps", b"lm_steps", "model", b"model", "recipe", b"recipe", "reward_c", b"reward_c", "simulate_seconds", b"simulate_seconds", "train_subset", b"train_subset", "val_subset", b"val_subset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
     _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
@@ -272,6 +281,10 @@ class Job(_message.Message):
     BEST_REWARD_FIELD_NUMBER: _builtins.int
     BEST_ARCH_FIELD_NUMBER: _builtins.int
     CACHE_HITS_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    BUDGET_SPENT_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    BEST_TRIAL_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     owner: _builtins.str
     tenant: _builtins.str
@@ -289,6 +302,13 @@ class Job(_message.Message):
     best_arch: _builtins.str
     cache_hits: _builtins.int
     """proposals answered by the shared cache, free"""
+    failed: _builtins.int
+    """trials that ended FAILED (trainings and hits)"""
+    budget_spent: _builtins.float
+    """trainings charged (less what early stopping saved)"""
+    policy_version: _builtins.int
+    """policy updates noted so far (strategies with one)"""
+    best_trial_id: _builtins.str
     @_builtins.property
     def spec(self) -> Global___SearchSpec: ...
     def __init__(
@@ -307,10 +327,14 @@ class Job(_message.Message):
         best_reward: _builtins.float = ...,
         best_arch: _builtins.str = ...,
         cache_hits: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        budget_spent: _builtins.float = ...,
+        policy_version: _builtins.int = ...,
+        best_trial_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "cache_hits", b"cache_hits", "created_at", b"created_at", "job_id", b"job_id", "owner", b"owner", "reason", b"reason", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "best_trial_id", b"best_trial_id", "budget_spent", b"budget_spent", "cache_hits", b"cache_hits", "created_at", b"created_at", "failed", b"failed", "job_id", b"job_id", "owner", b"owner", "policy_version", b"policy_version", "reason", b"reason", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,19 +400,33 @@ Global___GetSearchRequest: _TypeAlias = GetSearchRequest  # noqa: Y015
 
 @_typing.final
 class ListSearchesRequest(_message.Message):
+    """Newest first, one page at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     """UNSPECIFIED: any"""
+    tenant: _builtins.str
+    """"": every tenant the caller may see"""
+    page_size: _builtins.int
+    """0: 100; at most 1000"""
+    page_token: _builtins.str
+    """from the previous page"""
     def __init__(
         self,
         *,
         state: Global___JobState.ValueType = ...,
+        tenant: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,16 +437,20 @@ class ListSearchesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """"" after the last page"""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,6 +509,7 @@ class TrialRecord(_message.Message):
     CACHED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    TRAINED_ARCH_FIELD_NUMBER: _builtins.int
     trial_id: _builtins.str
     arch: _builtins.str
     status: _builtins.str
@@ -474,6 +517,8 @@ class TrialRecord(_message.Message):
     reward: _builtins.float
     cached: _builtins.bool
     error: _builtins.str
+    trained_arch: _builtins.str
+    """the architecture whose training gave the reward"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
@@ -486,10 +531,11 @@ class TrialRecord(_message.Message):
         cached: _builtins.bool = ...,
         error: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        trained_arch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "cached", b"cached", "error", b"error", "metrics", b"metrics", "reward", b"reward", "status", b"status", "trial_id", b"trial_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "cached", b"cached", "error", b"error", "metrics", b"metrics", "reward", b"reward", "status", b"status", "trained_arch", b"trained_arch", "trial_id", b"trial_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,6 +799,28 @@ class SearchEvent(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class Snapshot(_message.Message):
+        """The events up to this one's seq were compacted away (a long job keeps the recent part of
+        its journal): the job as it stood after them. ListTrials still lists every trial.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        JOB_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def job(self) -> Global___Job: ...
+        def __init__(
+            self,
+            *,
+            job: Global___Job | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SEQ_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     TRIAL_STARTED_FIELD_NUMBER: _builtins.int
@@ -760,6 +828,7 @@ class SearchEvent(_message.Message):
     NEW_BEST_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     at: _builtins.float
     """unix seconds"""
@@ -773,6 +842,8 @@ class SearchEvent(_message.Message):
     def policy(self) -> Global___SearchEvent.PolicyStats: ...
     @_builtins.property
     def state(self) -> Global___SearchEvent.StateChanged: ...
+    @_builtins.property
+    def snapshot(self) -> Global___SearchEvent.Snapshot: ...
     def __init__(
         self,
         *,
@@ -783,12 +854,13 @@ class SearchEvent(_message.Message):
         new_best: Global___SearchEvent.NewBest | None = ...,
         policy: Global___SearchEvent.PolicyStats | None = ...,
         state: Global___SearchEvent.StateChanged | None = ...,
+        snapshot: Global___SearchEvent.Snapshot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "new_best", b"new_best", "policy", b"policy", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "new_best", b"new_best", "policy", b"policy", "snapshot", b"snapshot", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "new_best", b"new_best", "policy", b"policy", "seq", b"seq", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "new_best", b"new_best", "policy", b"policy", "seq", b"seq", "snapshot", b"snapshot", "state", b"state", "trial_finished", b"trial_finished", "trial_started", b"trial_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["trial_started", "trial_finished", "new_best", "policy", "state"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["trial_started", "trial_finished", "new_best", "policy", "state", "snapshot"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -899,22 +971,26 @@ class ExecutionSpec(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     PARALLEL_FIELD_NUMBER: _builtins.int
     STALENESS_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     """K controller replicas (> 1 needs parameter servers)"""
     parallel: _builtins.int
     """children of one replica's batch trained at once"""
     staleness: _builtins.int
     """async parameter servers: staleness bound tau (4)"""
+    device: _builtins.str
+    """where children train: auto | cpu | cuda | cuda:N"""
     def __init__(
         self,
         *,
         replicas: _builtins.int = ...,
         parallel: _builtins.int = ...,
         staleness: _builtins.int | None = ...,
+        device: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "staleness", b"staleness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "parallel", b"parallel", "replicas", b"replicas", "staleness", b"staleness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "device", b"device", "parallel", b"parallel", "replicas", b"replicas", "staleness", b"staleness"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__staleness: _TypeAlias = _typing.Literal["staleness"]  # noqa: Y015
     _WhichOneofArgType__staleness: _TypeAlias = _typing.Literal["_staleness", b"_staleness"]  # noqa: Y015
