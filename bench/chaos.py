@@ -379,7 +379,7 @@ def run(name: str, spec: dict[str, Any], args: argparse.Namespace, workers: int,
         store.create(job_id, "chaos", "default", spec)
         cluster.start_service()
         deadline = time.monotonic() + args.run_timeout
-        while not store.get(job_id).trials and time.monotonic() < deadline:
+        while not store.get(job_id).started and time.monotonic() < deadline:
             time.sleep(0.05)  # the clock starts at the first child: the service is up
         began = time.monotonic()
         say(f"{name}: job {job_id} running (budget {spec['budget']})")
@@ -400,8 +400,7 @@ def run(name: str, spec: dict[str, Any], args: argparse.Namespace, workers: int,
             if time.monotonic() - last_note > 10:
                 last_note = time.monotonic()
                 with contextlib.suppress(redis.RedisError):
-                    done = sum(1 for t in store.get(job_id).trials.values()
-                               if t.get("status") == "succeeded" and not t.get("cached"))
+                    done = store.get(job_id).trainings
                     say(f"{name}: t={now:.0f}s {done}/{spec['budget']} trainings")
             time.sleep(0.05)
         else:

@@ -137,11 +137,8 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Result:
         view = store.get("tput")
         if view.state != "SUCCEEDED":
             raise RuntimeError(f"ours: the job ended {view.state}: {view.reason}")
-        trials = list(view.trials.values())
-        trained = sum(1 for t in trials if t.get("status") == "succeeded" and not t.get("cached"))
-        cached = sum(1 for t in trials if t.get("cached"))
-        best = max((float(t["reward"]) for t in trials if t.get("status") == "succeeded"),
-                   default=0.0)
+        trained, cached = view.trainings - view.failed, view.cache_hits
+        best = view.best.reward if view.best is not None else 0.0
         versions = [int(s.version) for s in cluster.shard_status("tput")]
         return {**_timings(outcomes, board_start), "trials": trained, "seconds": seconds,
                 "setup": setup, "cache_hits": cached,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -64,23 +65,46 @@ class EvaluationCache(ABC):
 class InMemoryCache(EvaluationCache):
     """A per-process cache, shared by the threads of a process (every job of a search
     service): an architecture one job is training is not trained again by another at the same
-    time; the second waits and gets the first's result as a cache hit."""
+    time; the second waits and gets the first's result as a cache hit.
 
-    def __init__(self) -> None:
+    With ``lookup`` (a durable cache elsewhere, e.g. the job store's, which records every
+    training as it is journalled) a miss here is looked up there, and this process keeps only
+    the ``capacity`` most recently used results: memory stays bounded however many children a
+    long-lived service trains, and a restarted service needs no warm-up."""
+
+    def __init__(self, lookup: Callable[[str], CachedEvaluation | None] | None = None,
+                 capacity: int = 4096) -> None:
         super().__init__()
-        self._data: dict[str, CachedEvaluation] = {}
+        if capacity < 1:
+            raise ValueError(f"capacity: must be >= 1, got {capacity}")
+        self._lookup = lookup
+        self._capacity = capacity
+        self._data: OrderedDict[str, CachedEvaluation] = OrderedDict()
         self._in_flight: set[str] = set()
         self._changed = threading.Condition()
 
     def _get(self, key: str) -> CachedEvaluation | None:
-        return self._data.get(key)
+        with self._changed:
+            value = self._data.get(key)
+            if value is not None and self._lookup is not None:
+                self._data.move_to_end(key)
+        if value is None and self._lookup is not None:
+            value = self._lookup(key)
+            if value is not None:
+                self._keep(key, value)
+        return value
 
-    def put(self, key: str, value: CachedEvaluation) -> bool:
+    def _keep(self, key: str, value: CachedEvaluation) -> bool:
         with self._changed:
             if key in self._data:
                 return False
             self._data[key] = value
+            if self._lookup is not None and len(self._data) > self._capacity:
+                self._data.popitem(last=False)  # still found through the lookup
             return True
+
+    def put(self, key: str, value: CachedEvaluation) -> bool:
+        return self._keep(key, value)
 
     def begin(self, key: str) -> bool:
         with self._changed:
@@ -97,7 +121,7 @@ class InMemoryCache(EvaluationCache):
     def wait(self, key: str) -> CachedEvaluation | None:
         with self._changed:
             self._changed.wait_for(lambda: key not in self._in_flight)
-            return self._data.get(key)
+        return self._get(key)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -159,6 +160,8 @@ class SearchConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         _one_of("reward", self.reward, ("last", "max5"))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         _one_of("surrogate", self.surrogate, SURROGATES)
         if self.strategy == "pnas" and self.space not in PNAS_SPACES:
             raise ConfigError(f"space: --strategy pnas runs on {', '.join(PNAS_SPACES)}, "

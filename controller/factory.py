@@ -41,6 +41,7 @@ from worker.measure import NB201Costs
 from worker.supernet import CellSupernet, MacroSupernet, NB201Supernet, Supernet
 from worker.text_lm import LMRecipe
 from worker.trainer import TrainRecipe
+from worker.trainer_recipe import resolve_device
 from worker.weight_sharing import SharedRecipe, SharedTrainer
 
 
@@ -99,6 +100,7 @@ def build_enas(space: SearchSpace, cfg: SearchConfig) -> EnasStrategy:
     """ENAS: the job's controller preset (``enas`` unless another is named) and a supernet
     sized like the job's children, trained on the job's dataset (loaded when the search
     starts, not when the strategy is built)."""
+    check_device(cfg.device)
     try:
         recipe = SharedRecipe(epochs=cfg.enas_epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
@@ -118,9 +120,20 @@ def build_enas(space: SearchSpace, cfg: SearchConfig) -> EnasStrategy:
                         epochs=cfg.enas_epochs, controller_steps=cfg.controller_steps,
                         derive_samples=cfg.derive_samples)
 
+def check_device(device: str) -> None:
+    """ConfigError naming ``device`` when it asks for CUDA where this process has none (before
+    any data is loaded or process started)."""
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device: {exc}; use --device auto (CUDA when present) or cpu") \
+            from None
+
+
 def _train_evaluator(cfg: SearchConfig) -> Evaluator:
     if cfg.dataset == "text":
         return _text_evaluator(cfg)
+    check_device(cfg.device)
     try:
         recipe = TrainRecipe(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr,
                              weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,6 +26,7 @@ from controller.config import (
 )
 from controller.early_stopping import EARLY_STOPPING
 from controller.factory import build_evaluator, build_space, build_strategy
+from controller.jobs.store import JobSummary
 from controller.objectives import METRICS, SYNTAX, parse_objective
 from controller.pareto import pareto_front
 from controller.policy.reinforce import TRANSFORM_NAMES
@@ -206,16 +208,22 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=cfg.budget, unit="training", disable=getattr(args, "quiet", False),
                desc=f"{cfg.space}/{cfg.strategy}", dynamic_ncols=True,
                mininterval=0.5)
+    started = time.perf_counter()
 
-    def progress(trainings: int, best: float | None) -> None:
-        if cfg.strategy == "enas":  # the supernet phase is over: children train from scratch
+    def progress(job: JobSummary) -> None:
+        if cfg.strategy == "enas" and job.started:  # children train from scratch now
             bar.set_description(f"{cfg.space}/enas from scratch", refresh=False)
-        if best is not None:
-            bar.set_postfix(best=f"{best:.4f}", refresh=False)
-        bar.update(min(trainings, cfg.budget) - bar.n)
+        rate = job.finished / max(time.perf_counter() - started, 1e-9)
+        postfix = {"proposals": job.finished, "hits": job.cache_hits,
+                   "proposals/s": f"{rate:.1f}"}
+        if job.best is not None:
+            postfix["best"] = f"{job.best.reward:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(min(job.trainings, cfg.budget) - bar.n)
 
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     search: EmbeddedSearch | None = None
+    stopped: Stopped | None = None
     try:
         search = EmbeddedSearch(cfg)
         if search.cluster.metrics_url:
@@ -235,11 +243,21 @@ def run(args: argparse.Namespace) -> int:
         pnas = pnas_steps(journal) if cfg.strategy == "pnas" else []
         supernet = supernet_report(journal)
         workers = search.cluster.workers.summary() if search.cluster.workers else None
+    except Stopped as stop:
+        stopped = stop
+        for s in previous:  # a second signal must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
     finally:
         bar.close()
         if search is not None:
             search.close()
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped is not None:
+        if search is not None:  # what it found so far, marked interrupted
+            print(interrupted(cfg, search, evaluator.describe()))
+        print(f"nas search: stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_code
     if outcome.best is not None:
         outcome.best_test_accuracy = evaluator.test_accuracy(
             space.from_string(outcome.best.trained_arch))
@@ -266,8 +284,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class Stopped(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM: stop the search, keep what it found."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def interrupted(cfg: SearchConfig, search: EmbeddedSearch, info: dict[str, object]) -> str:
+    """Write the partial result.json of a stopped search (``stopped_reason: interrupted``,
+    the trials finished so far, no test accuracy); the lines to print."""
+    outcome = search.recorded("interrupted")
+    path = write_result(Path(str(cfg.out)), result_json(cfg, outcome, info))
+    return summary(cfg, outcome, path)
 
 
 def result_json(cfg: SearchConfig, outcome: SearchOutcome,

@@ -14,6 +14,7 @@ import pytest
 import redis
 import torch
 
+from controller.jobs.store import JobStore, TrialRecord
 from controller.service.client import SearchClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,16 @@ def fashion_mnist_installed() -> Path:
     assert (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
         f"Fashion-MNIST not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST_DIR
+
+
+def stored_trials(store: JobStore, job_id: str) -> dict[str, TrialRecord]:
+    """Every trial record of a stored job, by id in start order (read page by page)."""
+    out: dict[str, TrialRecord] = {}
+    after: int | None = -1
+    while after is not None:
+        page, after = store.trials(job_id, after=after, limit=500)
+        out.update((t.trial_id, t) for t in page)
+    return out
 
 
 @pytest.fixture(params=["in-process", "server"])

@@ -88,7 +88,7 @@ def test_the_search_collector_reports_what_the_store_holds() -> None:
             ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")] == [1, 2, 1, 0, 0]
     # the running job's progress, as its view says
     view = store.get("job-a")
-    best = max(float(t["reward"]) for t in view.trials.values() if t["status"] == "succeeded")
+    best = view.best.reward if view.best else None
     assert value("nas_search_job_best_reward", job_id="job-a") == best == 0.9
     assert value("nas_search_job_trials", job_id="job-a", status="succeeded") == 3
     assert value("nas_search_job_trials", job_id="job-a", status="failed") == 1

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from conftest import stored_trials
 
 from controller.cli import main
 from controller.config import ConfigError, build_config
@@ -367,14 +368,14 @@ def test_a_restarted_service_caches_unshaped_results(tmp_path: Path) -> None:
                                                           hard=True)))
         assert client.wait(job_id, WAIT_S).state == sp.JOB_STATE_SUCCEEDED
     runner.close()
-    # Act: a restarted service rebuilds the shared cache from the store
+    # Act: a restarted service reads the shared cache through to the store's
     again = JobRunner(store, tmp_path)
     again.resume()
     # Assert: the cache holds accuracies, not this job's shaped rewards
-    trained = [t for t in store.get(job_id).trials.values() if not t["cached"]]
-    shaped = [t for t in trained if t["reward"] < t["metrics"]["accuracy"]]
+    trained = [t for t in stored_trials(store, job_id).values() if not t.cached]
+    shaped = [t for t in trained if t.reward < t.metrics["accuracy"]]
     assert shaped  # some children were over the target
     for trial in trained:
-        hit = again.cache.get(trial["cache_key"])
-        assert hit is not None and hit.reward == trial["metrics"]["accuracy"]
+        hit = again.cache.get(trial.cache_key)
+        assert hit is not None and hit.reward == trial.metrics["accuracy"]
         assert "accuracy" not in hit.metrics and hit.metrics["params"] > 0

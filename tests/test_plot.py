@@ -115,7 +115,7 @@ def test_a_running_job_is_plotted_as_far_as_it_has_got(server: Server, tmp_path:
                          "budget": 2000, "seed": 1, "simulate_seconds": 0.05})
     server.runner.start("slow")
     deadline = time.monotonic() + WAIT_S
-    while len(server.store.get("slow").trials) < 6 and time.monotonic() < deadline:
+    while server.store.get("slow").started < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
     # Act
     started = time.monotonic()

@@ -14,11 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from conftest import stored_trials
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.jobs.redis_store import RedisJobStore
-from controller.jobs.store import InMemoryJobStore
+from controller.jobs.store import InMemoryJobStore, TrialState
 from controller.service.client import SearchClient
 from controller.service.runner import JobRunner
 from controller.service.servicer import RunningSearchService, SearchServicer, serve_search
@@ -91,8 +92,9 @@ def test_two_concurrent_jobs_never_train_one_architecture_twice(tmp_path: Path) 
     # Assert: each job spent its budget on trainings of its own; the other's were free hits,
     # also while they were still training (the second waits for the first's result)
     jobs = [store.get(job_id) for job_id in ("a", "b")]
-    trained = [t["cache_key"] for v in jobs for t in v.trials.values() if not t.get("cached")]
-    hits = [t for v in jobs for t in v.trials.values() if t.get("cached")]
+    trials = [t for job_id in ("a", "b") for t in stored_trials(store, job_id).values()]
+    trained = [t.cache_key for t in trials if not t.cached]
+    hits = [t for t in trials if t.cached]
     assert all(v.state == "SUCCEEDED" for v in jobs)
     assert len(trained) == 20 and len(set(trained)) == 20
     assert len(hits) >= 10  # the same proposals: what one trained the other got for free
@@ -222,7 +224,7 @@ def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
         with SearchClient(SearchServicer(again, JobRunner(again, tmp_path))) as client:
             job = client.get(job_id)
             assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == done.trainings == 10
-            assert len(list(client.trials(job_id))) == len(list(again.get(job_id).trials))
+            assert len(list(client.trials(job_id))) == len(stored_trials(again, job_id)) >= 10
     finally:
         for key in client_redis.scan_iter(f"{prefix}:*"):
             client_redis.delete(key)
@@ -315,17 +317,17 @@ def test_a_sigkilled_service_resumes_its_job_and_never_retrains(tmp_path: Path,
         store = RedisJobStore(db, prefix)
         before = store.get(job_id)
         assert before.state == "RUNNING"
-        finished_before = {k: t for k, t in before.trials.items()
-                           if t.get("status") == "succeeded"}
+        finished_before = {k: t for k, t in stored_trials(store, job_id).items()
+                           if t.status is TrialState.SUCCEEDED}
         assert 300 <= len(finished_before) < 2500
         second, endpoint = _serve(tmp_path, prefix, env)
         with SearchClient(endpoint) as client:
             job = client.wait(job_id, WAIT_S)
         assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 2500
-        after = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix).get(job_id)
+        after = stored_trials(RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix), job_id)
         for trial_id, trial in finished_before.items():  # finished trials were kept as they were
-            assert after.trials[trial_id] == trial
-        trained = [t["cache_key"] for t in after.trials.values() if not t.get("cached")]
+            assert after[trial_id] == trial
+        trained = [t.cache_key for t in after.values() if not t.cached]
         assert len(trained) == 2500 and len(set(trained)) == 2500  # nothing trained twice
     finally:
         for proc in (first, second):

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import stored_trials
 
 from controller.jobs.redis_store import RedisJobStore
-from controller.jobs.store import InMemoryJobStore
+from controller.jobs.store import InMemoryJobStore, TrialState
 from controller.service.client import SearchClient
 from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.service.runner import JobRunner
@@ -147,18 +148,16 @@ def test_a_submitted_job_runs_on_shards_and_ray_workers_and_survives_a_sigkill(
         store = RedisJobStore(db, prefix)
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:  # wait for a few trainings (and pushes)
-            done = [t for t in store.get(job_id).trials.values()
-                    if t.get("status") == "succeeded" and not t.get("cached")]
-            if len(done) >= 3:
+            if store.get(job_id).trainings >= 3:
                 break
             time.sleep(0.05)
         first.kill()  # SIGKILL mid-job: its shards and Ray die with it
         first.wait(30)
-        before = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix).get(job_id)
-        assert before.state == "RUNNING"
-        finished = {k: t for k, t in before.trials.items() if t.get("status") == "succeeded"}
-        in_flight = {str(t["arch"]) for t in before.trials.values()
-                     if t.get("status") in (None, "running")}
+        kept = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix)
+        assert kept.get(job_id).state == "RUNNING"
+        before = stored_trials(kept, job_id)
+        finished = {k: t for k, t in before.items() if t.status is TrialState.SUCCEEDED}
+        in_flight = {t.arch for t in before.values() if t.status is TrialState.RUNNING}
         assert 3 <= len(finished) < 10
         second, endpoint = _serve(tmp_path, prefix, env, log)
         waited = _nas("status", job_id, "--endpoint", endpoint, env=env)
@@ -166,20 +165,20 @@ def test_a_submitted_job_runs_on_shards_and_ray_workers_and_survives_a_sigkill(
         with SearchClient(endpoint) as client:
             job = client.wait(job_id, WAIT_S)
         assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 10, job.reason
-        after = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix).get(job_id)
+        after = stored_trials(RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix), job_id)
         for trial_id, trial in finished.items():  # finished trials were kept as they were
-            assert after.trials[trial_id] == trial
-        trained = [t["cache_key"] for t in after.trials.values()
-                   if t.get("status") == "succeeded" and not t.get("cached")]
+            assert after[trial_id] == trial
+        trained = [t.cache_key for t in after.values()
+                   if t.status is TrialState.SUCCEEDED and not t.cached]
         assert len(trained) == 10 and len(set(trained)) == len(trained)  # none trained twice
-        requeued = {str(t["arch"]) for k, t in after.trials.items() if "-q" in k}
+        requeued = {t.arch for k, t in after.items() if "-q" in k}
         assert requeued == in_flight  # children in flight at the kill were trained again first
         text = log.read_text()
         resumed = re.search(rf"{job_id}: policy resumed from the parameter servers at version "
                             rf"(\d+)", text)
         assert resumed and int(resumed.group(1)) >= 1, text[-3000:]  # the policy was kept
-        assert all("attempts" in t.get("metrics", {}) for t in after.trials.values()
-                   if not t.get("cached"))  # every child went through the Ray workers
+        assert all("attempts" in t.metrics for t in after.values()
+                   if not t.cached)  # every child went through the Ray workers
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

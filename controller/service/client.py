@@ -107,11 +107,27 @@ class SearchClient:
         job: sp.Job = self._call("GetSearch", sp.GetSearchRequest(job_id=job_id))
         return job
 
-    def list(self, state: str | None = None) -> list[sp.Job]:
-        """Jobs, oldest first (``state``: PENDING, RUNNING, ...)."""
-        request = (sp.ListSearchesRequest(state=STATE_TO_PB[state]) if state
-                   else sp.ListSearchesRequest())
-        return list(self._call("ListSearches", request).jobs)
+    def list_page(self, state: str | None = None, tenant: str | None = None,
+                  page_size: int = 100, page_token: str = "") -> tuple[list[sp.Job], str]:
+        """One page of jobs, newest first (``state``: PENDING, RUNNING, ...), and the next
+        page's token ("" after the last)."""
+        reply = self._call("ListSearches", sp.ListSearchesRequest(
+            state=STATE_TO_PB[state] if state else sp.JOB_STATE_UNSPECIFIED,
+            tenant=tenant or "", page_size=page_size, page_token=page_token))
+        return list(reply.jobs), str(reply.next_page_token)
+
+    def list(self, state: str | None = None, tenant: str | None = None,
+             limit: int | None = None, page_size: int = 100) -> list[sp.Job]:
+        """Jobs, newest first: the first ``limit`` (None: all, page by page)."""
+        jobs: list[sp.Job] = []
+        token = ""
+        while limit is None or len(jobs) < limit:
+            size = page_size if limit is None else min(page_size, limit - len(jobs))
+            page, token = self.list_page(state, tenant, size, token)
+            jobs.extend(page)
+            if not token:
+                break
+        return jobs
 
     def cancel(self, job_id: str, reason: str = "") -> sp.Job:
         """Stop a job before its next training."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from controller.config import ConfigError, SearchConfig
@@ -183,6 +184,15 @@ class ServiceCluster:
             raise ConfigError(f"replicas: {cfg.replicas} controller replicas share their policy "
                               f"through parameter servers, and this service has none (start it "
                               f"with --shards S, or submit with replicas 1)")
+        if cfg.evaluator == "train" and cfg.device.startswith("cuda"):
+            if self.workers is not None and not self.workers.resources.num_gpus:
+                raise ConfigError(f"device: {cfg.device!r} asks for CUDA, and this service's "
+                                  f"workers give children no GPU (its Ray cluster has none); "
+                                  f"submit with device auto or cpu")
+            if self.workers is None and not torch.cuda.is_available():
+                raise ConfigError(f"device: {cfg.device!r} asks for CUDA, and this service "
+                                  f"trains children on a machine without it; submit with "
+                                  f"device auto or cpu")
 
     def describe(self) -> dict[str, object]:
         """Endpoints, for the start-up banner and tests."""

@@ -36,9 +36,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("job_id")
     add_connection(p)
     p.set_defaults(func=status)
-    p = sub.add_parser("list", help="the service's jobs")
+    p = sub.add_parser("list", help="the service's jobs, newest first",
+                       description="List the service's jobs, newest first (a reader sees its "
+                       "own tenant's only).")
     p.add_argument("--state", choices=("PENDING", "RUNNING", "SUCCEEDED", "FAILED",
                                        "CANCELLED"))
+    p.add_argument("--tenant", help="only this tenant's jobs (admins: any tenant)")
+    p.add_argument("--limit", type=int, default=50,
+                   help="show the newest N jobs (50; 0: every job, fetched page by page)")
     add_connection(p)
     p.set_defaults(func=list_jobs)
     p = sub.add_parser("trials", help="a job's trials")
@@ -112,8 +117,10 @@ def status(args: argparse.Namespace) -> int:
 
 def list_jobs(args: argparse.Namespace) -> int:
     """``nas list``."""
+    if args.limit < 0:
+        raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
     with client_from_args(args) as client:
-        jobs = client.list(args.state)
+        jobs = client.list(args.state, args.tenant, limit=args.limit or None)
     print(f"{'JOB':22s} {'STATE':10s} {'TRAININGS':>10s} {'BEST':>7s}")
     for job in jobs:
         print(f"{job.job_id:22s} {_state(job):10s} {job.trainings:>4d}/{job.spec.budget:<5d} "

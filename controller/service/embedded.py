@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from controller.config import SearchConfig
-from controller.jobs.store import InMemoryJobStore
+from controller.jobs.records import charged
+from controller.jobs.store import InMemoryJobStore, JobSummary
 from controller.search import HistoryEntry, SearchOutcome
 from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.service.runner import JobResult, JobRunner
 
-ProgressFn = Callable[[int, float | None], None]  # trainings, best reward so far
+ProgressFn = Callable[[JobSummary], None]  # the job's summary after each change
 
 
 class EmbeddedSearch:
@@ -41,7 +42,9 @@ class EmbeddedSearch:
         self.cluster = ServiceCluster(ClusterOptions.for_search(
             cfg, self.out / "logs", f"nas-search:{uuid.uuid4().hex[:12]}"))
         self.store = InMemoryJobStore()
-        self.runner = JobRunner(self.store, self.out, max_running=1, cluster=self.cluster)
+        self.runner = JobRunner(self.store, self.out, max_running=1, cluster=self.cluster,
+                                keep_results=True)
+        self.started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "cluster.json").write_text(json.dumps(self.describe(), indent=1) + "\n")
 
@@ -56,27 +59,28 @@ class EmbeddedSearch:
     def run(self, progress: ProgressFn | None = None,
             on_policy: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
         """Run the job to its end; the outcome over all replicas (history in journal order).
-        ``on_policy`` gets each new policy note (e.g. an ENAS supernet epoch) while it runs.
-        The error that failed the job is raised as it was (ConfigError, EvaluatorError, ...)."""
+        ``progress`` gets the job's summary whenever it changed (read from the store's
+        summary: the same cost at the 20,000th training as at the first); ``on_policy`` each
+        new policy note (e.g. an ENAS supernet epoch). The error that failed the job is raised
+        as it was (ConfigError, EvaluatorError, ...)."""
         settings = {k: v for k, v in vars(self.cfg).items() if v is not None}
         self.store.create(self.job_id, "local", "local", settings)
-        start = time.perf_counter()
+        self.started = time.perf_counter()
         self.runner.start(self.job_id)
         seen = 0
         last_note: dict[str, Any] | None = None
         while not self.runner.wait(self.job_id, 0.2):
-            if on_policy is not None:
-                note = self.store.get(self.job_id).notes.get("policy")
-                if note is not None and note != last_note:
-                    last_note = note
-                    on_policy(note)
+            summary = self.store.get(self.job_id)
+            if summary.length == seen:
+                continue
+            seen = summary.length
+            note = summary.notes.get("policy")
+            if on_policy is not None and note is not None and note != last_note:
+                last_note = note
+                on_policy(note)
             if progress is not None:
-                view = self.store.get(self.job_id)
-                trials = [t for t in view.trials.values() if t.get("status") == "succeeded"]
-                if len(view.trials) != seen:
-                    seen = len(view.trials)
-                    progress(sum(1 for t in view.trials.values() if not t.get("cached")),
-                             max((float(t["reward"]) for t in trials), default=None))
+                progress(summary)
+        start = self.started
         result = self.runner.results.get(self.job_id, JobResult())
         if result.error is not None:
             raise result.error
@@ -85,15 +89,27 @@ class EmbeddedSearch:
             raise RuntimeError(f"the search ended {view.state}: {view.reason}")
         if len(result.outcomes) == 1:
             outcome = result.outcomes[0]
-        else:  # replicas: one history, in the order the journal recorded it
-            outcome = SearchOutcome(budget=self.cfg.budget)
-            for trial in view.trials.values():
-                outcome.add(HistoryEntry.from_json(trial), _cost(trial))
+        else:  # replicas: one history, in the order the trials started
+            outcome = self.recorded()
             reasons = {o.stopped_reason for o in result.outcomes}
             outcome.stopped_reason = "budget" if outcome.trainings >= self.cfg.budget or \
                 reasons == {"budget"} else ",".join(sorted(reasons))
         outcome.wall_seconds = time.perf_counter() - start
         self.result = result
+        return outcome
+
+    def recorded(self, stopped_reason: str = "budget") -> SearchOutcome:
+        """The outcome as the job's trial records say, read a page at a time: every finished
+        trial in the order they started (e.g. of a search interrupted before its end)."""
+        outcome = SearchOutcome(budget=self.cfg.budget, stopped_reason=stopped_reason)
+        after: int | None = -1
+        while after is not None:
+            page, after = self.store.trials(self.job_id, after=after, limit=1000)
+            for record in page:
+                if record.done:
+                    outcome.add(HistoryEntry.from_json(record.history_json()),
+                                charged(record.metrics))
+        outcome.wall_seconds = time.perf_counter() - self.started
         return outcome
 
     def policy_updates(self) -> list[dict[str, float]]:
@@ -141,11 +157,3 @@ class EmbeddedSearch:
         self.runner.close(timeout=5.0)  # replicas stop at their next claim, shards still up
         self.cluster.close()  # a job still waiting on a worker's result is released
         self.runner.close(timeout=10.0)
-
-
-def _cost(trial: dict[str, Any]) -> float:
-    """The budget a journalled training charged (its share of epochs when stopped early)."""
-    metrics = trial.get("metrics", {})
-    if "stopped_at_epoch" in metrics and metrics.get("max_epochs"):
-        return float(metrics.get("epochs", metrics["max_epochs"])) / float(metrics["max_epochs"])
-    return 1.0

@@ -29,7 +29,10 @@ def export_job(store: JobStore, work_dir: Path, job_id: str, top: int, out: Path
     gone."""
     view = store.get(job_id)
     cfg = build_config(view.spec, {"out": str(work_dir / job_id)})
-    doc = {"history": [t for t in view.trials.values() if t.get("status") == "succeeded"],
+    # the best index holds one trial per trained architecture; a cache hit of another job's
+    # training carries that training's files, so it is exported as the training it stands for
+    doc = {"history": [{**t.history_json(), "arch": t.trained_arch, "cached": False}
+                       for t in store.best(job_id, top)],
            "evaluator": view.notes.get("evaluator", {})}
     if not top_trained(doc, 1):
         raise FailedPreconditionError(f"job_id: job {job_id} has no succeeded training to "

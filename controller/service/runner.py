@@ -5,11 +5,16 @@ A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or the policy converg
 before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING, and
 a freed slot goes to the waiting job of the tenant with the fewest running jobs (``FairSlots``).
 
-The evaluation cache is shared by every job and rebuilt from the store when the service starts,
-so a restarted service (``resume``) never trains again what any job trained before: a resumed
-job's finished trainings count against its budget and their architectures are free hits. The
-in-process policy itself starts afresh on resume; the trials the old service had handed out and
-not finished are dropped (a ``resumed`` note) and their architectures proposed again.
+The evaluation cache is shared by every job and backed by the store's (every training is
+recorded there as it is journalled), so a restarted service (``resume``) never trains again what
+any job trained before: a resumed job's finished trainings count against its budget and their
+architectures are free hits. The in-process policy itself starts afresh on resume; the trials
+the old service had handed out and not finished are dropped (a ``resumed`` note) and their
+architectures proposed again.
+
+An ended job leaves nothing behind in this process (its thread, cancel flag and result, the
+trial board's records of its trials, the store's per-job state), unless ``keep_results`` (the
+embedded ``nas search`` reads the result after the job ends).
 
 Besides trials, a job's journal notes the evaluator's description (what ``ExportBest`` needs to
 rebuild a trained child) and the policy's statistics after each update (for watchers).
@@ -36,8 +41,8 @@ from controller.distributed.remote import RemoteUpdater, ReplicaStats
 from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
 from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
-from controller.jobs.store import ENDED, JobStore, JobView, to_requeue
-from controller.objectives import ACCURACY, RewardShaper
+from controller.jobs.store import ENDED, JobStore, all_jobs
+from controller.objectives import RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
@@ -78,41 +83,37 @@ class JobRunner:
     """Executes jobs of ``store``; children's files go under ``work_dir/<job_id>``."""
 
     def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2,
-                 cluster: ServiceCluster | None = None) -> None:
+                 cluster: ServiceCluster | None = None, keep_results: bool = False) -> None:
         self.store = store
+        self.keep_results = keep_results
         self.cluster = cluster if cluster is not None else ServiceCluster(ClusterOptions())
         self.work_dir = work_dir
         self.slots = FairSlots(max_running)
         self._cancel: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self.cache = InMemoryCache()  # shared by the jobs of this service
+        self.cache = InMemoryCache(self._stored)  # shared by the jobs of this service
         self.results: dict[str, JobResult] = {}
         self._clients: dict[str, ShardedParameterClient] = {}  # running jobs' shard clients
         self.metrics = install_search_metrics(self.cluster.registry, store)
         warm_up_policy()
 
     def resume(self) -> list[str]:
-        """After a restart: refill the shared cache from every job's trainings, then start
-        again every job the store has PENDING or RUNNING; their ids."""
-        jobs = self.load_cache()
-        resumed = [v.job_id for v in jobs if v.state in ("PENDING", "RUNNING")]
-        for job_id in resumed:
+        """After a restart: start again every job the store has PENDING or RUNNING, oldest
+        first; their ids. (The cache needs no refill: it reads through to the store's.)"""
+        unfinished = sorted((j.number, j.job_id) for state in ("RUNNING", "PENDING")
+                            for j in all_jobs(self.store, state=state))
+        for _, job_id in unfinished:
             self.start(job_id)
-        return resumed
+        return [job_id for _, job_id in unfinished]
 
-    def load_cache(self) -> list[JobView]:
-        """Put every training the store holds into the shared cache; the jobs read."""
-        jobs = self.store.jobs()
-        for view in jobs:
-            for trial in view.trials.values():
-                if trial.get("status") == "succeeded" and not trial.get("cached") \
-                        and trial.get("cache_key"):
-                    metrics = dict(trial.get("metrics", {}))  # unshaped, as the cache keeps it
-                    reward = float(metrics.pop(ACCURACY, trial["reward"]))
-                    self.cache.put(trial["cache_key"], CachedEvaluation(
-                        reward, str(trial["arch"]), metrics, trial.get("artifacts", {})))
-        return jobs
+    def _stored(self, key: str) -> CachedEvaluation | None:
+        """A training of any job, from the store's cache."""
+        found = self.store.cached(key)
+        if found is None:
+            return None
+        return CachedEvaluation(float(found["reward"]), str(found["arch"]),
+                                dict(found["metrics"]), dict(found["artifacts"]))
 
     def start(self, job_id: str) -> None:
         """Run the job in the background (it waits PENDING for a free slot)."""
@@ -164,6 +165,22 @@ class JobRunner:
             thread.join(min(timeout, 5.0))
 
     def _run(self, job_id: str) -> None:
+        try:
+            self._hold_and_run(job_id)
+        finally:
+            self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        """Forget what this process kept for the job (it has ended, or this service is
+        closing: a RUNNING job resumes from the store)."""
+        with self._lock:
+            self._cancel.pop(job_id, None)
+            self._threads.pop(job_id, None)
+            if not self.keep_results:
+                self.results.pop(job_id, None)
+        self.store.release(job_id)
+
+    def _hold_and_run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
         view = self.store.get(job_id)
         with self.slots.hold(job_id, view.tenant, view.created_at):
@@ -202,16 +219,15 @@ class JobRunner:
         # children in flight per replica: the job's own setting, at least the workers' slots
         parallel = cfg.parallel if evaluator is local else max(cfg.parallel,
                                                                self.cluster.options.workers)
-        done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
         # trial ids name the job (the trial board is shared by every job); a resumed run's
         # ids name the resumption by the journal's length, which only grows, so they never
         # repeat an earlier run's (the number of trials could: a resume drops the lost ones)
-        tag = f"{job_id}-x{view.length}" if view.trials or view.requeue else job_id
-        lost = to_requeue(view)
+        tag = f"{job_id}-x{view.length}" if view.started or view.requeue else job_id
+        lost = view.requeue_owed()
         if lost:  # handed out by a service that died: dropped here, trained again below
             self.store.note(job_id, "resumed", {"lost": list(lost)})
         self.store.note(job_id, "evaluator", evaluator.describe())
-        claimed = float(sum(1 for t in done if not t.get("cached")))
+        claimed = float(view.trainings)
         lock = threading.Lock()
 
         def claim() -> bool:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.jobs.store import STATES, TRIAL_STATUSES, JobStore
+from controller.jobs.store import JobStore, all_jobs
 
 REWARD_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # rewards are in [0, 1]
 DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -37,18 +37,18 @@ POLICY_GAUGES = {"entropy": "Policy entropy after the last update (nats per deci
 
 
 class SearchCollector(Collector):
-    """Jobs of ``store`` read at each scrape: one ``store.jobs()`` (on Redis: a few reads per
-    job, incremental from the views kept in this process)."""
+    """Jobs of ``store`` read at each scrape: the count of jobs in each state and the
+    summaries of the running ones (never a job's trials: a scrape costs the same at the
+    20,000th training as at the first)."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
         """The store's jobs as Prometheus families."""
-        views = self.store.jobs()
         jobs = GaugeMetricFamily("nas_search_jobs", "Jobs, by state", labels=["state"])
-        for state in STATES:
-            jobs.add_metric([state], sum(1 for v in views if v.state == state))
+        for state, count in self.store.count_jobs().items():
+            jobs.add_metric([state], count)
         yield jobs
         best = GaugeMetricFamily("nas_search_job_best_reward",
                                  "Best reward so far of each running job", labels=["job_id"])
@@ -66,28 +66,18 @@ class SearchCollector(Collector):
         policy = {k: GaugeMetricFamily(f"nas_search_policy_{k.removeprefix('policy_')}", doc,
                                        labels=["job_id"]) for k, doc in POLICY_GAUGES.items()}
         running = 0
-        for view in views:
-            if view.state != "RUNNING":
-                continue
+        for view in all_jobs(self.store, state="RUNNING"):
             job = [view.job_id]
-            by_status = dict.fromkeys(TRIAL_STATUSES, 0)
-            rewards = []
-            for t in view.trials.values():
-                status = str(t.get("status", "running"))
-                by_status[status] = by_status.get(status, 0) + 1
-                if status == "succeeded":
-                    rewards.append(float(t.get("reward", 0.0)))
+            by_status = {"running": len(view.running), "succeeded": view.succeeded,
+                         "failed": view.failed}
             running += by_status["running"]
             for status, count in by_status.items():
                 trials.add_metric([*job, status], count)
-            done = by_status["succeeded"] + by_status["failed"]
-            cached = sum(1 for t in view.trials.values() if t.get("cached")
-                         and t.get("status") in ("succeeded", "failed"))
-            trainings.add_metric(job, done - cached)
-            hits.add_metric(job, cached)
-            budget.add_metric(job, float(view.spec.get("budget", 0)))
-            if rewards:  # no reward yet: no series rather than a fake zero
-                best.add_metric(job, max(rewards))
+            trainings.add_metric(job, view.trainings)
+            hits.add_metric(job, view.cache_hits)
+            budget.add_metric(job, float(view.budget))
+            if view.best is not None:  # no reward yet: no series rather than a fake zero
+                best.add_metric(job, view.best.reward)
             stats: dict[str, Any] = view.notes.get("policy", {})
             for key, family in policy.items():
                 if key in stats:

@@ -6,19 +6,17 @@ import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.config import ConfigError
-from controller.jobs.store import TRIAL_STATUSES, JobStore, JobView
+from controller.jobs.store import TRIAL_STATUSES, JobStore, JobSummary, TrialRecord
 from controller.service.auth import Role, TokenTable, caller, check_visible, missing_roles
 from controller.service.events import watch_events
 from controller.service.export import export_chunks
 from controller.service.guard import AuthInterceptor
-from controller.service.objectives_spec import pareto_of_trials
 from controller.service.runner import JobRunner
 from controller.service.spec import (
     WIRE_NAMES,
@@ -41,6 +39,7 @@ from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
 MAX_PAGE = 1000
+DEFAULT_PAGE = 100
 MAX_TOP_K = 100
 STATE_TO_PB = {"PENDING": sp.JOB_STATE_PENDING, "RUNNING": sp.JOB_STATE_RUNNING,
                "SUCCEEDED": sp.JOB_STATE_SUCCEEDED, "FAILED": sp.JOB_STATE_FAILED,
@@ -48,33 +47,47 @@ STATE_TO_PB = {"PENDING": sp.JOB_STATE_PENDING, "RUNNING": sp.JOB_STATE_RUNNING,
 STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
 
 
-def job_to_proto(view: JobView) -> sp.Job:
-    """The wire form of a job, with its trial counts and best trial."""
-    done = [t for t in view.trials.values() if t.get("status") in ("succeeded", "failed")]
-    best = max((t for t in done if t.get("status") == "succeeded"),
-               key=lambda t: float(t.get("reward", 0.0)), default=None)
-    return sp.Job(job_id=view.job_id, owner=view.owner, tenant=view.tenant,
-                  spec=spec_from_settings(view.spec), state=STATE_TO_PB[view.state],
-                  reason=view.reason, created_at=view.created_at, updated_at=view.updated_at,
-                  trainings=sum(1 for t in done if not t.get("cached")),
-                  cache_hits=sum(1 for t in done if t.get("cached")),
-                  running=len(view.trials) - len(done),
-                  best_reward=float(best["reward"]) if best else 0.0,
-                  best_arch=str(best.get("same_as", best.get("arch", ""))) if best else "")
+def job_to_proto(job: JobSummary) -> sp.Job:
+    """The wire form of a job's summary: its trial counts and best trial."""
+    best = job.best
+    return sp.Job(job_id=job.job_id, owner=job.owner, tenant=job.tenant,
+                  spec=spec_from_settings(job.spec), state=STATE_TO_PB[job.state],
+                  reason=job.reason, created_at=job.created_at, updated_at=job.updated_at,
+                  trainings=job.trainings, cache_hits=job.cache_hits,
+                  running=len(job.running), failed=job.failed,
+                  budget_spent=job.budget_spent, policy_version=job.policy_version,
+                  best_reward=best.reward if best else 0.0,
+                  best_arch=best.arch if best else "",
+                  best_trial_id=best.trial_id if best else "")
 
 
-def _trial_to_proto(t: dict[str, Any]) -> sp.TrialRecord:
-    return sp.TrialRecord(trial_id=t["trial_id"], arch=str(t.get("arch", "")),
-                          status=str(t.get("status", "running")),
-                          reward=float(t.get("reward", 0.0)), cached=bool(t.get("cached")),
-                          error=str(t.get("error", "")),
-                          metrics={k: float(v) for k, v in t.get("metrics", {}).items()})
+def trial_to_proto(t: TrialRecord) -> sp.TrialRecord:
+    """The wire form of a trial record."""
+    return sp.TrialRecord(trial_id=t.trial_id, arch=t.arch, status=t.status.value,
+                          reward=t.reward, cached=t.cached, error=t.error,
+                          metrics=dict(t.metrics), trained_arch=t.trained_arch)
 
 
 def _job_id(value: str) -> str:
     if not value:
         raise InvalidArgumentError("job_id: must not be empty")
     return value
+
+
+def _page_token(token: str, first: int) -> int:
+    """A page token this service gave (``first``: the empty token's value)."""
+    if not token:
+        return first
+    try:
+        return int(token)
+    except ValueError:
+        raise InvalidArgumentError("page_token: not a token this service gave") from None
+
+
+def _page_size(size: int) -> int:
+    if not 0 <= size <= MAX_PAGE:
+        raise InvalidArgumentError(f"page_size: must be in [0, {MAX_PAGE}], got {size}")
+    return size or DEFAULT_PAGE
 
 
 class SearchServicer(sp_grpc.SearchServiceServicer):
@@ -88,7 +101,7 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
         self.tokens = tokens
         self.budgets = budgets or TenantBudgets()
 
-    def _visible(self, job_id: str) -> JobView:
+    def _visible(self, job_id: str) -> JobSummary:
         """The job, if the caller may see it (another tenant's job: NOT_FOUND)."""
         view = self.store.get(_job_id(job_id))
         check_visible(view.job_id, view.tenant)
@@ -120,14 +133,21 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
     @servicer_method
     def ListSearches(self, request: sp.ListSearchesRequest,
                      context: grpc.ServicerContext) -> sp.ListSearchesResponse:
-        """All jobs (a non-admin: its tenant's), oldest first, optionally in one state."""
+        """A page of jobs (a non-admin: its tenant's), newest first, optionally of one tenant
+        and in one state."""
         if request.state and request.state not in STATE_FROM_PB:
             raise InvalidArgumentError(f"state: unknown value {request.state}")
-        state = STATE_FROM_PB.get(request.state)
+        size = _page_size(request.page_size)
+        before = _page_token(request.page_token, 0) or None
         who = caller()
-        tenant = None if who.role is Role.ADMIN else who.tenant
-        return sp.ListSearchesResponse(jobs=[job_to_proto(v) for v in
-                                             self.store.jobs(tenant=tenant, state=state)])
+        tenant = request.tenant or None
+        if who.role is not Role.ADMIN:
+            if tenant not in (None, who.tenant):  # another tenant's jobs: none visible
+                return sp.ListSearchesResponse()
+            tenant = who.tenant
+        jobs, nxt = self.store.jobs(tenant, STATE_FROM_PB.get(request.state), size, before)
+        return sp.ListSearchesResponse(jobs=[job_to_proto(j) for j in jobs],
+                                       next_page_token="" if nxt is None else str(nxt))
 
     @servicer_method
     def CancelSearch(self, request: sp.CancelSearchRequest,
@@ -144,19 +164,13 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
         if request.status and request.status not in TRIAL_STATUSES:
             raise InvalidArgumentError(f"status: {request.status!r} is not one of "
                                        f"{', '.join(TRIAL_STATUSES)}")
-        if not 0 <= request.page_size <= MAX_PAGE:
-            raise InvalidArgumentError(f"page_size: must be in [0, {MAX_PAGE}], got "
-                                       f"{request.page_size}")
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            raise InvalidArgumentError("page_token: not a token this service gave") from None
-        if offset < 0:
+        size = _page_size(request.page_size)
+        after = _page_token(request.page_token, -1)
+        if after < -1:
             raise InvalidArgumentError("page_token: not a token this service gave")
         page, nxt = self.store.trials(self._visible(request.job_id).job_id,
-                                      request.status or None, offset,
-                                      request.page_size or 100)
-        return sp.ListTrialsResponse(trials=[_trial_to_proto(t) for t in page],
+                                      request.status or None, after, size)
+        return sp.ListTrialsResponse(trials=[trial_to_proto(t) for t in page],
                                      next_page_token="" if nxt is None else str(nxt))
 
 
@@ -168,23 +182,13 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
         if not 0 <= request.top_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
                                        f"{request.top_k}")
-        view = self._visible(request.job_id)
+        job_id = self._visible(request.job_id).job_id
         if request.pareto:  # max accuracy, min each objective
-            front = pareto_of_trials(view.trials.values(), list(request.objectives))
-            return sp.GetBestResponse(trials=[_trial_to_proto(t)
+            front = self.store.pareto(job_id, list(request.objectives))
+            return sp.GetBestResponse(trials=[trial_to_proto(t)
                                               for t in front[:request.top_k or None]])
-        ranked = sorted((t for t in view.trials.values() if t.get("status") == "succeeded"),
-                        key=lambda t: -float(t.get("reward", 0.0)))  # stable: earlier first
-        best: list[sp.TrialRecord] = []
-        seen: set[str] = set()
-        for trial in ranked:
-            arch = str(trial.get("same_as", trial.get("arch", "")))
-            if arch not in seen:
-                seen.add(arch)
-                best.append(_trial_to_proto(trial))
-            if len(best) == (request.top_k or 1):
-                break
-        return sp.GetBestResponse(trials=best)
+        return sp.GetBestResponse(trials=[trial_to_proto(t) for t in
+                                          self.store.best(job_id, request.top_k or 1)])
 
     @servicer_stream
     def WatchSearch(self, request: sp.WatchSearchRequest,
@@ -193,7 +197,8 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
         if request.after_seq < 0:
             raise InvalidArgumentError(f"after_seq: must be >= 0, got {request.after_seq}")
         job_id = self._visible(request.job_id).job_id  # another tenant's: NOT_FOUND
-        yield from watch_events(self.store, job_id, request.after_seq, context.is_active)
+        yield from watch_events(self.store, job_id, request.after_seq, context.is_active,
+                                job_to_proto)
 
     @servicer_stream
     def ExportBest(self, request: sp.ExportBestRequest,

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from controller.jobs.store import ENDED, JobStore, JobView
+from controller.jobs.store import JobStore
 from protos.errors import ResourceExhaustedError
 
 ANY_TENANT = "*"
@@ -28,12 +28,6 @@ ANY_TENANT = "*"
 
 class BudgetFileError(ValueError):
     """A bad line of a budget file; the message starts with ``SOURCE:LINE``."""
-
-
-def trainings_used(view: JobView) -> int:
-    """Trainings a job has spent (cache hits are free)."""
-    return sum(1 for t in view.trials.values()
-               if t.get("status") in ("succeeded", "failed") and not t.get("cached"))
 
 
 class TenantBudgets:
@@ -71,10 +65,7 @@ class TenantBudgets:
         with self._lock:
             limit = self.limit(tenant)
             if limit is not None:
-                jobs = store.jobs(tenant=tenant)
-                reserved = sum(int(v.spec.get("budget", 0)) for v in jobs
-                               if v.state not in ENDED)
-                used = sum(trainings_used(v) for v in jobs if v.state in ENDED)
+                reserved, used = store.tenant_usage(tenant)
                 remaining = limit - reserved - used
                 if budget > remaining:
                     raise ResourceExhaustedError(

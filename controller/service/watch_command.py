@@ -69,6 +69,13 @@ class Board:
             self.best = event.new_best
         elif kind == "policy":
             self.entropy = event.policy.entropy
+        elif kind == "snapshot":  # the job's older events were compacted: where it stood
+            job = event.snapshot.job
+            self.state = sp.JobState.Name(job.state).removeprefix("JOB_STATE_")
+            self.trainings = job.trainings
+            if job.best_trial_id:
+                self.best = sp.SearchEvent.NewBest(trial_id=job.best_trial_id,
+                                                   reward=job.best_reward, arch=job.best_arch)
         elif kind == "state":
             self.state = sp.JobState.Name(event.state.state).removeprefix("JOB_STATE_")
             self.reason = event.state.reason
@@ -106,6 +113,10 @@ def event_line(event: sp.SearchEvent) -> str:
         p = event.policy
         body = (f"policy    update {p.updates}  mean reward {p.mean_reward:.4f}  baseline "
                 f"{p.baseline:.4f}  entropy {p.entropy:.4f}")
+    elif kind == "snapshot":
+        job = event.snapshot.job
+        body = (f"earlier   {event.seq} events compacted: trainings {job.trainings}, cache "
+                f"hits {job.cache_hits}, best {job.best_reward:.4f}  {job.best_arch}")
     else:
         state = sp.JobState.Name(event.state.state).removeprefix("JOB_STATE_")
         body = f"state     {state}{'  ' + event.state.reason if event.state.reason else ''}"
