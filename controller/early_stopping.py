@@ -48,7 +48,7 @@ class EarlyStopper(ABC):
         self.max_epochs = max_epochs
         self.grace_epochs = grace_epochs
         self._curves: dict[str, list[float]] = {}
-        self._decided: dict[tuple[str, int], Decision] = {}
+        self._decided: dict[str, dict[int, Decision]] = {}  # trial -> epoch -> decision
         self._lock = threading.Lock()
 
     def report(self, trial_id: str, epoch: int, accuracy: float) -> Decision:
@@ -56,15 +56,15 @@ class EarlyStopper(ABC):
         if epoch < 1:
             raise ValueError(f"epoch: must be >= 1, got {epoch}")
         with self._lock:
-            key = (trial_id, epoch)
-            if key in self._decided:
-                return self._decided[key]
+            decided = self._decided.setdefault(trial_id, {})
+            if epoch in decided:
+                return decided[epoch]
             curve = self._curves.setdefault(trial_id, [])
             if epoch != len(curve) + 1:  # a retried attempt catching up, or a gap: no decision
                 return CONTINUE
             curve.append(accuracy)
             decision = (self._decide(trial_id, curve) if epoch < self.max_epochs else CONTINUE)
-            self._decided[key] = decision
+            decided[epoch] = decision
             if decision.stop or epoch == self.max_epochs:
                 self._finished(trial_id, curve)
             return decision
@@ -72,8 +72,16 @@ class EarlyStopper(ABC):
     def stopped(self, trial_id: str) -> int | None:
         """The epoch at which ``trial_id`` was told to stop, if it was."""
         with self._lock:
-            hits = [e for (t, e), d in self._decided.items() if t == trial_id and d.stop]
+            hits = [e for e, d in self._decided.get(trial_id, {}).items() if d.stop]
             return min(hits) if hits else None
+
+    def forget(self, trial_id: str) -> None:
+        """Drop ``trial_id``'s curve and decisions (it finished: nobody replays its reports
+        to this rule again). What it contributed to the rule (a finished curve, a rung's
+        accuracy) stays."""
+        with self._lock:
+            self._curves.pop(trial_id, None)
+            self._decided.pop(trial_id, None)
 
     @abstractmethod
     def _decide(self, trial_id: str, curve: list[float]) -> Decision:

@@ -89,6 +89,11 @@ class RayWorkerPool:
         """The evaluator of a job whose children ``local`` describes (``group``: its tenant)."""
         return DispatchEvaluator(self.board, workload_of(local), self.resources, local, group)
 
+    def forget_job(self, job_id: str) -> int:
+        """Drop what the board holds of an ended job's trials (``TrialBoard.forget_job``);
+        how many trials."""
+        return self.board.forget_job(job_id)
+
     def summary(self) -> dict[str, object]:
         """For result.json: how trials went through the workers."""
         c = self.board.counters

@@ -81,3 +81,17 @@ def test_create_stopper_by_name() -> None:
     assert isinstance(create_stopper("asha", 3), SuccessiveHalving)
     with pytest.raises(ValueError, match="early_stopping"):
         create_stopper("hyperband", 3)
+
+
+def test_forgetting_a_finished_child_keeps_what_it_taught_the_rule() -> None:
+    # Arrange: two children trained to the end define the median; "slow" was stopped
+    rule = MedianStoppingRule(max_epochs=3, grace_epochs=1, min_completed=2)
+    assert _run(rule, "a", [0.5, 0.6, 0.7]) is None
+    assert _run(rule, "b", [0.3, 0.4, 0.5]) is None
+    assert _run(rule, "slow", [0.1, 0.2, 0.3]) == 1
+    # Act
+    for trial in ("a", "b", "slow"):
+        rule.forget(trial)
+    # Assert: its decisions are gone, the finished curves still decide
+    assert rule.stopped("slow") is None
+    assert _run(rule, "slow2", [0.1, 0.2, 0.3]) == 1

@@ -15,6 +15,7 @@ ALGORITHM_CODE = ["controller/spaces", "controller/policy", "controller/strategi
                   "worker/datasets_cifar10.py", "worker/datasets_fashion_mnist.py",
                   "worker/trainer.py", "worker/trainer_recipe.py", "controller/early_stopping.py",
                   "controller/trials/board.py", "controller/trials/evaluator.py",
+                  "controller/trials/queues.py",
                   "paramserver/shard.py", "paramserver/snapshot.py",
                   "paramserver/checkpoint.py", "paramserver/registry.py",
                   "paramserver/metrics.py"]

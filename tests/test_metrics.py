@@ -131,3 +131,18 @@ def test_the_counters_count_proposals_hits_rewards_and_training_time() -> None:
     assert value("nas_search_reward_bucket", le="0.85") == 2
     assert value("nas_search_trial_duration_seconds_count", status="succeeded") == 1  # not hits
     assert value("nas_search_trial_duration_seconds_count", status="failed") == 1
+
+
+def test_the_counters_remember_a_bounded_number_of_unfinished_starts() -> None:
+    # Arrange: trials of cancelled jobs start and never finish
+    registry = CollectorRegistry()
+    counters = SearchCounters(registry, max_started=3)
+    # Act
+    for trial_id in ("gone1", "gone2", "a", "b", "c"):
+        counters.started(trial_id)
+    counters.finished("gone1", "succeeded", 0.5, cached=False)
+    counters.finished("c", "succeeded", 0.5, cached=False)
+    # Assert: the oldest starts were dropped (no duration), the recent one timed
+    assert registry.get_sample_value("nas_search_trial_duration_seconds_count",
+                                     {"status": "succeeded"}) == 1
+    assert registry.get_sample_value("nas_search_proposals_total") == 2

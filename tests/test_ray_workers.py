@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from controller.early_stopping import EarlyStopper, SuccessiveHalving
+from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.spaces import create_space
 from controller.trials.board import TrialBoard, TrialOutcome
 from controller.trials.servicer import RunningTrialReport, serve_trial_reports
@@ -332,3 +333,24 @@ def test_orchestration_benchmark_runs(ray_local: None, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert code == 0
     assert "| dispatch (submit -> worker started) |" in out and "of a 60 s child" in out
+
+
+def test_the_service_clusters_forget_job_reaches_the_workers_board(ray_local: None,
+                                                                   tmp_path: Path) -> None:
+    # Arrange: a job's trial no node can run fails at once, without training
+    cluster = ServiceCluster(ClusterOptions(workers=1, log_dir=tmp_path / "logs"))
+    try:
+        assert cluster.workers is not None
+        board = cluster.workers.board
+        workload = Workload("fashion-mnist", MODEL, RECIPE, str(tmp_path / "w"))
+        outcome = _wait(board.submit(Trial("job-z-t1", SPACE.from_string(GOOD), (), "",
+                                           job_id="job-z"), workload, Resources(1.0, 64.0)))
+        # Act
+        forgotten = cluster.forget_job("job-z")
+        sizes = board.sizes()
+    finally:
+        cluster.close()
+    # Assert
+    assert outcome.result.status is TrialStatus.FAILED and forgotten == 1
+    assert (sizes.records, sizes.tombstones, sizes.jobs) == (0, 0, 0)
+    assert ServiceCluster(ClusterOptions(log_dir=tmp_path / "logs")).forget_job("job-z") == 0

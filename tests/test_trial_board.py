@@ -13,10 +13,16 @@ from conftest import assert_unparsable_requests_are_invalid_argument
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.early_stopping import SuccessiveHalving
-from controller.trials.board import TrialBoard
+from controller.trials.board import TrialBoard, TrialHandle
+from controller.trials.queues import DeadlineHeap, FairQueue
 from controller.trials.servicer import RunningTrialReport, TrialMetrics, serve_trial_reports
 from protos import codec
-from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from protos.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from protos.types import (
     Architecture,
     Node,
@@ -49,6 +55,10 @@ class Clock:
 
 def _trial(i: int) -> Trial:
     return Trial(f"t{i}", ARCH, (0,), f"h{i}")
+
+
+def _job_trial(job_id: str, i: int) -> Trial:
+    return Trial(f"{job_id}-t{i}", ARCH, (0,), f"h{i}", job_id=job_id)
 
 
 def _ok(trial_id: str, reward: float = 0.5) -> TrialResult:
@@ -332,3 +342,251 @@ def test_an_attempt_that_reported_its_result_is_not_named_for_cancelling() -> No
     _, cancel = board.lease(1, running=[("t1", 1)])
     # Assert: it returns by itself; a force-cancel racing that return crashed Ray's core worker
     assert cancel == []
+
+
+def _finish_all(board: TrialBoard, handles: list[TrialHandle]) -> None:
+    """Lease, start and report every queued trial; their submitters take the outcomes."""
+    tasks, _ = board.lease(len(handles))
+    for task in tasks:
+        trial_id, attempt = task.trial.trial_id, task.trial.attempt
+        board.start(trial_id, attempt, "host:1")
+        board.progress(trial_id, attempt, 1, 1.0, 0.5)
+        assert board.result(trial_id, attempt, _ok(trial_id)).accepted
+    for handle in handles:
+        assert handle.wait(1) is not None
+
+
+def test_a_taken_outcome_leaves_a_tombstone_that_still_answers_late_reports() -> None:
+    # Arrange
+    board, _ = _board()
+    handles = [board.submit(_job_trial("job-a", i), WORKLOAD, Resources()) for i in range(50)]
+    # Act
+    _finish_all(board, handles)
+    # Assert: no full record is left, only the tombstones
+    sizes = board.sizes()
+    assert (sizes.records, sizes.tombstones, sizes.queued, sizes.running) == (0, 50, 0, 0)
+    # ... which answer the finished trials' reports exactly as before
+    assert board.result("job-a-t3", 1, _ok("job-a-t3", 0.1)).duplicate
+    heartbeat = board.heartbeat("job-a-t3", 1)
+    assert heartbeat.superseded and heartbeat.duplicate and "has a result" in heartbeat.reason
+    assert board.progress("job-a-t3", 1, 2, 1.0, 0.6).superseded
+    assert board.lost("job-a-t3", 1, "late").superseded
+    with pytest.raises(FailedPreconditionError, match="attempt"):
+        board.start("job-a-t3", 2, "host:1")  # never leased
+    with pytest.raises(AlreadyExistsError):
+        board.submit(_job_trial("job-a", 3), WORKLOAD, Resources())
+    assert board.attempt("job-a-t3") == (1, "")
+    with pytest.raises(FailedPreconditionError, match="taken"):
+        board.outcome("job-a-t3")
+    # the handle keeps what it took; the attempt that reported is not named for cancelling
+    outcome = handles[3].wait(0)
+    assert outcome is not None and outcome.result.reward == 0.5
+    assert board.lease(1, running=[("job-a-t3", 1)]) == ([], [])
+    assert board.counters.duplicates == 1 and board.counters.succeeded == 50
+
+
+def test_forget_job_drops_every_trial_of_the_job_and_its_tags_and_only_those() -> None:
+    # Arrange: job-a has a finished, a running and a queued trial, and a resumed run's trial
+    # (tag job-a-x7); job-b one queued trial
+    board, _ = _board()
+    done = board.submit(_job_trial("job-a", 1), WORKLOAD, Resources())
+    _finish_all(board, [done])
+    running = board.submit(_job_trial("job-a", 2), WORKLOAD, Resources())
+    board.lease(1)
+    queued = [board.submit(_job_trial("job-a", 3), WORKLOAD, Resources()),
+              board.submit(_job_trial("job-a-x7", 4), WORKLOAD, Resources())]
+    other = board.submit(_job_trial("job-b", 1), WORKLOAD, Resources())
+    # Act
+    forgotten = board.forget_job("job-a")
+    # Assert: the unfinished ones failed (their waiters return), and nothing of job-a is left
+    assert forgotten == 4
+    for handle in (running, *queued):
+        outcome = handle.wait(1)
+        assert outcome is not None and outcome.result.status is TrialStatus.FAILED
+        assert "its job job-a ended" in outcome.result.error
+    sizes = board.sizes()
+    assert (sizes.records, sizes.tombstones, sizes.queued, sizes.running, sizes.jobs) == \
+        (1, 0, 1, 0, 1)
+    for trial_id in ("job-a-t1", "job-a-t2", "job-a-t3", "job-a-x7-t4"):
+        with pytest.raises(NotFoundError, match="trial_id"):
+            board.heartbeat(trial_id, 1)
+    with pytest.raises(NotFoundError):
+        board.result("job-a-t1", 1, _ok("job-a-t1"))
+    # the forgotten running attempt is named for cancelling; job-b goes on
+    (task,), cancel = board.lease(4, running=[("job-a-t2", 1)])
+    assert task.trial.trial_id == "job-b-t1" and cancel == [("job-a-t2", 1)]
+    assert board.result("job-b-t1", 1, _ok("job-b-t1")).accepted
+    assert other.wait(1) is not None
+    assert board.forget_job("job-a") == 0
+
+
+def test_a_forgotten_attempt_that_reported_its_result_is_not_named_for_cancelling() -> None:
+    # Arrange: the result is in, the job ends, the attempt's Ray task has not returned yet
+    board, _ = _board()
+    handle = board.submit(_job_trial("job-a", 1), WORKLOAD, Resources())
+    _finish_all(board, [handle])
+    board.forget_job("job-a")
+    # Act
+    _, cancel = board.lease(1, running=[("job-a-t1", 1)])
+    # Assert: it returns by itself (a force-cancel racing that return crashes Ray's worker)
+    assert cancel == []
+
+
+def test_over_grpc_reports_of_a_forgotten_job_are_not_found(
+        served: tuple[TrialBoard, RunningTrialReport]) -> None:
+    # Arrange
+    board, running = served
+    board.submit(_job_trial("job-a", 1), WORKLOAD, Resources())
+    board.lease(1)
+    board.forget_job("job-a")
+    # Act
+    with grpc.insecure_channel(running.address) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        wk_grpc.TrialReportStub(channel).Heartbeat(
+            wk.HeartbeatReport(trial_id="job-a-t1", attempt=1), timeout=10)
+    # Assert
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "trial_id" in (info.value.details() or "")
+
+
+def test_among_ten_thousand_finished_trials_a_silent_attempt_is_retried_from_a_small_heap(
+        ) -> None:
+    # Arrange: 10,000 trials finished and taken, then one live attempt that goes silent
+    board, clock = _board()
+    for start in range(0, 10_000, 500):
+        _finish_all(board, [board.submit(_job_trial("job-a", i), WORKLOAD, Resources())
+                            for i in range(start, start + 500)])
+    board.submit(_job_trial("job-b", 1), WORKLOAD, Resources())
+    board.lease(1)
+    board.start("job-b-t1", 1, "host:1")
+    # Assert: the lease's structures hold the live attempt, not the finished trials
+    sizes = board.sizes()
+    assert (sizes.records, sizes.tombstones, sizes.running) == (1, 10_000, 1)
+    assert sizes.deadlines <= 2 * sizes.running + 64
+    # Act
+    clock.now = 5.5  # silent past the heartbeat timeout
+    (retry,), cancel = board.lease(1, running=[("job-b-t1", 1)])
+    # Assert
+    assert retry.trial.attempt == 2 and cancel == [("job-b-t1", 1)]
+    assert board.counters.retried_timeout == 1
+    board.start("job-b-t1", 2, "host:2")
+    clock.now = 25.0
+    board.heartbeat("job-b-t1", 2)
+    clock.now = 26.0  # every stale deadline has come due: only the live attempt's is left
+    board.expire()
+    assert board.sizes().deadlines == 1 and board.running() == 1
+
+
+def test_an_attempt_that_keeps_heartbeating_is_never_expired() -> None:
+    # Arrange
+    board, clock = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    board.start("t1", 1, "host:1")
+    # Act: heartbeats every 4 s (timeout 5 s) for a minute, the board expiring between them
+    for beat in range(1, 16):
+        clock.now = 4.0 * beat
+        board.expire()
+        assert board.heartbeat("t1", 1).accepted
+    clock.now += 4.9
+    board.expire()
+    # Assert: still the first attempt; silent past the timeout, it is retried
+    assert board.attempt("t1") == (1, "host:1") and board.running() == 1
+    clock.now += 0.2
+    (retry,), _ = board.lease(1)
+    assert retry.trial.attempt == 2 and board.counters.retried_timeout == 1
+
+
+def test_a_started_attempt_times_out_on_the_heartbeat_timeout_not_the_start_timeout() -> None:
+    # Arrange: leased at 0 (start timeout 20 s), started at 1 (heartbeat timeout 5 s)
+    board, clock = _board()
+    board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    clock.now = 1.0
+    board.start("t1", 1, "host:1")
+    # Act
+    clock.now = 5.9
+    not_yet = board.lease(1)
+    clock.now = 6.5
+    (retry,), _ = board.lease(1)
+    # Assert
+    assert not_yet == ([], []) and retry.trial.attempt == 2
+    board.result("t1", 2, _ok("t1"))
+    outcome = board.outcome("t1")
+    assert outcome is not None and outcome.lost == ["attempt 1: no heartbeat for 5 s"]
+
+
+def test_a_result_of_an_old_attempt_takes_the_waiting_retry_off_the_queue() -> None:
+    # Arrange: attempt 1 timed out and the trial waits to be retried
+    board, clock = _board()
+    handle = board.submit(_trial(1), WORKLOAD, Resources())
+    board.lease(1)
+    clock.now = 21.0
+    board.expire()
+    assert board.queued() == 1 and board.running() == 0
+    # Act: attempt 1's result arrives after all
+    assert board.result("t1", 1, _ok("t1")).accepted
+    # Assert: the trial has its one result; it is not leased again
+    assert board.queued() == 0 and board.lease(1) == ([], [])
+    outcome = handle.wait(1)
+    assert outcome is not None and outcome.attempts == 1
+
+
+def test_fair_leasing_among_three_groups_follows_running_counts_then_queue_order() -> None:
+    # Arrange: a queues three, then b two, then c one; a retried trial goes to its group's back
+    board, _ = _board(max_attempts=2)
+    for i, group in enumerate("aaabbc", 1):
+        board.submit(_trial(i), WORKLOAD, Resources(), group=group)
+
+    def leased(n: int) -> list[str]:
+        return [t.trial.trial_id for t in board.lease(n)[0]]
+
+    # Act / Assert
+    assert leased(3) == ["t1", "t4", "t6"]  # one of each group: fewest running, then FIFO
+    assert board.lost("t4", 1, "died").accepted  # b: 0 running; t4 queued behind t5
+    assert leased(1) == ["t5"]
+    assert leased(1) == ["t2"]  # a, b, c 1 running each: a's head was queued first
+    assert leased(2) == ["t4", "t3"]  # b (1 running) before a (2); then a, the only one left
+    assert board.running() == 6 and board.queued() == 0
+
+
+def test_the_fair_queue_and_the_deadline_heap_on_their_own() -> None:
+    # Arrange
+    queue: FairQueue[str] = FairQueue()
+    for group, item in (("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")):
+        queue.push(group, item)
+    heap: DeadlineHeap[str] = DeadlineHeap()
+    for deadline, key in ((3.0, "x"), (1.0, "y"), (2.0, "z"), (1.0, "w")):
+        heap.push(deadline, key)
+    # Act
+    first = queue.pop()
+    queue.started("a")
+    second = queue.pop()
+    removed = queue.remove("a", "a3")
+    heap.compact(lambda key: key != "z")
+    due = heap.due(2.5)
+    # Assert
+    assert (first, second, removed) == (("a", "a1"), ("b", "b1"), True)
+    assert len(queue) == 1 and queue.running == 1 and queue.discard(lambda i: True) == 1
+    assert due == ["y", "w"] and len(heap) == 1
+    with pytest.raises(IndexError):
+        queue.pop()
+
+
+def test_a_finished_trial_is_forgotten_by_the_early_stopping_rule() -> None:
+    # Arrange
+    stopper = SuccessiveHalving(max_epochs=3, grace_epochs=1, eta=2)
+    board, _ = _board(stopper=stopper)
+    handles = [board.submit(_trial(i), WORKLOAD, Resources()) for i in (1, 2)]
+    board.lease(2)
+    board.progress("t1", 1, 1, 1.0, 0.8)
+    assert board.progress("t2", 1, 1, 1.0, 0.2).stop
+    # Act
+    for handle in handles:
+        trial_id = handle.trial_id
+        board.result(trial_id, 1, _ok(trial_id))
+        handle.wait(1)
+    # Assert: the rule keeps no state of finished trials; the outcome kept the stop
+    assert stopper.stopped("t2") is None
+    outcome = handles[1].wait(0)
+    assert outcome is not None and outcome.stopped_at_epoch == 1

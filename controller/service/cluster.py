@@ -178,6 +178,11 @@ class ServiceCluster:
             return self.workers.dispatcher(local, tenant)
         return local
 
+    def forget_job(self, job_id: str) -> int:
+        """A job ended: the workers' trial board drops its trials' records and tombstones
+        (reports of them are then NOT_FOUND); how many trials (0 without workers)."""
+        return self.workers.forget_job(job_id) if self.workers is not None else 0
+
     def check_job(self, cfg: SearchConfig) -> None:
         """ConfigError naming the setting a job asks for that this service cannot give."""
         if cfg.replicas > 1 and not self.has_paramservers:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,10 @@ POLICY_GAUGES = {"entropy": "Policy entropy after the last update (nats per deci
                  "baseline": "REINFORCE baseline (EMA of rewards) after the last update",
                  "mean_reward": "Mean reward of the children of the last update",
                  "policy_version": "Policy updates applied"}
+# Trials whose start is remembered for their duration: a trial that never finishes (its job
+# cancelled or failed mid-training) would otherwise stay for the life of the service. Far more
+# than ever run at once; past it the oldest starts are dropped (their durations go unobserved).
+MAX_STARTED = 10_000
 
 
 class SearchCollector(Collector):
@@ -91,7 +96,7 @@ class SearchCollector(Collector):
 class SearchCounters:
     """What the job runner counts as its jobs' proposals finish (process lifetime)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_started: int = MAX_STARTED) -> None:
         self.proposals = Counter("nas_search_proposals", "Architectures proposed, every job",
                                  registry=registry)
         self.trainings = Counter("nas_search_trainings", "Children trained (not cache hits)",
@@ -108,13 +113,17 @@ class SearchCounters:
                              "Training time of a child, from its start to its result",
                              ["status"], buckets=DURATION_BUCKETS, registry=registry)
         self.duration = {s: duration.labels(s) for s in ("succeeded", "failed")}
-        self._started: dict[str, float] = {}
+        self._started: OrderedDict[str, float] = OrderedDict()  # oldest start first
+        self._max_started = max_started
         self._lock = threading.Lock()
 
     def started(self, trial_id: str) -> None:
         """A trial began (its training, or its cache lookup)."""
         with self._lock:
             self._started[trial_id] = time.monotonic()
+            self._started.move_to_end(trial_id)
+            if len(self._started) > self._max_started:
+                self._started.popitem(last=False)
 
     def finished(self, trial_id: str, status: str, reward: float, cached: bool) -> None:
         """A proposal's result: counted, its reward and its training's duration recorded."""

@@ -10,19 +10,36 @@ NaN loss, out of memory) reports a FAILED result, which is final and never retri
 Fairness: a trial may be submitted in a ``group`` (its job's tenant); a lease then hands out the
 queued trial of the group with the fewest running trials first (ties: first queued), so one
 tenant's many trials do not starve another's. Without groups the queue is plain FIFO.
+
+Memory stays bounded for a service that runs for weeks: a trial's full record (its trial,
+attempts, epochs, outcome) is kept until its submitter takes the outcome (``TrialHandle.wait``
+returns it); the board then keeps a tombstone of two small numbers, enough to answer that
+trial's late, replayed or superseded reports exactly as before. ``forget_job`` drops every record
+and tombstone of a job that ended; its trials are then unknown (``NotFoundError``). Per-call costs
+do not grow with the trials finished: a lease picks from per-group queues (O(groups)) and expires
+silent attempts from a deadline heap (O(log live attempts)); ``running`` is a maintained count.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.early_stopping import EarlyStopper
+from controller.trials.queues import DeadlineHeap, FairQueue
 from protos.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from protos.types import Resources, Trial, TrialResult, TrialStatus, Workload
+
+# Results accepted lately, remembered past ``forget_job``: a forgotten trial's attempt that
+# reported its result may still be returning on its worker, and must not be named for a
+# force-cancel (see ``lease``). A worker names its running attempts every lease (about 1 s),
+# and an attempt returns moments after its result: a second's results at the fastest rate.
+RECENT_RESULTS = 1024
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,19 @@ class TrialOutcome:
     finished_at: float
 
 
-@dataclass
+@dataclass(frozen=True)
+class BoardSizes:
+    """What a board holds right now (for tests and diagnostics)."""
+
+    records: int  # full records: queued, leased, or finished and not yet taken
+    tombstones: int  # finished trials whose outcome the submitter took
+    queued: int
+    running: int
+    deadlines: int  # deadline-heap entries: live attempts, plus stale ones not yet dropped
+    jobs: int  # job ids (trial.job_id) with a record or a tombstone
+
+
+@dataclass(eq=False)  # compared by identity: the fair queue removes records by identity
 class _Record:
     trial: Trial
     workload: Workload
@@ -70,6 +99,8 @@ class _Record:
     attempt: int = 0  # the current attempt (0: queued, never leased)
     leased: bool = False
     started: bool = False
+    queued: bool = False
+    armed: int = 0  # the number of its live deadline-heap entry (0: none)
     submitted_at: float = 0.0
     last_seen: float = 0.0
     started_at: float | None = None
@@ -82,19 +113,40 @@ class _Record:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class TrialHandle:
-    """The submitter's view of one trial."""
+@dataclass(frozen=True)
+class _Tombstone:
+    """A finished trial whose outcome was taken: what answering its reports needs."""
 
-    def __init__(self, board: TrialBoard, trial_id: str) -> None:
+    attempts: int  # attempts leased
+    reported: int  # the attempt whose result was accepted (0: it failed without one)
+
+
+@functools.lru_cache(maxsize=256)
+def _tombstone(attempts: int, reported: int) -> _Tombstone:
+    """Shared instances: both numbers are at most ``max_attempts``, so a few cover them all."""
+    return _Tombstone(attempts, reported)
+
+
+class TrialHandle:
+    """The submitter's view of one trial. The first ``wait`` that returns the outcome takes
+    it: the handle keeps it (later waits return it again), the board keeps a tombstone."""
+
+    def __init__(self, board: TrialBoard, record: _Record) -> None:
         self.board = board
-        self.trial_id = trial_id
+        self.trial_id = record.trial.trial_id
+        self._record: _Record | None = record
+        self._outcome: TrialOutcome | None = None
 
     def wait(self, timeout: float | None = None) -> TrialOutcome | None:
         """The outcome once the trial has one (None on timeout)."""
-        record = self.board._record(self.trial_id)
+        record = self._record
+        if record is None:
+            return self._outcome
         if not record.done.wait(timeout):
             return None
-        return record.outcome
+        self._outcome = self.board._take(record)
+        self._record = None
+        return self._outcome
 
 
 @dataclass
@@ -137,9 +189,13 @@ class TrialBoard:
         self.clock = clock
         self.on_outcome = on_outcome
         self.counters = BoardCounters()
-        self._records: dict[str, _Record] = {}
-        self._queue: deque[str] = deque()
-        self._grouped = False  # some trial has a fairness group
+        self._live: dict[str, _Record] = {}  # not finished, or finished and not yet taken
+        self._tombs: dict[str, _Tombstone] = {}  # finished and taken
+        self._jobs: dict[str, set[str]] = {}  # trial.job_id -> ids in _live or _tombs
+        self._queue: FairQueue[_Record] = FairQueue()  # also counts the running, by group
+        self._deadlines: DeadlineHeap[tuple[str, int]] = DeadlineHeap()  # (trial_id, armed)
+        self._arms = itertools.count(1)
+        self._recent_results: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
 
@@ -148,29 +204,58 @@ class TrialBoard:
     def submit(self, trial: Trial, workload: Workload, resources: Resources,
                group: str = "") -> TrialHandle:
         """Queue ``trial`` for a worker (in fairness ``group``); submitting the same trial id
-        again is an error."""
+        again is an error (until ``forget_job`` dropped it)."""
         with self._cond:
             if self._closed:
                 raise FailedPreconditionError("the trial board is closed")
-            if trial.trial_id in self._records:
-                raise AlreadyExistsError(f"trial_id: {trial.trial_id!r} was submitted before")
-            self._records[trial.trial_id] = _Record(trial, workload, resources, group,
-                                                    submitted_at=self.clock())
-            self._queue.append(trial.trial_id)
-            self._grouped = self._grouped or bool(group)
+            trial_id = trial.trial_id
+            if trial_id in self._live or trial_id in self._tombs:
+                raise AlreadyExistsError(f"trial_id: {trial_id!r} was submitted before")
+            record = _Record(trial, workload, resources, group, submitted_at=self.clock())
+            self._live[trial_id] = record
+            self._jobs.setdefault(trial.job_id, set()).add(trial_id)
+            self._enqueue(record)
             self.counters.submitted += 1
             self._cond.notify_all()
-        return TrialHandle(self, trial.trial_id)
+        return TrialHandle(self, record)
 
     def close(self, reason: str = "the search stopped") -> None:
         """Fail every unfinished trial (its waiter returns) and refuse new submissions."""
         with self._cond:
             self._closed = True
-            for record in self._records.values():
+            self._queue.clear()
+            for record in list(self._live.values()):
+                record.queued = False
                 if record.outcome is None:
                     self._finish(record, _failed(record, f"not finished: {reason}"), {})
-            self._queue.clear()
             self._cond.notify_all()
+
+    def forget_job(self, job_id: str) -> int:
+        """Drop every record and tombstone of job ``job_id``: trials whose ``job_id`` is it or
+        one of its tags (``job_id-...``: a resumed run's, a replica's; so no job id may be
+        another's followed by "-"). Unfinished ones fail first (their waiters return). Later
+        reports of them raise NotFoundError, as for trials never submitted. Returns how many
+        trials were dropped."""
+        with self._cond:
+            tags = [t for t in self._jobs
+                    if t == job_id or (job_id and t.startswith(f"{job_id}-"))]
+            trial_ids = [trial_id for tag in tags for trial_id in self._jobs.pop(tag)]
+            records = [r for r in map(self._live.get, trial_ids) if r is not None]
+            queued = {id(r) for r in records if r.queued}
+            if queued:  # one pass over the queue, not one per trial
+                self._queue.discard(lambda r: id(r) in queued)
+            for record in records:
+                record.queued = False
+                if record.outcome is None:
+                    self._finish(record, _failed(record, f"not finished: its job {job_id} "
+                                                         f"ended"), {})
+            for trial_id in trial_ids:
+                self._live.pop(trial_id, None)
+                self._tombs.pop(trial_id, None)
+            if trial_ids:  # a dict keeps its largest table after deletions; a copy does not
+                self._live, self._tombs = dict(self._live), dict(self._tombs)
+            self._compact_deadlines()
+            return len(trial_ids)
 
     # -- the workers' side ---------------------------------------------------------------
 
@@ -195,11 +280,14 @@ class TrialBoard:
                 self._expire()
             tasks: list[LeasedTask] = []
             while self._queue and len(tasks) < max_trials:
-                record = self._records[self._next_fair()]
+                _, record = self._queue.pop()
+                record.queued = False
                 record.attempt += 1
                 record.leased, record.started = True, False
                 record.last_seen = self.clock()
                 record.epochs.clear()
+                self._queue.started(record.group)
+                self._arm(record, self.start_timeout)
                 self.counters.leased += 1
                 trial = Trial(record.trial.trial_id, record.trial.architecture,
                               record.trial.actions, record.trial.arch_hash,
@@ -211,31 +299,32 @@ class TrialBoard:
     def start(self, trial_id: str, attempt: int, worker: str) -> Ack:
         """The attempt's process began."""
         with self._cond:
-            record, stale = self._current(trial_id, attempt)
-            if stale is not None:
-                return stale
+            record = self._current(trial_id, attempt)
+            if isinstance(record, Ack):
+                return record
             if record.started:
                 return Ack(duplicate=True)
             record.started, record.worker = True, worker
             record.last_seen = record.started_at = self.clock()
+            self._arm(record, self.heartbeat_timeout)
             return Ack(accepted=True)
 
     def heartbeat(self, trial_id: str, attempt: int) -> Ack:
         """The attempt is alive."""
         with self._cond:
-            record, stale = self._current(trial_id, attempt)
-            if stale is not None:
-                return stale
-            record.last_seen = self.clock()
+            record = self._current(trial_id, attempt)
+            if isinstance(record, Ack):
+                return record
+            record.last_seen = self.clock()  # its heap entry, when due, is pushed back
             return Ack(accepted=True)
 
     def progress(self, trial_id: str, attempt: int, epoch: int, train_loss: float,
                  val_accuracy: float) -> Ack:
         """``epoch`` epochs done; the answer says whether to stop (early stopping)."""
         with self._cond:
-            record, stale = self._current(trial_id, attempt)
-            if stale is not None:
-                return stale
+            record = self._current(trial_id, attempt)
+            if isinstance(record, Ack):
+                return record
             record.last_seen = self.clock()
             duplicate = epoch in record.epochs
             record.epochs[epoch] = (train_loss, val_accuracy)
@@ -252,26 +341,30 @@ class TrialBoard:
                artifacts: dict[str, str] | None = None) -> Ack:
         """The attempt's final result; the trial's first result wins."""
         with self._cond:
-            record = self._record(trial_id)
+            record = self._live.get(trial_id)
+            attempts = record.attempt if record is not None else self._tomb(trial_id).attempts
             if result.trial_id != trial_id:
                 raise FailedPreconditionError(f"result.trial_id: {result.trial_id!r} reported "
                                               f"for trial {trial_id!r}")
-            if not 1 <= attempt <= record.attempt:
+            if not 1 <= attempt <= attempts:
                 raise FailedPreconditionError(f"attempt: {attempt} of trial {trial_id!r} was "
-                                              f"never leased (current: {record.attempt})")
-            if record.outcome is not None:
+                                              f"never leased (current: {attempts})")
+            if record is None or record.outcome is not None:
                 self.counters.duplicates += 1
                 return Ack(duplicate=True)
             record.reported = attempt
+            self._recent_results[(trial_id, attempt)] = None
+            if len(self._recent_results) > RECENT_RESULTS:
+                self._recent_results.popitem(last=False)
             self._finish(record, result, dict(artifacts or {}), attempts=attempt)
             return Ack(accepted=True)
 
     def lost(self, trial_id: str, attempt: int, reason: str, retryable: bool = True) -> Ack:
         """The attempt's process died (or could not run): retry it or fail the trial."""
         with self._cond:
-            record, stale = self._current(trial_id, attempt)
-            if stale is not None:
-                return stale
+            record = self._current(trial_id, attempt)
+            if isinstance(record, Ack):
+                return record
             self._lose(record, reason, retryable, timeout=False)
             return Ack(accepted=True)
 
@@ -283,15 +376,23 @@ class TrialBoard:
     # -- reading -----------------------------------------------------------------------
 
     def outcome(self, trial_id: str) -> TrialOutcome | None:
-        """The trial's outcome, if it has one."""
+        """The trial's outcome, if it has one. Once its submitter took it (``TrialHandle.wait``
+        returned it) the board no longer holds it: FailedPreconditionError."""
         with self._cond:
-            return self._record(trial_id).outcome
+            record = self._live.get(trial_id)
+            if record is not None:
+                return record.outcome
+            self._tomb(trial_id)
+            raise FailedPreconditionError(f"trial_id: the outcome of {trial_id!r} was taken by "
+                                          f"its submitter; the board kept only its tombstone")
 
     def attempt(self, trial_id: str) -> tuple[int, str]:
         """The current attempt's number and the worker (host:pid) that started it ("" if it has
-        not started)."""
+        not started, or the trial finished and its outcome was taken)."""
         with self._cond:
-            record = self._record(trial_id)
+            record = self._live.get(trial_id)
+            if record is None:
+                return self._tomb(trial_id).attempts, ""
             return record.attempt, record.worker if record.started else ""
 
     def queued(self) -> int:
@@ -302,73 +403,113 @@ class TrialBoard:
     def running(self) -> int:
         """Trials leased and not finished."""
         with self._cond:
-            return sum(1 for r in self._records.values() if r.leased and r.outcome is None)
+            return self._queue.running
+
+    def sizes(self) -> BoardSizes:
+        """How much the board holds now."""
+        with self._cond:
+            return BoardSizes(len(self._live), len(self._tombs), len(self._queue),
+                              self._queue.running, len(self._deadlines), len(self._jobs))
 
     # -- internals (lock held) -----------------------------------------------------------
 
-    def _record(self, trial_id: str) -> _Record:
+    def _tomb(self, trial_id: str) -> _Tombstone:
         try:
-            return self._records[trial_id]
+            return self._tombs[trial_id]
         except KeyError:
             raise NotFoundError(f"trial_id: no trial {trial_id!r} on this controller") from None
 
+    def _take(self, record: _Record) -> TrialOutcome:
+        """The submitter takes ``record``'s outcome: the board keeps a tombstone of it."""
+        with self._cond:
+            outcome = record.outcome
+            assert outcome is not None, "taken before it finished"
+            trial_id = record.trial.trial_id
+            if self._live.get(trial_id) is record:  # not forgotten meanwhile
+                del self._live[trial_id]
+                self._tombs[trial_id] = _tombstone(record.attempt, record.reported)
+            return outcome
+
     def _reported(self, trial_id: str, attempt: int) -> bool:
-        record = self._records.get(trial_id)
-        return record is not None and record.reported == attempt
+        record = self._live.get(trial_id)
+        if record is not None:
+            return record.reported == attempt
+        tomb = self._tombs.get(trial_id)
+        if tomb is not None:
+            return tomb.reported == attempt
+        return (trial_id, attempt) in self._recent_results  # forgotten since
 
     def _wanted(self, trial_id: str, attempt: int) -> bool:
-        record = self._records.get(trial_id)
+        record = self._live.get(trial_id)
         return (record is not None and record.outcome is None and record.leased
                 and record.attempt == attempt)
 
-    def _current(self, trial_id: str, attempt: int) -> tuple[_Record, Ack | None]:
-        """The record, and the answer to give when ``attempt`` is not the live one."""
-        record = self._record(trial_id)
-        if not 1 <= attempt <= record.attempt:
+    def _current(self, trial_id: str, attempt: int) -> _Record | Ack:
+        """The record, or the answer to give when ``attempt`` is not the live one."""
+        record = self._live.get(trial_id)
+        attempts = record.attempt if record is not None else self._tomb(trial_id).attempts
+        if not 1 <= attempt <= attempts:
             raise FailedPreconditionError(f"attempt: {attempt} of trial {trial_id!r} was never "
-                                          f"leased (current: {record.attempt})")
-        if record.outcome is not None:
-            return record, Ack(duplicate=True, superseded=True, reason="the trial has a result")
+                                          f"leased (current: {attempts})")
+        if record is None or record.outcome is not None:
+            return Ack(duplicate=True, superseded=True, reason="the trial has a result")
         if attempt != record.attempt or not record.leased:
-            return record, Ack(duplicate=True, superseded=True,
-                               reason=f"attempt {attempt} was superseded by attempt "
-                                      f"{record.attempt}")
-        return record, None
+            return Ack(duplicate=True, superseded=True,
+                       reason=f"attempt {attempt} was superseded by attempt {record.attempt}")
+        return record
 
-    def _next_fair(self) -> str:
-        """Take from the queue the first trial of the group with the fewest running trials."""
-        if not self._grouped:
-            return self._queue.popleft()
-        running: dict[str, int] = {}
-        for r in self._records.values():
-            if r.leased and r.outcome is None:
-                running[r.group] = running.get(r.group, 0) + 1
-        best = min(range(len(self._queue)),
-                   key=lambda i: (running.get(self._records[self._queue[i]].group, 0), i))
-        trial_id = self._queue[best]
-        del self._queue[best]
-        return trial_id
+    def _enqueue(self, record: _Record) -> None:
+        self._queue.push(record.group, record)
+        record.queued = True
+
+    def _arm(self, record: _Record, limit: float) -> None:
+        """Check the leased attempt when it has been silent for ``limit`` seconds (its
+        earlier entry, if any, goes stale)."""
+        record.armed = next(self._arms)
+        self._deadlines.push(record.last_seen + limit, (record.trial.trial_id, record.armed))
+        self._compact_deadlines()
+
+    def _armed(self, key: tuple[str, int]) -> bool:
+        record = self._live.get(key[0])
+        return record is not None and record.armed == key[1]
+
+    def _compact_deadlines(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones (amortised O(1))."""
+        if len(self._deadlines) > 2 * self._queue.running + 64:
+            self._deadlines.compact(self._armed)
 
     def _expire(self) -> None:
         now = self.clock()
-        for record in self._records.values():
-            if not record.leased or record.outcome is not None:
+        pushed_back: list[tuple[_Record, float]] = []
+        for key in self._deadlines.due(now):
+            if not self._armed(key):
                 continue
+            record = self._live[key[0]]
             limit = self.heartbeat_timeout if record.started else self.start_timeout
             if now - record.last_seen > limit:
                 what = "heartbeat" if record.started else "start report"
                 self._lose(record, f"attempt {record.attempt}: no {what} for {limit:g} s",
                            retryable=True, timeout=True)
+            else:  # heard from since it was pushed: due again a full limit after that
+                pushed_back.append((record, limit))
+        for record, limit in pushed_back:  # after the loop: each entry is looked at once
+            self._deadlines.push(record.last_seen + limit, (record.trial.trial_id, record.armed))
+
+    def _stop_running(self, record: _Record) -> None:
+        record.leased = False
+        record.armed = 0  # its heap entry goes stale
+        self._queue.stopped(record.group)
+        self._compact_deadlines()
 
     def _lose(self, record: _Record, reason: str, retryable: bool, timeout: bool) -> None:
         record.lost.append(reason)
-        record.leased = False
+        self._stop_running(record)
         if retryable and record.attempt < self.max_attempts:
             if timeout:
                 self.counters.retried_timeout += 1
             else:
                 self.counters.retried_lost += 1
-            self._queue.append(record.trial.trial_id)
+            self._enqueue(record)
             self._cond.notify_all()
             return
         why = (f"gave up after {record.attempt} attempts: " if retryable else "") + \
@@ -377,7 +518,11 @@ class TrialBoard:
 
     def _finish(self, record: _Record, result: TrialResult, artifacts: dict[str, str],
                 attempts: int | None = None) -> None:
-        record.leased = False
+        if record.leased:
+            self._stop_running(record)
+        elif record.queued:  # a result of an earlier attempt while it waits to be retried
+            self._queue.remove(record.group, record)
+            record.queued = False
         if result.status is TrialStatus.SUCCEEDED:
             self.counters.succeeded += 1
         else:
@@ -385,6 +530,9 @@ class TrialBoard:
         record.outcome = TrialOutcome(result, artifacts, attempts or record.attempt,
                                       list(record.lost), record.stopped_at_epoch, record.worker,
                                       record.submitted_at, record.started_at, self.clock())
+        record.epochs.clear()
+        if self.stopper is not None:  # never consulted for this trial again
+            self.stopper.forget(record.trial.trial_id)
         record.done.set()
         self._cond.notify_all()
         if self.on_outcome is not None:
