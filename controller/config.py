@@ -20,11 +20,13 @@ from controller.strategies.pnas import PNAS_SPACES, SURROGATES
 
 STRATEGIES = ("reinforce", "random", "evolution", "pnas", "enas")
 ENAS_SPACES = ("enas-micro", "macro", "nasnet", "nb201")  # spaces with a supernet
-EVALUATORS = ("nb201", "train")
+EVALUATORS = ("nb201", "train", "synthetic")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
 TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
+SYNTHETIC_DATASETS = ("synthetic",)  # a seeded landscape: no data at all
 RNN_SPACES = ("rnn-cell", "enas-rnn")  # trained as char LMs on --dataset text
-DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist"}
+DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist", "synthetic": "synthetic"}
+SIMULATING_EVALUATORS = ("nb201", "synthetic")  # may sleep --simulate-seconds per child
 
 
 class ConfigError(ValueError):
@@ -56,7 +58,7 @@ class SearchConfig:
     controller_steps: int = 20  # enas: controller updates after each shared-weight pass
     derive_samples: int = 16  # enas: children sampled from the final policy and scored
     evaluator: str = "nb201"
-    dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist)
+    dataset: str | None = None  # None: the evaluator's default (cifar10 / fashion-mnist / ...)
     nb201_csv: str | None = None
     simulate_seconds: float = 0.0  # nb201/synthetic: each lookup takes this long, like a training
     landscape_seed: int = 0  # synthetic: the reward landscape's seed (the search's is ``seed``)
@@ -132,7 +134,7 @@ class SearchConfig:
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
                           ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
-                          ("workers", 0), ("max_attempts", 1),
+                          ("workers", 0), ("max_attempts", 1), ("landscape_seed", 0),
                           ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1),
                           ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1),
                           ("enas_epochs", 1), ("controller_steps", 1), ("derive_samples", 1)):
@@ -179,7 +181,16 @@ class SearchConfig:
         if self.distributed and self.strategy != "reinforce":
             raise ConfigError(f"strategy: --shards/--replicas/--redis distribute the REINFORCE "
                               f"controller; {self.strategy!r} has no parameters to shard")
-        if self.evaluator == "nb201":
+        self._check_evaluation()
+
+    def _check_evaluation(self) -> None:
+        if self.simulate_seconds and self.evaluator not in SIMULATING_EVALUATORS:
+            raise ConfigError(f"simulate_seconds: only the {' and '.join(SIMULATING_EVALUATORS)}"
+                              f" evaluators simulate a training time; --evaluator "
+                              f"{self.evaluator} trains for real")
+        if self.evaluator == "synthetic":  # a seeded landscape: every space, no data
+            _one_of("dataset", self.dataset, SYNTHETIC_DATASETS)
+        elif self.evaluator == "nb201":
             if self.space != "nb201":
                 raise ConfigError(f"space: the nb201 evaluator only scores --space nb201, "
                                   f"got {self.space!r}")
@@ -193,7 +204,6 @@ class SearchConfig:
             if self.dataset == "text" and self.workers:
                 raise ConfigError("workers: --dataset text children train in this process "
                                   "only (no Ray workers yet); drop --workers")
-
 
     def _check_enas(self) -> None:
         if self.space not in ENAS_SPACES:
@@ -225,7 +235,7 @@ class SearchConfig:
                               "once (--workers N)")
         if self.workers and self.evaluator != "train":
             raise ConfigError(f"workers: Ray workers train children (--evaluator train); the "
-                              f"{self.evaluator} evaluator looks results up (use --parallel)")
+                              f"{self.evaluator} evaluator trains nothing (use --parallel)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port: a port in [0, 65535], got {self.metrics_port}")
         if self.early_stopping != "none":

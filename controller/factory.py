@@ -16,6 +16,7 @@ from controller.config import ENAS_SPACES, ConfigError, SearchConfig
 from controller.evaluators.base import Evaluator
 from controller.evaluators.measured import MeasuredEvaluator
 from controller.evaluators.nb201 import NB201Evaluator
+from controller.evaluators.synthetic import SyntheticEvaluator
 from controller.local_training import TrainEvaluator
 from controller.objectives import parse_objective
 from controller.policy.lstm import LSTMPolicy
@@ -165,9 +166,15 @@ def _nb201_evaluator(cfg: SearchConfig) -> Evaluator:
                              "latency" if latency else "")
 
 
+def _synthetic_evaluator(cfg: SearchConfig) -> Evaluator:
+    """A seeded reward landscape over the job's space with a known optimum: no training."""
+    return SyntheticEvaluator(build_space(cfg), cfg.landscape_seed, cfg.simulate_seconds)
+
+
 EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
     "nb201": _nb201_evaluator,
     "train": _train_evaluator,
+    "synthetic": _synthetic_evaluator,
 }
 
 

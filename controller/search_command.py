@@ -99,9 +99,11 @@ def add_parser(sub: Any) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--evaluator", choices=EVALUATORS,
                    help="nb201: NAS-Bench-201 table lookups (default); train: build and train "
-                        "each child for real")
+                        "each child for real; synthetic (any space): a benchmark instrument: "
+                        "a seeded reward landscape with a known optimum, no training")
     g.add_argument("--dataset", help=f"nb201: {', '.join(NB201_DATASETS)} (cifar10); train: "
-                                     f"{', '.join(TRAIN_DATASETS)} (fashion-mnist)")
+                                     f"{', '.join(TRAIN_DATASETS)} (fashion-mnist); "
+                                     f"synthetic: synthetic")
     g.add_argument("--nb201-csv", help="nb201 table (default $NAS_NB201_CSV or ../shared/data)")
     g.add_argument("--failure-reward", type=float, help="reward of a failed child (0)")
     g.add_argument("--objective", action="append", dest="objectives", metavar=SYNTAX,
@@ -112,7 +114,11 @@ def add_parser(sub: Any) -> None:
                         "latency on this CPU). e.g. --objective params:target=8e5:hard. "
                         "result.json then keeps the raw accuracy and the Pareto front")
     g.add_argument("--simulate-seconds", type=float,
-                   help="nb201: make each lookup take this long, like a child's training")
+                   help="nb201, synthetic: make each evaluation take this long, like a child's "
+                        "training (0)")
+    g.add_argument("--landscape-seed", type=int,
+                   help="synthetic: the reward landscape's seed, its optimum printed in "
+                        "result.json's evaluator section; --seed seeds the search (0)")
     g.add_argument("--parallel", type=int, help="children of one batch evaluated at once (1)")
     g = p.add_argument_group("child training (--evaluator train)")
     g.add_argument("--data-dir", help="dataset directory (fashion-mnist: "
