@@ -179,6 +179,7 @@ class JobRunner:
             if not self.keep_results:
                 self.results.pop(job_id, None)
         self.store.release(job_id)
+        self.cluster.forget_job(job_id)  # the trial board's records of the job's trials
 
     def _hold_and_run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
