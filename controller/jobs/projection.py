@@ -79,8 +79,8 @@ def best_score(record: TrialRecord) -> tuple[float, int]:
 def plan(summary: JobSummary, entry: Mapping[str, Any], reader: Reader) -> Change:
     """The change appending ``entry`` (with ``at``) to the job of ``summary`` makes."""
     stamped = {**entry, "seq": summary.events}
-    before = summary.copy()
-    change = Change(stamped, summary.copy())
+    before = summary  # not changed here: the change folds into a fork
+    change = Change(stamped, summary.fork())
     op = entry["op"]
     if op == "trial":
         record = started_record(entry["trial"], summary.started, float(entry["at"]))

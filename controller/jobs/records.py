@@ -269,4 +269,11 @@ class JobSummary:
 
     def copy(self) -> JobSummary:
         """A deep copy (stores pass values out by value)."""
-        return JobSummary.from_json(self.to_json())
+        return replace(self.fork(), spec=copy.deepcopy(self.spec),
+                       notes=copy.deepcopy(self.notes))
+
+    def fork(self) -> JobSummary:
+        """A copy to fold more entries into, leaving this one as it is: ``apply`` replaces
+        notes and never changes the spec, so those are shared."""
+        return replace(self, notes=dict(self.notes), running=dict(self.running),
+                       requeue=dict(self.requeue))
