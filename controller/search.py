@@ -73,10 +73,11 @@ class SearchOutcome:
     wall_seconds: float = 0.0
     stopped_reason: str = "budget"
 
-    def add(self, entry: HistoryEntry, cost: float = 1.0) -> None:
+    def add(self, entry: HistoryEntry, cost: float = 1.0, keep: bool = True) -> None:
         """Count one history entry (training or cache hit) and track the best; a training
-        charges ``cost`` of the budget."""
-        self.history.append(entry)
+        charges ``cost`` of the budget. ``keep``: also append it to ``history``."""
+        if keep:
+            self.history.append(entry)
         if entry.cached:
             self.cache_hits += 1
         else:
@@ -106,7 +107,8 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                parallel: int = 1, refund: Callable[[float], None] | None = None,
                stop: Callable[[], bool] | None = None,
                on_start: Callable[[Trial, str], None] | None = None,
-               shaper: RewardShaper | None = None) -> SearchOutcome:
+               shaper: RewardShaper | None = None, keep_history: bool = True
+               ) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
@@ -118,7 +120,9 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
     order). ``stop()`` is asked before each batch: true ends the search (``stopped_reason ==
     "cancelled"``).
     ``shaper`` turns each result into a multi-objective reward (the cache keeps the unshaped
-    result, so jobs with other objectives share it).
+    result, so jobs with other objectives share it). Without ``keep_history`` the outcome
+    keeps counts and the best only (a service's job: its journal has the history), so a long
+    search's memory does not grow with it.
 
     A child stopped early costs the share of its epochs it trained: with the local budget (or
     a shared one that takes ``refund``s) the rest is spent on more children (``outcome.charged``
@@ -158,7 +162,7 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                 strategy.report(trial.trial_id, result)
                 if on_entry is not None:
                     on_entry(entry)
-                outcome.add(entry, cost)
+                outcome.add(entry, cost, keep_history)
                 idle = idle + 1 if entry.cached else 0
                 if on_progress is not None:
                     on_progress(outcome, strategy)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REQUIRED_KEYS = {"best", "budget", "trainings", "cache_hits", "wall_seconds", "history"}
 
@@ -126,3 +129,69 @@ def test_help_explains_the_budget_and_presets() -> None:
     assert "--budget counts child trainings" in proc.stdout
     assert "zoph-le" in proc.stdout and "sample-efficient" in proc.stdout
     assert nas("frobnicate").returncode == 2
+
+
+def test_the_progress_bar_shows_proposals_hits_and_their_rate(tmp_path: Path,
+                                                              nb201_csv: Path) -> None:
+    # a run that proposes repeats must never look frozen: the bar counts trainings and shows
+    # proposals, cache hits and proposals/s
+    proc = nas("search", "--strategy", "random", "--nb201-csv", str(nb201_csv), "--budget",
+               "30", "--simulate-seconds", "0.05", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "30/30" in proc.stderr and "training" in proc.stderr
+    for shown in ("proposals=", "hits=", "proposals/s=", "best="):
+        assert shown in proc.stderr
+
+
+@pytest.mark.parametrize(("sig", "code", "layout"), [
+    (signal.SIGINT, 130, ["--shards", "2", "--replicas", "2"]),
+    (signal.SIGTERM, 143, []),
+])
+def test_a_stopped_search_exits_cleanly_with_a_partial_result(
+        tmp_path: Path, nb201_csv: Path, sig: signal.Signals, code: int,
+        layout: list[str]) -> None:
+    # Arrange: a long search (each lookup takes 50 ms, like a training)
+    exe = shutil.which("nas") or str(Path(sys.executable).parent / "nas")
+    proc = subprocess.Popen([exe, "search", "--strategy", "reinforce", "--nb201-csv",
+                             str(nb201_csv), "--budget", "2000", "--simulate-seconds", "0.05",
+                             "--out", str(tmp_path), "--quiet", *layout],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "cluster.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(5)  # a few trainings
+        started = json.loads((tmp_path / "cluster.json").read_text())["processes"]
+        # Act
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Assert: the shell's code, one line on stderr, every process it started gone, and a
+    # result.json of what it found so far
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "terminate called" not in err
+    assert f"stopped by {sig.name}" in err
+    assert len(started) == (3 if layout else 0)  # 2 shards and their private Redis
+    for pid in started.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["stopped_reason"] == "interrupted" and 0 < doc["trainings"] < 2000
+    assert len(doc["history"]) == doc["trainings"] + doc["cache_hits"]
+    assert doc["best"]["test_accuracy"] is None  # the test split is for a finished search
+    assert "stopped: interrupted" in out
+
+
+def test_cuda_without_cuda_is_one_line_exit_2(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: there is nothing to refuse")
+    proc = nas("search", "--space", "nb201", "--evaluator", "train", "--device", "cuda",
+               "--budget", "1", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nas search: error: device: 'cuda' asked for but CUDA is not available; use --device "
+        "auto (CUDA when present) or cpu"]
+    bad = nas("search", "--device", "gpu", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "device: 'gpu' is not auto, cpu, cuda or cuda:N" in bad.stderr

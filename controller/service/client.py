@@ -11,7 +11,7 @@ their status codes by the one table both ends share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,7 @@ class SearchClient:
         return tuple(reply.trials)
 
     def watch(self, job_id: str, after_seq: int = 0,
-              reconnect_for: float = 0.0) -> Iterator[sp.SearchEvent]:
+              reconnect_for: float = 0.0) -> Generator[sp.SearchEvent, None, None]:
         """The job's events numbered above ``after_seq`` until its final state event. A stream
         broken by UNAVAILABLE (the service restarting) is resumed after the last event
         received, for up to ``reconnect_for`` seconds of failing attempts."""

@@ -80,6 +80,8 @@ class EmbeddedSearch:
                 on_policy(note)
             if progress is not None:
                 progress(summary)
+        if progress is not None:  # the bar ends where the job did
+            progress(self.store.get(self.job_id))
         start = self.started
         result = self.runner.results.get(self.job_id, JobResult())
         if result.error is not None:

@@ -90,7 +90,9 @@ class JobRunner:
         self.work_dir = work_dir
         self.slots = FairSlots(max_running)
         self._cancel: dict[str, threading.Event] = {}
-        self._threads: dict[str, threading.Thread] = {}
+        # set when the job's thread has let go of everything (not Thread.join: a join cut
+        # short by Ctrl-C in Python 3.11 marks a thread that still runs as stopped)
+        self._done: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.cache = InMemoryCache(self._stored)  # shared by the jobs of this service
         self.results: dict[str, JobResult] = {}
@@ -119,10 +121,9 @@ class JobRunner:
         """Run the job in the background (it waits PENDING for a free slot)."""
         with self._lock:
             self._cancel[job_id] = threading.Event()
-            thread = threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id}",
-                                      daemon=True)
-            self._threads[job_id] = thread
-        thread.start()
+            self._done[job_id] = threading.Event()
+        threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id}",
+                         daemon=True).start()
 
     def cancel(self, job_id: str, reason: str = "cancelled by the user") -> None:
         """Stop the job before its next training (its finished trials stay recorded); an ended
@@ -140,11 +141,8 @@ class JobRunner:
     def wait(self, job_id: str, timeout: float | None = None) -> bool:
         """Whether the job's thread ended within ``timeout``."""
         with self._lock:
-            thread = self._threads.get(job_id)
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+            done = self._done.get(job_id)
+        return done is None or done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel what still runs and wait up to ``timeout`` for each job to stop at its next
@@ -152,17 +150,17 @@ class JobRunner:
         the service starts again)."""
         with self._lock:
             events = list(self._cancel.values())
-            threads = list(self._threads.values())
+            done = list(self._done.values())
         for event in events:
             event.set()
-        for thread in threads:
-            thread.join(timeout)
+        for finished in done:
+            finished.wait(timeout)
         with self._lock:
             clients = list(self._clients.values())
         for client in clients:
             client.close()
-        for thread in threads:
-            thread.join(min(timeout, 5.0))
+        for finished in done:
+            finished.wait(min(timeout, 5.0))
 
     def _run(self, job_id: str) -> None:
         try:
@@ -173,13 +171,17 @@ class JobRunner:
     def _release(self, job_id: str) -> None:
         """Forget what this process kept for the job (it has ended, or this service is
         closing: a RUNNING job resumes from the store)."""
-        with self._lock:
-            self._cancel.pop(job_id, None)
-            self._threads.pop(job_id, None)
-            if not self.keep_results:
-                self.results.pop(job_id, None)
-        self.store.release(job_id)
-        self.cluster.forget_job(job_id)  # the trial board's records of the job's trials
+        try:
+            self.store.release(job_id)
+            self.cluster.forget_job(job_id)  # the trial board's records of the job's trials
+        finally:
+            with self._lock:
+                self._cancel.pop(job_id, None)
+                done = self._done.pop(job_id, None)
+                if not self.keep_results:
+                    self.results.pop(job_id, None)
+            if done is not None:
+                done.set()
 
     def _hold_and_run(self, job_id: str) -> None:
         cancelled = self._cancel[job_id]
@@ -284,7 +286,8 @@ class JobRunner:
                               max_idle_proposals=cfg.max_idle_proposals, claim=claim,
                               refund=refund, on_entry=record, report_test=False,
                               parallel=parallel, stop=cancelled.is_set, on_start=start,
-                              on_progress=policy_stats, shaper=shaper)
+                              on_progress=policy_stats, shaper=shaper,
+                              keep_history=self.keep_results)
 
         if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
             outcomes = self._replicas(job_id, tag, cfg, space, search, result)
