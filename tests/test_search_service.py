@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+import torch
 from conftest import stored_trials
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -132,6 +133,8 @@ def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
      "spec.controller.children"),
     (sp.SearchSpec(budget=5, evaluation=sp.EvaluationSpec(evaluator="qa")),
      "spec.evaluation.evaluator"),
+    (sp.SearchSpec(budget=5, execution=sp.ExecutionSpec(device="gpu")),
+     "spec.execution.device"),
 ])
 def test_a_bad_spec_is_invalid_argument_naming_the_field(client: SearchClient,
                                                          spec: sp.SearchSpec,
@@ -139,6 +142,41 @@ def test_a_bad_spec_is_invalid_argument_naming_the_field(client: SearchClient,
     with pytest.raises(InvalidArgumentError, match=field.replace(".", r"\.")):
         client.submit(spec)
     assert client.list() == []  # nothing stored
+
+
+def test_cuda_is_refused_at_submit_by_a_service_without_it(client: SearchClient) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: there is nothing to refuse")
+    spec = sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), budget=2,
+                         evaluation=sp.EvaluationSpec(evaluator="train"),
+                         execution=sp.ExecutionSpec(device="cuda"))
+    with pytest.raises(FailedPreconditionError, match=r"spec\.execution\.device: 'cuda' asks "
+                                                      r"for CUDA"):
+        client.submit(spec)
+    assert client.list() == []  # nothing stored
+
+
+def test_jobs_are_listed_newest_first_a_page_at_a_time(client: SearchClient) -> None:
+    # Arrange: five finished jobs
+    ids = [client.submit(nb201_spec(budget=1, seed=n)) for n in range(5)]
+    for job_id in ids:
+        client.wait(job_id, WAIT_S)
+    client.cancel(last := client.submit(nb201_spec(budget=5000)))
+    # Act
+    first, token = client.list_page(page_size=2)
+    second, token2 = client.list_page(page_size=2, page_token=token)
+    # Assert
+    assert [j.job_id for j in first + second] == [last, *ids[::-1][:3]]
+    assert [j.job_id for j in client.list(page_size=2)] == [last, *ids[::-1]]
+    assert [j.job_id for j in client.list(limit=3)] == [last, *ids[::-1][:2]]
+    assert [j.job_id for j in client.list("SUCCEEDED", page_size=4)] == ids[::-1]
+    assert [j.job_id for j in client.list("CANCELLED", tenant="default")] == [last]
+    assert client.list(tenant="other") == []
+    with pytest.raises(InvalidArgumentError, match="page_token"):
+        client.list_page(page_token="x")
+    with pytest.raises(InvalidArgumentError, match="page_size"):
+        client.list_page(page_size=5000)
+    assert token2
 
 
 def test_bad_requests_and_unknown_jobs(client: SearchClient) -> None:

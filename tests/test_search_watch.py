@@ -128,6 +128,35 @@ def test_after_seq_resumes_a_broken_watch_with_exactly_the_remaining_events(
     assert list(service.client.watch(job_id, after_seq=everything[-1].seq)) == []
 
 
+def test_a_watch_of_a_compacted_job_starts_with_its_snapshot_then_the_rest(
+        tmp_path: Path) -> None:
+    # Arrange: a service that keeps 16 journal entries a job; a job of many more
+    store = InMemoryJobStore(journal_keep=16)
+    runner = JobRunner(store, tmp_path, max_running=1)
+    with SearchClient(SearchServicer(store, runner)) as client:
+        job_id = client.submit(nb201_spec(budget=30))
+        job = client.wait(job_id, WAIT_S)
+        # Act
+        events = list(client.watch(job_id))
+        resumed = list(client.watch(job_id, after_seq=events[3].seq))
+    runner.close()
+    # Assert: one snapshot of the job as of the compacted events, then every later event
+    snapshot = events[0]
+    assert snapshot.WhichOneof("kind") == "snapshot"
+    assert snapshot.seq > 0 and snapshot.snapshot.job.trainings < job.trainings == 30
+    assert [e.seq for e in events] == list(range(snapshot.seq, snapshot.seq + len(events)))
+    assert 16 <= len(events) - 1 < 32 * 2  # the kept tail's events
+    assert events[-1].state.state == sp.JOB_STATE_SUCCEEDED
+    assert resumed == events[4:]
+    assert len(list(client_trials(store, job_id))) >= 30  # every trial is still listed
+
+
+def client_trials(store: JobStore, job_id: str) -> list[str]:
+    page, after = store.trials(job_id, limit=1000)
+    assert after is None
+    return [t.trial_id for t in page]
+
+
 def test_watch_and_export_refuse_unknown_jobs_and_bad_arguments(service: Service) -> None:
     with pytest.raises(NotFoundError, match="job-nope"):
         next(service.client.watch("job-nope"))

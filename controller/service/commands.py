@@ -189,6 +189,11 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--redis-prefix", default="nas", help="key prefix in Redis (nas)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/service"),
                    help="children's files, one folder per job (runs/service)")
+    p.add_argument("--journal-keep", type=int, default=4096,
+                   help="journal entries each job keeps for watchers (4096): older ones are "
+                        "folded into the job's summary and dropped, so a job's memory grows "
+                        "only with its trial records; a watch from before them starts with a "
+                        "snapshot of the job (0: keep every entry)")
     p.add_argument("--max-running", type=int, default=2,
                    help="jobs run at once (2); a freed slot goes to the waiting job of the "
                         "tenant with the fewest running jobs")
@@ -228,10 +233,11 @@ def serve_main(argv: list[str]) -> int:
                         "by (127.0.0.1; on a cluster this host's name, e.g. `search` in "
                         "docker-compose.yml)")
     args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.max_running < 1:
-        print("nas serve search: error: --port must be in [0, 65535] and --max-running >= 1",
-              file=sys.stderr)
+    if not 0 <= args.port <= 65535 or args.max_running < 1 or args.journal_keep < 0:
+        print("nas serve search: error: --port must be in [0, 65535], --max-running >= 1 and "
+              "--journal-keep >= 0", file=sys.stderr)
         return 2
+    keep = args.journal_keep or None
     from controller.jobs.store import InMemoryJobStore, JobStore
     from controller.service.cluster import ClusterOptions, ServiceCluster
     from controller.service.runner import JobRunner
@@ -243,11 +249,11 @@ def serve_main(argv: list[str]) -> int:
             from controller.jobs.redis_store import RedisJobStore
 
             store = RedisJobStore(serve_options.connect_redis(args.redis, args.redis_password),
-                                  args.redis_prefix)
+                                  args.redis_prefix, journal_keep=keep)
         elif args.redis_password:
             raise ServeOptionError("--redis-password: needs --redis URL")
         else:
-            store = InMemoryJobStore()
+            store = InMemoryJobStore(journal_keep=keep)
     except ServeOptionError as exc:
         print(f"nas serve search: error: {exc}", file=sys.stderr)
         return 2

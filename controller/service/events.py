@@ -84,13 +84,14 @@ def watch_events(store: JobStore, job_id: str, after_seq: int = 0,
     offset = store.seek(job_id, after_seq)
     while is_active():
         try:
+            base = store.base_summary(job_id) if offset <= store.get(job_id).base else None
+            if base is not None and base.events > after_seq:  # those events are gone
+                after_seq, offset = base.events, base.length
+                if snapshot is not None:
+                    yield Event(seq=base.events, at=base.updated_at,
+                                snapshot=Event.Snapshot(job=snapshot(base)))
             entries = store.journal(job_id, offset, wait=POLL_S, limit=PAGE)
-        except CompactedError as exc:  # the start (or a slow watcher) fell behind compaction
-            base = store.base_summary(job_id)
-            if base is not None and base.events > after_seq and snapshot is not None:
-                after_seq = base.events
-                yield Event(seq=base.events, at=base.updated_at,
-                            snapshot=Event.Snapshot(job=snapshot(base)))
+        except CompactedError as exc:  # a slow watcher fell behind compaction: catch up
             offset = exc.base
             continue
         if not entries and store.get(job_id).state in ENDED:
