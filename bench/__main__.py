@@ -65,6 +65,8 @@ BENCHES = (
           "searches: results lost, retries, runtime, final best", (),
           ("--quick", "--faults", "service,shard", "--together", "--kills", "1", "--budget",
            "24", "--run-timeout", "60", "--down-seconds", "0.5", "--seed", "1")),
+    Bench("soak", "a 20,000-training job and 10,000 stored jobs through nas serve search: "
+          "per-call latencies, service RSS, Redis memory", (), ("--quick",)),
     Bench("gpu_children", "the CUDA path: bf16 autocast, channels_last, packing (GPU only)",
           (), ("--smoke",), gpu=True),
 )

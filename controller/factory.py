@@ -20,6 +20,7 @@ from controller.evaluators.synthetic import SyntheticEvaluator
 from controller.local_training import TrainEvaluator
 from controller.objectives import parse_objective
 from controller.policy.lstm import LSTMPolicy
+from controller.policy.novelty import NoveltyIndex
 from controller.policy.reinforce import ReinforceConfig
 from controller.policy.updaters import ParameterUpdater
 from controller.presets import CONTROLLER_PRESETS
@@ -64,13 +65,16 @@ def learner_config(cfg: SearchConfig) -> ReinforceConfig:
 
 
 def build_reinforce(space: SearchSpace, cfg: SearchConfig, seed: int | None = None,
-                    updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None
+                    updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None,
+                    novelty: NoveltyIndex | None = None, with_replacement: bool = False
                     ) -> ReinforceStrategy:
-    """The REINFORCE strategy of a config (sampling ``seed``, parameters kept by ``updater``)."""
+    """The REINFORCE strategy of a config (sampling ``seed``, parameters kept by ``updater``,
+    the sequences already drawn in ``novelty``, shared by a job's replicas)."""
     preset = CONTROLLER_PRESETS[cfg.controller]
     return ReinforceStrategy(space, seed=cfg.seed if seed is None else seed,
                              batch_size=cfg.children or preset.children, policy=preset.policy,
-                             learner=learner_config(cfg), updater=updater)
+                             learner=learner_config(cfg), updater=updater, novelty=novelty,
+                             with_replacement=with_replacement)
 
 
 STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] = {
@@ -117,7 +121,8 @@ def build_enas(space: SearchSpace, cfg: SearchConfig) -> EnasStrategy:
         torch.manual_seed(cfg.seed)
         return SharedTrainer(build_supernet(space, spec), splits, recipe)
 
-    return EnasStrategy(space, build_reinforce(space, cfg), make_shared,
+    # its controller steps sample the children that train the shared weights: with replacement
+    return EnasStrategy(space, build_reinforce(space, cfg, with_replacement=True), make_shared,
                         epochs=cfg.enas_epochs, controller_steps=cfg.controller_steps,
                         derive_samples=cfg.derive_samples)
 
@@ -178,8 +183,12 @@ EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
 }
 
 
-def build_strategy(space: SearchSpace, cfg: SearchConfig) -> Strategy:
-    """The strategy the config names."""
+def build_strategy(space: SearchSpace, cfg: SearchConfig,
+                   novelty: NoveltyIndex | None = None) -> Strategy:
+    """The strategy the config names (a REINFORCE controller drawing without replacement
+    against ``novelty``: the sequences a resumed job drew before)."""
+    if cfg.strategy == "reinforce" and novelty is not None:
+        return build_reinforce(space, cfg, novelty=novelty)
     return STRATEGY_FACTORIES[cfg.strategy](space, cfg)
 
 

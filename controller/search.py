@@ -66,16 +66,33 @@ class SearchOutcome:
     budget: int
     trainings: int = 0
     charged: float = 0.0  # budget spent: trainings, less the epochs early stopping saved
-    cache_hits: int = 0
+    cache_hits: int = 0  # proposals the cache answered, repeats included
+    repeats: int = 0  # cache hits of an architecture this search had already (not in history)
     history: list[HistoryEntry] = field(default_factory=list)
     best: HistoryEntry | None = None
     best_test_accuracy: float | None = None
     wall_seconds: float = 0.0
     stopped_reason: str = "budget"
+    _seen: set[str] = field(default_factory=set, repr=False)  # trained architectures
+
+    @property
+    def distinct(self) -> int:
+        """Distinct architectures the search evaluated or got from the cache."""
+        return self.trainings + self.cache_hits - self.repeats
+
+    def is_repeat(self, entry: HistoryEntry) -> bool:
+        """Whether ``entry`` is a cache hit of an architecture this search already has."""
+        return entry.cached and entry.trained_arch in self._seen
 
     def add(self, entry: HistoryEntry, cost: float = 1.0, keep: bool = True) -> None:
-        """Count one history entry (training or cache hit) and track the best; a training
-        charges ``cost`` of the budget. ``keep``: also append it to ``history``."""
+        """Count one proposal (training or cache hit) and track the best; a training charges
+        ``cost`` of the budget. A repeat is only counted; anything else is appended to
+        ``history`` when ``keep``."""
+        if self.is_repeat(entry):
+            self.cache_hits += 1
+            self.repeats += 1
+            return
+        self._seen.add(entry.trained_arch)
         if keep:
             self.history.append(entry)
         if entry.cached:
@@ -104,6 +121,7 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
                report_test: bool = True, claim: Callable[[], bool] | None = None,
                on_entry: Callable[[HistoryEntry], None] | None = None,
+               on_repeat: Callable[[HistoryEntry], None] | None = None,
                parallel: int = 1, refund: Callable[[float], None] | None = None,
                stop: Callable[[], bool] | None = None,
                on_start: Callable[[Trial, str], None] | None = None,
@@ -111,11 +129,16 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                ) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
-    Stops early (``stopped_reason == "converged"``) when ``max_idle_proposals`` proposals in a row
-    were all cache hits: the strategy keeps proposing what it has already seen. With several
-    replicas sharing one budget, ``claim()`` is asked before each training and the search stops
-    when it says no; ``on_entry`` sees every history entry as it is made and ``on_start(trial,
-    arch)`` every trial as it is handed to the cache or a training (not one the budget refused).
+    A cache hit is free; one of an architecture the search already has (a repeat) is also
+    kept out of the history and given to ``on_repeat`` instead of ``on_entry``/``on_start``, so
+    it costs a count, not a record. The strategy learns from every result, repeats included.
+    Stops before the budget is spent only when the strategy has nothing new to propose
+    (``stopped_reason == "exhausted"``): it suggests nothing (a controller sampling without
+    replacement that drew every architecture), or ``max_idle_proposals`` proposals in a row
+    were all cache hits. With several replicas sharing one budget, ``claim()`` is asked before
+    each training and the search stops when it says no; ``on_entry`` sees every other history
+    entry as it is made and ``on_start(trial, arch)`` every such trial as it is handed to a
+    training or recorded as a cache hit (not one the budget refused).
     ``parallel > 1`` evaluates the trials of one suggested batch concurrently (reports stay in
     order). ``stop()`` is asked before each batch: true ends the search (``stopped_reason ==
     "cancelled"``).
@@ -143,13 +166,13 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
             if stop is not None and stop():
                 outcome.stopped_reason = "cancelled"
                 break
-            if idle >= max_idle_proposals:
-                outcome.stopped_reason = "converged"
-                break
             trials = strategy.suggest(max(strategy.batch_size, parallel))
+            if idle >= max_idle_proposals or not trials:
+                outcome.stopped_reason = "exhausted"
+                break
             def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
                 return run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
-                                 on_start, shaper)
+                                 on_start, shaper, start_hits=False)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
             spent = False
             for trial, evaluated in zip(trials, done, strict=False):
@@ -160,8 +183,14 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
                     continue  # the batch's other children ran at the same time: kept
                 entry, result, cost = evaluated
                 strategy.report(trial.trial_id, result)
-                if on_entry is not None:
-                    on_entry(entry)
+                if outcome.is_repeat(entry):
+                    if on_repeat is not None:
+                        on_repeat(entry)
+                else:
+                    if entry.cached and on_start is not None:
+                        on_start(trial, entry.arch)
+                    if on_entry is not None:
+                        on_entry(entry)
                 outcome.add(entry, cost, keep_history)
                 idle = idle + 1 if entry.cached else 0
                 if on_progress is not None:
@@ -203,10 +232,12 @@ def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Eva
                failure_reward: float, claim: Callable[[], bool],
                refund: Callable[[float], None] | None,
                on_start: Callable[[Trial, str], None] | None = None,
-               shaper: RewardShaper | None = None
+               shaper: RewardShaper | None = None, start_hits: bool = True
                ) -> tuple[HistoryEntry, TrialResult, float] | None:
     """One trial: a cache hit, or a claimed training, with the budget it cost; None when no
-    training may be claimed. Without ``refund`` a training costs 1."""
+    training may be claimed. Without ``refund`` a training costs 1. ``on_start`` is told of a
+    training before it starts, and of a cache hit unless ``start_hits`` is off (the caller
+    decides about hits)."""
     arch_str = space.to_string(trial.architecture)
     key = f"{evaluator.cache_key}|{trial.arch_hash}"
     hit = cache.get(key)
@@ -218,7 +249,7 @@ def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: Eva
                           on_start, shaper)
         finally:
             cache.end(key)
-    if on_start is not None:
+    if on_start is not None and start_hits:
         on_start(trial, arch_str)
     reward, metrics = shaper(hit.reward, hit.metrics) if shaper else (hit.reward,
                                                                       dict(hit.metrics))

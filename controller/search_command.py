@@ -219,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
     def progress(job: JobSummary) -> None:
         if cfg.strategy == "enas" and job.started:  # children train from scratch now
             bar.set_description(f"{cfg.space}/enas from scratch", refresh=False)
-        rate = job.finished / max(time.perf_counter() - started, 1e-9)
-        postfix = {"proposals": job.finished, "hits": job.cache_hits,
+        rate = job.proposals / max(time.perf_counter() - started, 1e-9)
+        postfix = {"proposals": job.proposals, "hits": job.cache_hits + job.repeats,
                    "proposals/s": f"{rate:.1f}"}
         if job.best is not None:
             postfix["best"] = f"{job.best.reward:.4f}"
@@ -323,6 +323,8 @@ def result_json(cfg: SearchConfig, outcome: SearchOutcome,
         "trainings": outcome.trainings,
         "budget_charged": round(outcome.charged, 4),
         "cache_hits": outcome.cache_hits,
+        "repeats": outcome.repeats,
+        "distinct": outcome.distinct,
         "wall_seconds": round(outcome.wall_seconds, 3),
         "stopped_reason": outcome.stopped_reason,
         "config": {k: v for k, v in vars(cfg).items() if k != "out"},
@@ -358,12 +360,15 @@ def write_result(out_dir: Path, doc: dict[str, Any]) -> Path:
 
 def summary(cfg: SearchConfig, outcome: SearchOutcome, path: Path) -> str:
     """A few human lines about the search."""
-    proposals = len(outcome.history)
+    proposals = outcome.trainings + outcome.cache_hits
     rate = outcome.cache_hits / proposals if proposals else 0.0
     lines = [f"{cfg.strategy} on {cfg.space} ({cfg.evaluator}:{cfg.dataset}), seed {cfg.seed}",
              f"  trainings {outcome.trainings}/{cfg.budget}, cache hits {outcome.cache_hits} "
              f"({rate:.0%} of {proposals} proposals), {outcome.wall_seconds:.1f} s, "
              f"stopped: {outcome.stopped_reason}"]
+    if outcome.stopped_reason == "exhausted":
+        lines.append(f"  exhausted: the strategy proposed nothing new after "
+                     f"{outcome.distinct} distinct architectures")
     if outcome.best is not None:
         found = outcome.trainings_to_reach(outcome.best.reward)
         lines.append(f"  best reward {outcome.best.reward:.4f} (found after {found} trainings)")

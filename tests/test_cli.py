@@ -34,8 +34,9 @@ def test_search_writes_result_json(tmp_path: Path, nb201_csv: Path) -> None:
     assert set(doc) >= REQUIRED_KEYS
     assert set(doc["best"]) == {"arch", "reward", "test_accuracy"}
     assert doc["budget"] == 40 and doc["trainings"] == 40
-    assert doc["cache_hits"] == sum(h["cached"] for h in doc["history"])
-    assert len(doc["history"]) == doc["trainings"] + doc["cache_hits"]
+    assert doc["cache_hits"] - doc["repeats"] == sum(h["cached"] for h in doc["history"])
+    assert len(doc["history"]) == doc["distinct"] == doc["trainings"] + doc["cache_hits"] - \
+        doc["repeats"]
     assert all({"arch", "reward", "cached"} <= set(h) for h in doc["history"])
     assert doc["best"]["reward"] == max(h["reward"] for h in doc["history"])
     assert 0.0 < doc["best"]["test_accuracy"] <= 0.9437
@@ -179,7 +180,7 @@ def test_a_stopped_search_exits_cleanly_with_a_partial_result(
             os.kill(pid, 0)
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["stopped_reason"] == "interrupted" and 0 < doc["trainings"] < 2000
-    assert len(doc["history"]) == doc["trainings"] + doc["cache_hits"]
+    assert len(doc["history"]) == doc["trainings"] + doc["cache_hits"] - doc["repeats"]
     assert doc["best"]["test_accuracy"] is None  # the test split is for a finished search
     assert "stopped: interrupted" in out
 

@@ -55,6 +55,8 @@ def test_a_submitted_job_runs_to_success_and_its_trials_are_listed(client: Searc
     assert job.spec.budget == 20 and job.spec.evaluation.evaluator == "nb201"
     trials = list(client.trials(job_id, page_size=7))
     assert len({t.trial_id for t in trials}) == len(trials) >= 20
+    # repeats (hits of cells the job had: isomorphic twins) are counted, not listed
+    assert len(trials) == job.trainings + job.cache_hits - job.repeats
     assert sum(1 for t in trials if not t.cached) == 20
     succeeded = list(client.trials(job_id, status="succeeded"))
     assert len(succeeded) == len(trials)

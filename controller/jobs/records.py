@@ -24,7 +24,9 @@ STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 MOVES = {"PENDING": {"RUNNING", *ENDED}, "RUNNING": set(ENDED)}
 # facts a job's journal keeps besides trials (supernet: an ENAS job's weight-sharing phase)
-NOTE_KINDS = ("policy", "evaluator", "resumed", "supernet")
+# repeats: how many cache hits of architectures the job already had (counted, not journalled
+# one by one)
+NOTE_KINDS = ("policy", "evaluator", "resumed", "supernet", "repeats")
 
 
 class TrialState(enum.Enum):
@@ -190,6 +192,16 @@ class JobSummary:
     def finished(self) -> int:
         """Trials with a result (trainings and cache hits)."""
         return self.succeeded + self.failed
+
+    @property
+    def repeats(self) -> int:
+        """Cache hits of architectures the job already had (counted, not recorded as trials)."""
+        return int(self.notes.get("repeats", {}).get("count", 0))
+
+    @property
+    def proposals(self) -> int:
+        """Every architecture proposed and answered: trials with a result and repeats."""
+        return self.finished + self.repeats
 
     @classmethod
     def created(cls, entry: Mapping[str, Any], number: int) -> JobSummary:

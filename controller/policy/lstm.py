@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from controller.policy.novelty import NoveltyIndex
 from controller.spaces.base import Decision
 
 
@@ -49,13 +50,20 @@ PRESETS: dict[str, PolicyConfig] = {
 }
 
 
+Masks = dict[int, tuple[int, ...]]  # decision index -> choices given probability zero
+
+
 @dataclass(frozen=True)
 class PolicyOutput:
-    """Per-decision results for a batch: ``actions``, ``log_probs`` and ``entropies`` are (B, T)."""
+    """Per-decision results for a batch: ``actions``, ``log_probs`` and ``entropies`` are (B, T),
+    under the distribution each row was drawn from (its ``masks``); ``dead`` rows reached a
+    decision whose every choice was masked (their actions are not to be used)."""
 
     actions: Tensor
     log_probs: Tensor
     entropies: Tensor
+    masks: tuple[Masks, ...] = ()
+    dead: tuple[bool, ...] = ()
 
 
 class LSTMPolicy(nn.Module):
@@ -99,8 +107,32 @@ class LSTMPolicy(nn.Module):
             logits = self.config.tanh_constant * torch.tanh(logits)
         return logits
 
+    def _blocked(self, t: int, d: Decision, rows: list[tuple[int, ...]] | None,
+                 novelty: NoveltyIndex | None, masks: Sequence[Masks] | None,
+                 recorded: list[Masks]) -> Tensor | None:
+        """The choices of decision ``t`` each row may not take (None: none anywhere): those
+        the novelty index finds exhausted after the row's prefix, or the recorded masks."""
+        if novelty is not None and rows is not None and novelty.tracks(t + 1):
+            for r, prefix in enumerate(rows):
+                full = novelty.full(prefix)
+                if full:
+                    recorded[r][t] = full
+            source: Sequence[Masks] = recorded
+        elif masks is not None:
+            source = masks
+        else:
+            return None
+        hits = [(r, c) for r, m in enumerate(source) for c in m.get(t, ())]
+        if not hits:
+            return None
+        blocked = torch.zeros(len(source), d.num_choices, dtype=torch.bool)
+        for r, c in hits:
+            blocked[r, c] = True
+        return blocked
+
     def _run(self, batch: int, actions: Tensor | None,
-             generator: torch.Generator | None) -> PolicyOutput:
+             generator: torch.Generator | None, novelty: NoveltyIndex | None = None,
+             masks: Sequence[Masks] | None = None) -> PolicyOutput:
         units = self.config.units
         x = self.start.expand(batch, -1)
         zeros = self.start.new_zeros(batch, units)
@@ -111,6 +143,10 @@ class LSTMPolicy(nn.Module):
         skip_sum: Tensor | None = None
         skip_count: Tensor | None = None
         taken, log_probs, entropies = [], [], []
+        recorded: list[Masks] = [{} for _ in range(batch)]
+        rows: list[tuple[int, ...]] | None = [() for _ in range(batch)] \
+            if novelty is not None else None
+        dead = [False] * batch
         for t, d in enumerate(self.decisions):
             if d.skip is None:
                 if skip_sum is not None and skip_count is not None:
@@ -130,14 +166,28 @@ class LSTMPolicy(nn.Module):
                     queries[i] = self.w_curr(anchors[i])
                 logit = self.v(torch.tanh(keys[j] + queries[i]))
                 logits = torch.cat([torch.zeros_like(logit), logit], dim=1)
-            logp_all = torch.log_softmax(self._shape(logits), dim=1)
+            shaped = self._shape(logits)
+            blocked = self._blocked(t, d, rows, novelty, masks, recorded)
+            if blocked is not None:
+                stuck = blocked.all(dim=1)  # a dead end: nothing left to draw after this prefix
+                for r in stuck.nonzero().flatten().tolist():
+                    dead[r] = True
+                blocked = blocked & ~stuck.unsqueeze(1)
+                shaped = shaped.masked_fill(blocked, float("-inf"))
+            logp_all = torch.log_softmax(shaped, dim=1)
+            probs = logp_all.exp()
             if actions is None:
-                a = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+                a = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
                 a = actions[:, t]
             taken.append(a)
             log_probs.append(logp_all.gather(1, a.unsqueeze(1)).squeeze(1))
-            entropies.append(-(logp_all.exp() * logp_all).sum(dim=1))
+            # a masked choice has p = 0 and log p = -inf: 0 in the entropy, and no 0 * inf in
+            # its gradient
+            safe = logp_all if blocked is None else logp_all.masked_fill(blocked, 0.0)
+            entropies.append(-(probs * safe).sum(dim=1))
+            if rows is not None:
+                rows = [(*p, c) for p, c in zip(rows, a.tolist(), strict=True)]
             if d.skip is None:
                 x = self.embeddings[d.kind](a)
             else:
@@ -146,19 +196,27 @@ class LSTMPolicy(nn.Module):
                 skip_sum = contrib if skip_sum is None else skip_sum + contrib
                 skip_count = chosen if skip_count is None else skip_count + chosen
         return PolicyOutput(torch.stack(taken, 1), torch.stack(log_probs, 1),
-                            torch.stack(entropies, 1))
+                            torch.stack(entropies, 1),
+                            tuple(recorded) if novelty is not None else tuple(masks or ()),
+                            tuple(dead))
 
     @torch.no_grad()
-    def sample(self, batch: int = 1, generator: torch.Generator | None = None) -> PolicyOutput:
-        """Sample ``batch`` action sequences with their per-decision log-probs and entropies."""
-        return self._run(batch, None, generator)
+    def sample(self, batch: int = 1, generator: torch.Generator | None = None,
+               novelty: NoveltyIndex | None = None) -> PolicyOutput:
+        """Sample ``batch`` action sequences with their per-decision log-probs and entropies;
+        with ``novelty``, without replacement: no choice whose every completion the index
+        holds (the masks applied are returned with the sequences)."""
+        return self._run(batch, None, generator, novelty)
 
-    def log_prob(self, actions: Tensor) -> PolicyOutput:
-        """Score given action sequences (B, T), differentiably."""
+    def log_prob(self, actions: Tensor, masks: Sequence[Masks] | None = None) -> PolicyOutput:
+        """Score given action sequences (B, T), differentiably; ``masks`` (one per row): the
+        choices each row's distribution excluded when it was sampled."""
         if actions.dim() != 2 or actions.shape[1] != len(self.decisions):
             raise ValueError(f"actions must be (batch, {len(self.decisions)}), "
                              f"got {tuple(actions.shape)}")
         limits = torch.tensor([d.num_choices for d in self.decisions])
         if bool((actions < 0).any()) or bool((actions >= limits).any()):
             raise ValueError("actions out of range for the policy's decisions")
-        return self._run(actions.shape[0], actions.long(), None)
+        if masks is not None and len(masks) != actions.shape[0]:
+            raise ValueError(f"masks: one per row, got {len(masks)} for {actions.shape[0]}")
+        return self._run(actions.shape[0], actions.long(), None, masks=masks)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from controller.policy.lstm import LSTMPolicy
+from controller.policy.lstm import LSTMPolicy, Masks
 from controller.policy.reinforce import ReinforceConfig, ReinforceLearner, ScoredTrial, UpdateStats
 from controller.policy.updaters import ParameterUpdater
 
@@ -77,9 +77,11 @@ class PPOLearner(ReinforceLearner):
         old = torch.tensor([float(s.log_prob or 0.0) for s in batch], dtype=torch.float64)
         return actions, old, adv, base_before, rewards
 
-    def _epoch_loss(self, actions: Tensor, old: Tensor, adv: Tensor) -> tuple[Tensor, float]:
-        """The clipped objective minus the entropy bonus at the current parameters."""
-        out = self.policy.log_prob(actions)
+    def _epoch_loss(self, actions: Tensor, old: Tensor, adv: Tensor,
+                    masks: Sequence[Masks]) -> tuple[Tensor, float]:
+        """The clipped objective minus the entropy bonus at the current parameters (each
+        trial's distribution masked as when it was sampled)."""
+        out = self.policy.log_prob(actions, masks)
         entropy = out.entropies.sum(dim=1).mean()
         surrogate = clipped_surrogate(out.log_probs.sum(dim=1).double(), old, adv.double(),
                                       self.config.clip)
@@ -88,7 +90,7 @@ class PPOLearner(ReinforceLearner):
     def loss(self, batch: Sequence[ScoredTrial]) -> tuple[Tensor, UpdateStats]:
         """One epoch's loss for ``batch`` (what ``gradient`` differentiates)."""
         actions, old, adv, base_before, rewards = self._prepare(batch)
-        loss, entropy = self._epoch_loss(actions, old, adv)
+        loss, entropy = self._epoch_loss(actions, old, adv, [s.masks for s in batch])
         return loss, UpdateStats(reward=sum(rewards) / len(rewards), baseline=base_before,
                                  entropy=entropy, loss=float(loss.detach()), version=self.version)
 
@@ -99,7 +101,7 @@ class PPOLearner(ReinforceLearner):
         params = list(self.policy.parameters())
         first: tuple[float, float] | None = None
         for _ in range(self.config.epochs):
-            loss, entropy = self._epoch_loss(actions, old, adv)
+            loss, entropy = self._epoch_loss(actions, old, adv, [s.masks for s in batch])
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             first = first or (entropy, float(loss.detach()))
             self.apply([torch.zeros_like(p) if g is None else g

@@ -10,12 +10,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from controller.policy.lstm import LSTMPolicy
+from controller.policy.lstm import LSTMPolicy, Masks
 from controller.policy.updaters import LocalAdam, ParameterUpdater
 from protos.types import Trial, TrialResult
 
@@ -31,11 +31,14 @@ TRANSFORM_NAMES = (*REWARD_TRANSFORMS, "rank")
 @dataclass(frozen=True)
 class ScoredTrial:
     """A trial together with its own result: the only way a reward reaches the gradient.
-    ``log_prob``: the log-probability of its actions when it was sampled (PPO's old policy)."""
+    ``log_prob``: the log-probability of its actions when it was sampled (PPO's old policy);
+    ``masks``: the choices its distribution excluded when it was sampled (sampling without
+    replacement), applied again when it is scored."""
 
     trial: Trial
     result: TrialResult
     log_prob: float | None = None
+    masks: Masks = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.result.trial_id != self.trial.trial_id:
@@ -134,7 +137,7 @@ class ReinforceLearner:
         base_before = self.baseline if self.baseline is not None else sum(rewards) / len(rewards)
         adv = self.advantages(rewards)
         actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
-        out = self.policy.log_prob(actions)
+        out = self.policy.log_prob(actions, [s.masks for s in batch])
         seq_logp = out.log_probs.sum(dim=1)
         seq_entropy = out.entropies.sum(dim=1)
         loss = -(adv * seq_logp).mean() - self.config.entropy_weight * seq_entropy.mean()

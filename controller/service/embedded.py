@@ -104,6 +104,8 @@ class EmbeddedSearch:
         """The outcome as the job's trial records say, read a page at a time: every finished
         trial in the order they started (e.g. of a search interrupted before its end)."""
         outcome = SearchOutcome(budget=self.cfg.budget, stopped_reason=stopped_reason)
+        outcome.repeats = self.store.get(self.job_id).repeats
+        outcome.cache_hits = outcome.repeats
         after: int | None = -1
         while after is not None:
             page, after = self.store.trials(self.job_id, after=after, limit=1000)

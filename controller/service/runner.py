@@ -26,6 +26,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from controller.factory import build_evaluator, build_reinforce, build_space, bu
 from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
 from controller.policy.lstm import LSTMPolicy
+from controller.policy.novelty import NoveltyIndex
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.service.search_metrics import install as install_search_metrics
@@ -254,6 +256,13 @@ class JobRunner:
                                         "cache_key": key}):
                 self.metrics.finished(entry.trial_id, entry.status, entry.reward, entry.cached)
 
+        repeats = RepeatCounter(lambda count: self.store.note(job_id, "repeats",
+                                                              {"count": count}), view.repeats)
+
+        def repeat(entry: HistoryEntry) -> None:  # counted, journalled in bulk
+            repeats.add()
+            self.metrics.finished(entry.trial_id, entry.status, entry.reward, True)
+
         def start(trial: Trial, arch: str, requeues: str = "") -> None:
             self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch,
                                             **({"requeues": requeues} if requeues else {})})
@@ -284,31 +293,49 @@ class JobRunner:
             return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                               failure_reward=cfg.failure_reward,
                               max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                              refund=refund, on_entry=record, report_test=False,
+                              refund=refund, on_entry=record, on_repeat=repeat,
+                              report_test=False,
                               parallel=parallel, stop=cancelled.is_set, on_start=start,
                               on_progress=policy_stats, shaper=shaper,
                               keep_history=self.keep_results)
 
-        if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
-            outcomes = self._replicas(job_id, tag, cfg, space, search, result)
-        else:
-            strategy = build_strategy(space, cfg)
-            strategy.job_id = tag
-            if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch
-                report = strategy.search_supernet(
-                    stop=cancelled.is_set,
-                    on_epoch=lambda stats: self.store.note(job_id, "policy", stats))
-                updates = float(len(report.epochs))
-                self.store.note(job_id, "supernet", report.to_json())
-            outcomes = [search(strategy)]
+        novelty = self._drawn(job_id, space) if cfg.strategy == "reinforce" else None
+        try:
+            if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
+                outcomes = self._replicas(job_id, tag, cfg, space, search, result, novelty)
+            else:
+                strategy = build_strategy(space, cfg, novelty)
+                strategy.job_id = tag
+                if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch
+                    report = strategy.search_supernet(
+                        stop=cancelled.is_set,
+                        on_epoch=lambda stats: self.store.note(job_id, "policy", stats))
+                    updates = float(len(report.epochs))
+                    self.store.note(job_id, "supernet", report.to_json())
+                outcomes = [search(strategy)]
+        finally:
+            repeats.flush()
         result.outcomes = outcomes
         reasons = sorted({o.stopped_reason for o in outcomes})
         return (f"{','.join(reasons)}: {sum(o.trainings for o in outcomes)} trainings, "
-                f"{sum(o.cache_hits for o in outcomes)} cache hits")
+                f"{sum(o.cache_hits for o in outcomes)} cache hits, "
+                f"{sum(o.distinct for o in outcomes)} distinct architectures")
+
+    def _drawn(self, job_id: str, space: SearchSpace) -> NoveltyIndex:
+        """The controller's record of the sequences it drew: empty for a new job, every trial
+        the store holds for a resumed one (read once, a page at a time), so a resumed
+        controller proposes nothing it proposed before."""
+        novelty = NoveltyIndex([d.num_choices for d in space.decisions])
+        after: int | None = -1
+        while after is not None:
+            page, after = self.store.trials(job_id, after=after, limit=1000)
+            for record in page:
+                novelty.add(space.encode(space.from_string(record.arch)))
+        return novelty
 
     def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
-                  search: Callable[[Strategy], SearchOutcome], result: JobResult
-                  ) -> list[SearchOutcome]:
+                  search: Callable[[Strategy], SearchOutcome], result: JobResult,
+                  novelty: NoveltyIndex | None) -> list[SearchOutcome]:
         """K controller replicas (threads) sharing the policy on the parameter servers. The
         layout id is the job id: registering it again after a restart keeps what the shards
         hold (or restored from their checkpoint), so a resumed job's policy goes on learning."""
@@ -341,7 +368,7 @@ class JobRunner:
                         return remote
 
                     strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
-                                               updater=updater)
+                                               updater=updater, novelty=novelty)
                     strategy.job_id = f"{tag}-r{index}"
                     outcome = search(strategy)
                     with self._lock:
@@ -363,3 +390,33 @@ class JobRunner:
         if errors:
             raise errors[0]
         return outcomes
+
+
+class RepeatCounter:
+    """Counts a job's repeats (cache hits of architectures it already had) and journals the
+    count at most once per ``every`` seconds (and on ``flush``), not one entry per repeat: a
+    controller that keeps proposing what it has seen costs microseconds a proposal."""
+
+    def __init__(self, write: Callable[[int], None], start: int = 0, every: float = 1.0) -> None:
+        self.write = write
+        self.count = self.written = start
+        self.every = every
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        """One more repeat."""
+        with self._lock:
+            self.count += 1
+            due = time.monotonic() - self._at >= self.every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Journal the count if it changed."""
+        with self._lock:
+            count, self._at = self.count, time.monotonic()
+            if count == self.written:
+                return
+            self.written = count
+        self.write(count)

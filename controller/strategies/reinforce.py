@@ -1,7 +1,10 @@
 """The LSTM controller trained with REINFORCE (Zoph & Le 2017) or PPO (NASNet), as a strategy.
 
 Trials are sampled m at a time under one policy version; once all m are reported, the gradient is
-computed on exactly their recorded actions and applied.
+computed on exactly their recorded actions and applied. Sampling is without replacement over the
+search (``controller.policy.novelty``): a sequence drawn once is never drawn again, so every
+proposal is an architecture the search has not tried (an isomorphic twin of one it has is still
+a free cache hit), and a search ends early only when the space is exhausted.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from collections.abc import Callable
 
 import torch
 
-from controller.policy.lstm import LSTMPolicy, PolicyConfig
+from controller.policy.lstm import LSTMPolicy, Masks, PolicyConfig
+from controller.policy.novelty import NoveltyIndex
 from controller.policy.ppo import make_learner
 from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStats
 from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Trial, TrialResult
+
+DRAWS = 16  # draws of the policy one suggest may take to find new sequences
 
 
 class ReinforceStrategy(Strategy):
@@ -27,7 +33,8 @@ class ReinforceStrategy(Strategy):
     def __init__(self, space: SearchSpace, seed: int = 0, batch_size: int = 1,
                  policy: PolicyConfig | None = None, learner: ReinforceConfig | None = None,
                  job_id: str = "",
-                 updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None) -> None:
+                 updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None,
+                 novelty: NoveltyIndex | None = None, with_replacement: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         super().__init__(space, job_id)
@@ -35,25 +42,41 @@ class ReinforceStrategy(Strategy):
         self.policy = LSTMPolicy(space.decisions, policy, seed=seed)
         self.learner = make_learner(self.policy, learner,
                                     updater(self.policy) if updater is not None else None)
+        # the sequences drawn (shared by a job's replicas); None: sampling with replacement
+        self.novelty = None if with_replacement else (
+            novelty or NoveltyIndex([d.num_choices for d in space.decisions]))
         self._log_probs: dict[str, float] = {}  # trial id -> log P(actions) when sampled
+        self._masks: dict[str, Masks] = {}  # trial id -> choices its distribution excluded
         self.generator = torch.Generator().manual_seed(seed + 1)
         self._scored: list[ScoredTrial] = []
         self.last_update: UpdateStats | None = None
 
     def suggest(self, n: int = 1) -> list[Trial]:
-        out = self.policy.sample(n, generator=self.generator)
-        trials = []
-        for row, log_prob in zip(out.actions.tolist(), out.log_probs.sum(dim=1).tolist(),
-                                 strict=True):
-            arch = self.space.decode(row)
-            trial = self._new_trial(arch, row, policy_version=self.learner.version)
-            self._log_probs[trial.trial_id] = log_prob
-            trials.append(trial)
+        """Up to ``n`` trials; without replacement, none that was drawn before (fewer, or none
+        once the space is exhausted: rows of one draw that picked the same new sequence, or
+        that hit an exhausted prefix, are drawn again a bounded number of times)."""
+        trials: list[Trial] = []
+        for _ in range(DRAWS):
+            if len(trials) == n or (self.novelty is not None and self.novelty.exhausted()):
+                break
+            out = self.policy.sample(n - len(trials), generator=self.generator,
+                                     novelty=self.novelty)
+            rows = zip(out.actions.tolist(), out.log_probs.sum(dim=1).tolist(),
+                       out.masks or [{}] * len(out.dead), out.dead, strict=True)
+            for row, log_prob, masks, dead in rows:
+                if self.novelty is not None and (dead or not self.novelty.add(row)):
+                    continue
+                trial = self._new_trial(self.space.decode(row), row,
+                                        policy_version=self.learner.version)
+                self._log_probs[trial.trial_id] = log_prob
+                self._masks[trial.trial_id] = masks
+                trials.append(trial)
         return trials
 
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
-        self._scored.append(ScoredTrial(trial, result, self._log_probs.pop(trial_id, None)))
+        self._scored.append(ScoredTrial(trial, result, self._log_probs.pop(trial_id, None),
+                                        self._masks.pop(trial_id, {})))
         if len(self._scored) >= self.batch_size:
             batch, self._scored = self._scored[: self.batch_size], self._scored[self.batch_size:]
             self.last_update = self.learner.update(batch)

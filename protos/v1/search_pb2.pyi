@@ -285,6 +285,7 @@ class Job(_message.Message):
     BUDGET_SPENT_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     BEST_TRIAL_ID_FIELD_NUMBER: _builtins.int
+    REPEATS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     owner: _builtins.str
     tenant: _builtins.str
@@ -303,12 +304,16 @@ class Job(_message.Message):
     cache_hits: _builtins.int
     """proposals answered by the shared cache, free"""
     failed: _builtins.int
-    """trials that ended FAILED (trainings and hits)"""
+    """(repeats included)
+    trials that ended FAILED (trainings and hits)
+    """
     budget_spent: _builtins.float
     """trainings charged (less what early stopping saved)"""
     policy_version: _builtins.int
     """policy updates noted so far (strategies with one)"""
     best_trial_id: _builtins.str
+    repeats: _builtins.int
+    """cache hits of architectures the job already had:"""
     @_builtins.property
     def spec(self) -> Global___SearchSpec: ...
     def __init__(
@@ -331,10 +336,11 @@ class Job(_message.Message):
         budget_spent: _builtins.float = ...,
         policy_version: _builtins.int = ...,
         best_trial_id: _builtins.str = ...,
+        repeats: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "best_trial_id", b"best_trial_id", "budget_spent", b"budget_spent", "cache_hits", b"cache_hits", "created_at", b"created_at", "failed", b"failed", "job_id", b"job_id", "owner", b"owner", "policy_version", b"policy_version", "reason", b"reason", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_arch", b"best_arch", "best_reward", b"best_reward", "best_trial_id", b"best_trial_id", "budget_spent", b"budget_spent", "cache_hits", b"cache_hits", "created_at", b"created_at", "failed", b"failed", "job_id", b"job_id", "owner", b"owner", "policy_version", b"policy_version", "reason", b"reason", "repeats", b"repeats", "running", b"running", "spec", b"spec", "state", b"state", "tenant", b"tenant", "trainings", b"trainings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,147 @@
+"""Sampling without replacement: every proposal of the controller is new, a collapsed policy
+still spends the whole budget on new architectures, and the gradient is that of the masked
+distribution each sequence was drawn from."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from controller.evaluators.nb201 import NB201Evaluator
+from controller.policy import LSTMPolicy, PolicyConfig, ReinforceConfig, ReinforceLearner
+from controller.policy.novelty import NoveltyIndex
+from controller.policy.reinforce import ScoredTrial
+from controller.search import run_search
+from controller.spaces.base import Decision
+from controller.spaces.nb201 import NB201Space
+from controller.strategies.reinforce import ReinforceStrategy
+from protos.types import Trial, TrialResult, TrialStatus
+
+Table = dict[str, tuple[float, float]]
+
+
+def test_the_index_masks_a_choice_once_every_completion_was_drawn() -> None:
+    # Arrange: 2 x 3 x 2 sequences, every prefix tracked
+    index = NoveltyIndex([2, 3, 2])
+    # Act / Assert
+    assert index.add((0, 1, 0)) and not index.add((0, 1, 0))
+    assert index.full((0, 1)) == (0,) and index.full((0,)) == ()
+    index.add((0, 1, 1))
+    assert index.full((0, 1)) == (0, 1) and index.full((0,)) == (1,)
+    for a, b in itertools.product(range(3), range(2)):
+        index.add((0, a, b))
+    assert index.full(()) == (0,) and len(index) == 6 and not index.exhausted()
+    with pytest.raises(ValueError, match="actions"):
+        index.add((0, 1))
+
+
+def test_only_prefixes_small_enough_to_run_out_are_counted() -> None:
+    index = NoveltyIndex([13] * 10, track=200)  # 13^10 sequences: only the last 2 decisions
+    assert index.first == 8 and not index.tracks(7) and index.tracks(8)
+    index.add((0,) * 10)
+    assert index.full((0,) * 9) == (0,) and index.full((0,) * 3) == ()
+
+
+def test_a_policy_drawing_without_replacement_draws_every_sequence_once() -> None:
+    # Arrange: a space of 2 x 3 x 2 = 12 sequences
+    decisions = tuple(Decision(f"d{i}", "op", tuple(map(str, range(n))))
+                      for i, n in enumerate((2, 3, 2)))
+    policy = LSTMPolicy(decisions, PolicyConfig(layers=1, units=8), seed=0)
+    index = NoveltyIndex([2, 3, 2])
+    generator = torch.Generator().manual_seed(0)
+    drawn: list[tuple[int, ...]] = []
+    # Act: one at a time, each added as it is drawn
+    for _ in range(12):
+        out = policy.sample(1, generator=generator, novelty=index)
+        row = tuple(out.actions[0].tolist())
+        assert not out.dead[0] and index.add(row)
+        drawn.append(row)
+    # Assert
+    assert sorted(drawn) == sorted(itertools.product(range(2), range(3), range(2)))
+    assert index.exhausted()
+
+
+def test_the_gradient_is_that_of_the_masked_distribution() -> None:
+    # Arrange: a sequence drawn with choices masked at two decisions
+    space = NB201Space()
+    policy = LSTMPolicy(space.decisions, seed=4)
+    masks = {3: (0, 2), 5: (1,)}
+    actions = [1, 2, 3, 4, 0, 3]
+    # Act
+    scored = policy.log_prob(torch.tensor([actions]), [masks]).log_probs.sum()
+    (grad,) = torch.autograd.grad(scored, [policy.heads["op"].weight])
+    # Assert: log P under the masked distribution, written out: the unmasked log-probs less,
+    # at each masked decision, the log of the mass left to the other choices
+    plain = policy.log_prob(torch.tensor([actions]))
+    probs = plain.log_probs.exp()  # (1, 6): P(taken) per decision, unmasked
+    logits_of = _decision_probs(policy, actions)
+    expected = plain.log_probs.sum() - sum(
+        torch.log(1 - logits_of[t][list(excluded)].sum()) for t, excluded in masks.items())
+    torch.testing.assert_close(scored, expected)
+    (ref,) = torch.autograd.grad(expected, [policy.heads["op"].weight])
+    torch.testing.assert_close(grad, ref)
+    assert bool((probs > 0).all()) and bool(torch.isfinite(grad).all())
+
+
+def _decision_probs(policy: LSTMPolicy, actions: list[int]) -> list[torch.Tensor]:
+    """The unmasked distribution at each decision given the earlier actions (teacher-forced)."""
+    out = []
+    for t in range(len(actions)):
+        # P(choice c at t) = exp(log P(prefix + c) - log P(prefix)), each scored unmasked
+        base = policy.log_prob(torch.tensor([actions])).log_probs[0, :t].sum()
+        row = []
+        for c in range(policy.decisions[t].num_choices):
+            trial = [*actions[:t], c, *actions[t + 1:]]
+            row.append(policy.log_prob(torch.tensor([trial])).log_probs[0, : t + 1].sum() - base)
+        out.append(torch.stack(row).exp())
+    return out
+
+
+def test_a_learner_steps_on_masked_trials_without_nan() -> None:
+    space = NB201Space()
+    policy = LSTMPolicy(space.decisions, seed=1)
+    learner = ReinforceLearner(policy, ReinforceConfig(learning_rate=0.1, entropy_weight=0.1))
+    arch = space.decode([0, 1, 2, 3, 4, 0])
+    trial = Trial("t1", arch, (0, 1, 2, 3, 4, 0), space.canonical_hash(arch))
+    learner.update([ScoredTrial(trial, TrialResult("t1", TrialStatus.SUCCEEDED, 0.9),
+                                masks={5: (1, 2, 3, 4)})])
+    assert all(bool(torch.isfinite(p).all()) for p in policy.parameters())
+
+
+def test_a_collapsed_policy_still_spends_its_budget_on_new_architectures(
+        nb201_table: Table) -> None:
+    # Arrange: a policy collapsed onto one cell (its heads' biases dwarf everything else)
+    space = NB201Space()
+    strategy = ReinforceStrategy(space, seed=0, learner=ReinforceConfig(learning_rate=1e-6))
+    with torch.no_grad():
+        strategy.policy.heads["op"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 40.0, 0.0]))
+    evaluator = NB201Evaluator("cifar10", table=nb201_table)
+    repeats: list[str] = []
+    # Act
+    outcome = run_search(space, strategy, evaluator, budget=150, report_test=False,
+                         on_repeat=lambda entry: repeats.append(entry.arch))
+    # Assert: all 150 trainings, no proposal drawn twice (its hits are isomorphic twins of
+    # cells it trained)
+    assert outcome.stopped_reason == "budget" and outcome.trainings == 150
+    drawn = [h.arch for h in outcome.history] + repeats
+    assert len(set(drawn)) == len(drawn) == 150 + outcome.cache_hits
+    assert outcome.cache_hits == outcome.repeats == len(repeats)
+
+
+def test_a_search_that_runs_out_of_architectures_says_it_is_exhausted(
+        nb201_table: Table) -> None:
+    # Arrange: NB201 has 15,625 sequences in 6,466 isomorphism classes; a budget beyond that
+    space = NB201Space()
+    strategy = ReinforceStrategy(space, seed=0, batch_size=64,
+                                 learner=ReinforceConfig(learning_rate=1e-6))
+    evaluator = NB201Evaluator("cifar10", table=nb201_table)
+    # Act
+    outcome = run_search(space, strategy, evaluator, budget=7000, report_test=False,
+                         max_idle_proposals=100_000)
+    # Assert: every sequence drawn once; every class trained once
+    assert outcome.stopped_reason == "exhausted"
+    assert outcome.trainings == 6466 and outcome.distinct == 6466
+    assert outcome.trainings + outcome.cache_hits == 15_625 == math.prod([5] * 6)
