@@ -188,7 +188,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--budget", type=int, help="child trainings to spend (100)")
     g.add_argument("--seed", type=int, help="random seed; same seed, same result (0)")
     g.add_argument("--max-idle-proposals", type=int,
-                   help="stop after this many proposals in a row that were all cache hits")
+                   help="end the search as exhausted after this many proposals in a row that "
+                        "were all cache hits (2000); the REINFORCE controller samples without "
+                        "replacement, so it ends early only when it has drawn every "
+                        "architecture")
     g.add_argument("--out", help="directory for result.json (default runs/<space>-<strategy>)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
