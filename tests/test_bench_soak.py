@@ -29,4 +29,5 @@ def test_soak_measures_every_probe_at_every_checkpoint(capsys: pytest.CaptureFix
     assert "Redis memory per trial of the long job:" in out
     verdicts = [line for line in out.splitlines() if line.endswith(("| met |", "| NOT met |"))
                 and not line.startswith("| target")]
-    assert len(verdicts) == len(soak.PROBES) + 2
+    assert len(verdicts) == len(soak.PROBES) + 3
+    assert "`make search-nb201`" in verdicts[0]

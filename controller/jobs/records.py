@@ -71,16 +71,29 @@ class TrialRecord:
         return self.status in DONE
 
     def to_json(self) -> dict[str, Any]:
-        """The stored form."""
-        doc = asdict(self)
-        doc["status"] = self.status.value
-        doc["metrics"], doc["artifacts"] = dict(self.metrics), dict(self.artifacts)
+        """The stored form: fields at their defaults are left out (a store keeps one record per
+        trial, so its size is what a trial costs), as is the trained architecture when it is
+        the proposed one."""
+        doc: dict[str, Any] = {"trial_id": self.trial_id, "index": self.index,
+                               "status": self.status.value}
+        for name in ("arch", "reward", "cached", "error", "cache_key", "requeues",
+                     "started_at", "finished_at"):
+            value = getattr(self, name)
+            if value:
+                doc[name] = value
+        if self.trained_arch != self.arch:
+            doc["trained_arch"] = self.trained_arch
+        if self.metrics:
+            doc["metrics"] = dict(self.metrics)
+        if self.artifacts:
+            doc["artifacts"] = dict(self.artifacts)
         return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> TrialRecord:
         """Read back ``to_json``."""
         return cls(**{**doc, "status": TrialState(doc["status"]),
+                      "trained_arch": doc.get("trained_arch", doc.get("arch", "")),
                       "metrics": dict(doc.get("metrics", {})),
                       "artifacts": dict(doc.get("artifacts", {}))})
 
