@@ -98,7 +98,8 @@ def test_a_job_s_record_is_its_trials_policy_updates_and_best(client: SearchClie
                t["cached"] == listed[t["trial_id"]].cached for t in record.trials)
     assert sum(not t["cached"] for t in record.trials) == 12
     updates = [p["update"] for p in record.policy]
-    assert updates == list(range(1, len(listed) + 1))  # m=1: one update per proposal
+    # m=1: one update per proposal, repeats (counted, not listed) included
+    assert updates == list(range(1, len(listed) + job.repeats + 1))
     assert all(0 < p["entropy"] < 20 and math.isfinite(p["baseline"]) for p in record.policy)
     assert record.best_arch is not None and record.best_arch.space == "nb201"
     assert record.strategy == "reinforce"
@@ -144,8 +145,8 @@ def test_nas_plot_run_dir_of_a_search_with_a_params_objective(
                       "--metric", "flops"])
     # Assert: result.json recorded the policy; the plots default to RUN_DIR/plots
     doc = json.loads((run / "result.json").read_text())
-    assert len(doc["policy"]) == len(doc["history"])
-    assert [p["update"] for p in doc["policy"]] == list(range(1, len(doc["history"]) + 1))
+    proposals = len(doc["history"]) + doc["repeats"]  # m=1: one update per proposal
+    assert [p["update"] for p in doc["policy"]] == list(range(1, proposals + 1))
     assert code == 0 and out.splitlines() == [f"wrote {run / 'plots' / n}" for n in PLOTS]
     for name in PLOTS:
         assert_drawn(run / "plots" / name)

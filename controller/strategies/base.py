@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from controller.spaces.base import SearchSpace
 from protos.types import Architecture, Trial, TrialResult
@@ -61,3 +61,8 @@ class Strategy(ABC):
     def stats(self) -> dict[str, float]:
         """Numbers worth showing while the search runs (policy entropy, baseline, ...)."""
         return {}
+
+    def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:  # noqa: B027
+        """Take up a job an earlier run started: ``history`` is what it evaluated (actions,
+        reward), in the order the trials started. By default nothing is kept from it (the
+        evaluation cache still makes its architectures free)."""

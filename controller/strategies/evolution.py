@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterable, Sequence
 
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
@@ -51,6 +52,13 @@ class EvolutionStrategy(Strategy):
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
         self.population.append((trial.actions, result.reward))
+
+    def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:
+        """The population is the last ``population`` members evaluated (aging), as if the
+        run had not stopped."""
+        for actions, reward in history:
+            self.population.append((tuple(actions), reward))
+            self._issued += 1
 
     def stats(self) -> dict[str, float]:
         if not self.population:

@@ -9,7 +9,7 @@ a free cache hit), and a search ends early only when the space is exhausted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -80,6 +80,13 @@ class ReinforceStrategy(Strategy):
         if len(self._scored) >= self.batch_size:
             batch, self._scored = self._scored[: self.batch_size], self._scored[self.batch_size:]
             self.last_update = self.learner.update(batch)
+
+    def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:
+        """Never draw again what an earlier run of the job drew (its policy comes back from
+        the parameter servers, or starts afresh without them)."""
+        if self.novelty is not None:
+            for actions, _ in history:
+                self.novelty.add(actions)
 
     def stats(self) -> dict[str, float]:
         if self.last_update is None:
