@@ -3,7 +3,6 @@
 - ``LogitsReinforce``: the NAS-Bench-201 protocol's REINFORCE: a softmax of free logits per
   edge (init 1e-3 * N(0, 1)), Adam lr 0.01, EMA baseline with momentum 0.9 (bias-corrected,
   updated before the loss), one architecture per update, reward = the accuracy in percent.
-- ``OptunaTPE``: Optuna's TPE sampler over the space's decisions (ask/tell).
 """
 
 from __future__ import annotations
@@ -58,33 +57,3 @@ class LogitsReinforce(Strategy):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-
-
-class OptunaTPE(Strategy):
-    """Optuna's TPE sampler; each decision is a categorical parameter."""
-
-    name = "optuna-tpe"
-
-    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
-        import optuna
-
-        super().__init__(space)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(direction="maximize",
-                                         sampler=optuna.samplers.TPESampler(seed=seed))
-        self._asked: dict[str, object] = {}
-
-    def suggest(self, n: int = 1) -> list[Trial]:
-        trials = []
-        for _ in range(n):
-            ot = self.study.ask()
-            actions = [int(ot.suggest_categorical(d.name, list(range(d.num_choices))))
-                       for d in self.space.decisions]
-            trial = self._new_trial(self.space.decode(actions), actions)
-            self._asked[trial.trial_id] = ot
-            trials.append(trial)
-        return trials
-
-    def report(self, trial_id: str, result: TrialResult) -> None:
-        self._take(trial_id, result)
-        self.study.tell(self._asked.pop(trial_id), result.reward)  # type: ignore[arg-type]

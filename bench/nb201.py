@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench.baselines import LogitsReinforce, OptunaTPE
+from bench.baselines import LogitsReinforce
 from bench.plots import OUT, plot_nb201
 from bench.report import ROOT, machine, write_section
 from controller.config import build_config
@@ -36,6 +36,7 @@ from controller.service.embedded import EmbeddedSearch
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy
 from controller.strategies.evolution import EvolutionStrategy
+from controller.strategies.optuna_samplers import OptunaStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 
@@ -53,8 +54,10 @@ METHODS: dict[str, Callable[[NB201Space, int], Strategy]] = {
     "evolution (REA)": lambda space, seed: EvolutionStrategy(space, seed),
     "ours (LSTM REINFORCE)": _ours,
     "logits-REINFORCE (NB201)": lambda space, seed: LogitsReinforce(space, seed),
-    "Optuna TPE": lambda space, seed: OptunaTPE(space, seed),
+    "tpe (Optuna TPE)": lambda space, seed: OptunaStrategy(space, "tpe", seed),
+    "gp (Optuna GP)": lambda space, seed: OptunaStrategy(space, "gp", seed),
 }
+GP = "gp (Optuna GP)"  # refits a Gaussian process per proposal: fewer seeds (--gp-seeds)
 
 
 @dataclass(frozen=True)
@@ -133,14 +136,6 @@ def run_stack(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult
     return read_budgets(method, dataset, seed, outcome, _TABLES[dataset], budgets)
 
 
-def _optuna_available() -> bool:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its BENCHMARKS.md section and plot."""
     p = argparse.ArgumentParser(prog="python -m bench.nb201", description=__doc__,
@@ -157,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run ours through the full distributed stack (4 shard processes, "
                         "4 replicas, m=8) and in-process with m=8, seeds 0..N-1 of the first "
                         "dataset (0: skip)")
+    p.add_argument("--methods", help="comma list of methods to run (default: all): "
+                   + ", ".join(METHODS))
+    p.add_argument("--gp-seeds", type=int, default=10,
+                   help="seeds of the GP sampler, 0..N-1 (10): each of its proposals refits a "
+                        "Gaussian process, minutes a run")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     p.add_argument("--plot-dir", type=Path, default=OUT, help="where plots go (bench/out)")
     args = p.parse_args(argv)
@@ -164,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--stack-seeds: must be in 0..--seeds")
     budgets = tuple(sorted(int(b) for b in args.budgets.split(",")))
     datasets = args.datasets.split(",")
-    methods = [m for m in METHODS if m != "Optuna TPE" or _optuna_available()]
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: {unknown[0]!r} is not one of {', '.join(METHODS)}")
     jobs = [(m, d, s, budgets, args.nb201_csv, args.max_idle_proposals)
-            for d in datasets for s in range(args.seeds) for m in methods]
+            for d in datasets for s in range(args.seeds) for m in methods
+            if m != GP or s < args.gp_seeds]
     start = time.time()
     with Pool(args.workers) as pool:
         results = list(tqdm(pool.imap_unordered(run_one, jobs), total=len(jobs), unit="run"))

@@ -18,7 +18,7 @@ from controller.presets import CONTROLLER_PRESETS
 from controller.spaces import SPACE_NAMES
 from controller.strategies.pnas import PNAS_SPACES, SURROGATES
 
-STRATEGIES = ("reinforce", "random", "evolution", "pnas", "enas")
+STRATEGIES = ("reinforce", "random", "evolution", "pnas", "enas", "tpe", "gp")
 ENAS_SPACES = ("enas-micro", "macro", "nasnet", "nb201")  # spaces with a supernet
 EVALUATORS = ("nb201", "train", "synthetic")
 NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")

@@ -32,6 +32,7 @@ from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy
 from controller.strategies.enas import EnasStrategy, SharedWeights
 from controller.strategies.evolution import EvolutionStrategy
+from controller.strategies.optuna_samplers import OptunaStrategy
 from controller.strategies.pnas import PNASStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
@@ -86,6 +87,8 @@ STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] =
     "pnas": lambda space, cfg: PNASStrategy(space, seed=cfg.seed, beam=cfg.beam,
                                             surrogate=cfg.surrogate),
     "enas": lambda space, cfg: build_enas(space, cfg),
+    "tpe": lambda space, cfg: OptunaStrategy(space, "tpe", seed=cfg.seed),
+    "gp": lambda space, cfg: OptunaStrategy(space, "gp", seed=cfg.seed),
 }
 
 
@@ -183,12 +186,8 @@ EVALUATOR_FACTORIES: dict[str, Callable[[SearchConfig], Evaluator]] = {
 }
 
 
-def build_strategy(space: SearchSpace, cfg: SearchConfig,
-                   novelty: NoveltyIndex | None = None) -> Strategy:
-    """The strategy the config names (a REINFORCE controller drawing without replacement
-    against ``novelty``: the sequences a resumed job drew before)."""
-    if cfg.strategy == "reinforce" and novelty is not None:
-        return build_reinforce(space, cfg, novelty=novelty)
+def build_strategy(space: SearchSpace, cfg: SearchConfig) -> Strategy:
+    """The strategy the config names."""
     return STRATEGY_FACTORIES[cfg.strategy](space, cfg)
 
 

@@ -299,13 +299,14 @@ class JobRunner:
                               on_progress=policy_stats, shaper=shaper,
                               keep_history=self.keep_results)
 
-        novelty = self._drawn(job_id, space) if cfg.strategy == "reinforce" else None
+        history = self._history(job_id, space) if view.started else []
         try:
             if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
-                outcomes = self._replicas(job_id, tag, cfg, space, search, result, novelty)
+                outcomes = self._replicas(job_id, tag, cfg, space, search, result, history)
             else:
-                strategy = build_strategy(space, cfg, novelty)
+                strategy = build_strategy(space, cfg)
                 strategy.job_id = tag
+                strategy.resume(history)
                 if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch
                     report = strategy.search_supernet(
                         stop=cancelled.is_set,
@@ -321,21 +322,21 @@ class JobRunner:
                 f"{sum(o.cache_hits for o in outcomes)} cache hits, "
                 f"{sum(o.distinct for o in outcomes)} distinct architectures")
 
-    def _drawn(self, job_id: str, space: SearchSpace) -> NoveltyIndex:
-        """The controller's record of the sequences it drew: empty for a new job, every trial
-        the store holds for a resumed one (read once, a page at a time), so a resumed
-        controller proposes nothing it proposed before."""
-        novelty = NoveltyIndex([d.num_choices for d in space.decisions])
+    def _history(self, job_id: str, space: SearchSpace) -> list[tuple[tuple[int, ...], float]]:
+        """What an earlier run of a resumed job evaluated, for its strategy to take up
+        (``Strategy.resume``): the finished trials' actions and rewards in start order, read
+        once, a page at a time."""
+        history = []
         after: int | None = -1
         while after is not None:
             page, after = self.store.trials(job_id, after=after, limit=1000)
-            for record in page:
-                novelty.add(space.encode(space.from_string(record.arch)))
-        return novelty
+            history += [(space.encode(space.from_string(r.arch)), r.reward) for r in page
+                        if r.done]
+        return history
 
     def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
                   search: Callable[[Strategy], SearchOutcome], result: JobResult,
-                  novelty: NoveltyIndex | None) -> list[SearchOutcome]:
+                  history: list[tuple[tuple[int, ...], float]]) -> list[SearchOutcome]:
         """K controller replicas (threads) sharing the policy on the parameter servers. The
         layout id is the job id: registering it again after a restart keeps what the shards
         hold (or restored from their checkpoint), so a resumed job's policy goes on learning."""
@@ -349,6 +350,7 @@ class JobRunner:
             self._clients[job_id] = client
         outcomes: list[SearchOutcome] = []
         errors: list[BaseException] = []
+        novelty = NoveltyIndex([d.num_choices for d in space.decisions])  # the replicas' draws
         try:
             versions = client.register(initial.astype(np.float32))
             if min(versions) > 0:
@@ -370,6 +372,7 @@ class JobRunner:
                     strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
                                                updater=updater, novelty=novelty)
                     strategy.job_id = f"{tag}-r{index}"
+                    strategy.resume(history)
                     outcome = search(strategy)
                     with self._lock:
                         outcomes.append(outcome)

@@ -18,6 +18,7 @@ its resume (``resume`` tells a new study every finished trial of the job).
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,11 +35,9 @@ def _sampler(name: str, seed: int) -> Any:
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                          n_startup_trials=STARTUP_TRIALS,
-                                          warn_independent_sampling=False)
+                                          n_startup_trials=STARTUP_TRIALS)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS,
-                                         deterministic_objective=True)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     raise ValueError(f"sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -51,6 +50,7 @@ class OptunaStrategy(Strategy):
         super().__init__(space, job_id)
         self.name = sampler
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.study = optuna.create_study(direction="maximize", sampler=_sampler(sampler, seed))
         self._distributions: dict[str, Any] = {d.name: optuna.distributions.CategoricalDistribution(
             list(range(d.num_choices))) for d in space.decisions}
