@@ -50,6 +50,7 @@ class SearchConfig:
     reward_transform: str | None = None
     ppo_clip: float | None = None  # controller ppo: clip epsilon (None: the preset's 0.2)
     ppo_epochs: int | None = None  # controller ppo: gradient steps per batch (None: 4)
+    candidates: int | None = None  # draws a surrogate ranks per proposal (None: the preset's)
     population: int = 10
     tournament: int = 3
     beam: int = 16  # pnas: cells trained per step (K)
@@ -130,6 +131,8 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
+        if self.candidates is not None and self.candidates < 0:
+            raise ConfigError(f"candidates: must be >= 0 (0: no ranking), got {self.candidates}")
         for name, low in (("budget", 1), ("population", 1), ("tournament", 1), ("beam", 1),
                           ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
                           ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),

@@ -21,6 +21,7 @@ from controller.local_training import TrainEvaluator
 from controller.objectives import parse_objective
 from controller.policy.lstm import LSTMPolicy
 from controller.policy.novelty import NoveltyIndex
+from controller.policy.ranking import OverlapGP
 from controller.policy.reinforce import ReinforceConfig
 from controller.policy.updaters import ParameterUpdater
 from controller.presets import CONTROLLER_PRESETS
@@ -67,15 +68,24 @@ def learner_config(cfg: SearchConfig) -> ReinforceConfig:
 
 def build_reinforce(space: SearchSpace, cfg: SearchConfig, seed: int | None = None,
                     updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None,
-                    novelty: NoveltyIndex | None = None, with_replacement: bool = False
-                    ) -> ReinforceStrategy:
-    """The REINFORCE strategy of a config (sampling ``seed``, parameters kept by ``updater``,
-    the sequences already drawn in ``novelty``, shared by a job's replicas)."""
+                    novelty: NoveltyIndex | None = None, ranker: OverlapGP | None = None,
+                    with_replacement: bool = False) -> ReinforceStrategy:
+    """The REINFORCE strategy of a config (sampling ``seed``, parameters kept by ``updater``;
+    the sequences already drawn in ``novelty`` and the surrogate ranking the draws in
+    ``ranker``, both shared by a job's replicas)."""
     preset = CONTROLLER_PRESETS[cfg.controller]
     return ReinforceStrategy(space, seed=cfg.seed if seed is None else seed,
                              batch_size=cfg.children or preset.children, policy=preset.policy,
                              learner=learner_config(cfg), updater=updater, novelty=novelty,
-                             with_replacement=with_replacement)
+                             with_replacement=with_replacement,
+                             candidates=candidates_of(cfg), ranker=ranker)
+
+
+def candidates_of(cfg: SearchConfig) -> int:
+    """Draws ranked per proposal: the config's, else its controller preset's."""
+    if cfg.candidates is not None:
+        return cfg.candidates
+    return CONTROLLER_PRESETS[cfg.controller].candidates
 
 
 STRATEGY_FACTORIES: dict[str, Callable[[SearchSpace, SearchConfig], Strategy]] = {

@@ -18,6 +18,7 @@ class ControllerPreset:
     learner: ReinforceConfig
     children: int
     description: str
+    candidates: int = 0  # draws a surrogate ranks per proposal (0: train what is drawn)
 
 
 CONTROLLER_PRESETS: dict[str, ControllerPreset] = {

@@ -80,6 +80,11 @@ def add_parser(sub: Any) -> None:
                         "rewards seen so far)")
     g.add_argument("--ppo-clip", type=float,
                    help="--controller ppo: clip range epsilon of the probability ratio (0.2)")
+    g.add_argument("--candidates", type=int,
+                   help="reinforce: draws of the policy a surrogate (a Gaussian process on the "
+                        "architectures trained so far) ranks per proposal; the one with the "
+                        "highest expected improvement trains (0: train each draw; default: "
+                        "the preset's)")
     g.add_argument("--ppo-epochs", type=int,
                    help="--controller ppo: gradient steps over each batch of children (4)")
     g.add_argument("--population", type=int, help="evolution: population size (10)")

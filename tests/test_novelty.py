@@ -145,3 +145,37 @@ def test_a_search_that_runs_out_of_architectures_says_it_is_exhausted(
     assert outcome.stopped_reason == "exhausted"
     assert outcome.trainings == 6466 and outcome.distinct == 6466
     assert outcome.trainings + outcome.cache_hits == 15_625 == math.prod([5] * 6)
+
+
+def test_the_surrogate_ranks_draws_near_good_architectures_first() -> None:
+    # Arrange: rewards that grow with the number of 3s in a sequence of 6 decisions
+    from controller.policy.ranking import OverlapGP
+
+    gp = OverlapGP(6)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        row = torch.randint(0, 5, (6,), generator=rng).tolist()
+        gp.observe(row, sum(a == 3 for a in row) / 6)
+    # Act
+    ei = gp.expected_improvement([(3, 3, 3, 3, 3, 1), (0, 1, 2, 4, 0, 1), (3, 0, 1, 2, 4, 0)])
+    # Assert
+    assert ei[0] > ei[2] > ei[1] >= 0
+
+
+def test_the_surrogate_keeps_a_bounded_window_of_the_best_and_the_latest() -> None:
+    from controller.policy.ranking import OverlapGP
+
+    gp = OverlapGP(3, window=8)
+    for i in range(100):
+        gp.observe((i % 5, i % 3, i % 2), reward=1.0 if i == 7 else i / 1000)
+    assert len(gp) == 8
+    assert 1.0 in gp._ys and 0.099 in gp._ys  # the best ever and the latest
+
+
+def test_ranked_proposals_are_new_and_spend_the_budget(nb201_table: Table) -> None:
+    space = NB201Space()
+    strategy = ReinforceStrategy(space, seed=0, candidates=32)
+    outcome = run_search(space, strategy, NB201Evaluator("cifar10", table=nb201_table),
+                         budget=60, report_test=False)
+    assert outcome.trainings == 60 and strategy.ranker is not None and len(strategy.ranker) >= 60
+    assert len({h.arch for h in outcome.history}) == len(outcome.history)

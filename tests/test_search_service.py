@@ -392,3 +392,53 @@ def test_get_best_returns_the_top_k_distinct_architectures(client: SearchClient)
     assert [t.trial_id for t in client.best(job_id)] == [best[0].trial_id]
     with pytest.raises(InvalidArgumentError, match="top_k"):
         client.best(job_id, top_k=1000)
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "gp", "evolution", "reinforce"])
+def test_a_job_resumed_by_a_new_runner_takes_up_its_strategy_s_history(
+        tmp_path: Path, strategy: str) -> None:
+    # Arrange: a job stopped mid-way (its service closed: the job stays RUNNING)
+    store = InMemoryJobStore()
+    first = JobRunner(store, tmp_path)
+    store.create("j", "test", "default", {"space": "nb201", "strategy": strategy,
+                                          "evaluator": "nb201", "budget": 30, "seed": 3,
+                                          "simulate_seconds": 0.02})
+    first.start("j")
+    deadline = time.monotonic() + WAIT_S
+    while store.get("j").trainings < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.close()
+    stopped = store.get("j")
+    assert stopped.state == "RUNNING" and 12 <= stopped.trainings < 30
+    # Act: a new runner over the same store (a restarted service)
+    again = JobRunner(store, tmp_path)
+    assert again.resume() == ["j"]
+    assert again.wait("j", WAIT_S)
+    # Assert: the budget spent exactly, nothing trained twice
+    done = store.get("j")
+    assert done.state == "SUCCEEDED" and done.trainings == 30, done.reason
+    trained = [t.cache_key for t in stored_trials(store, "j").values() if not t.cached]
+    assert len(trained) == len(set(trained)) == 30
+    again.close()
+
+
+def test_strategies_take_up_a_history() -> None:
+    from controller.spaces.nb201 import NB201Space
+    from controller.strategies.evolution import EvolutionStrategy
+    from controller.strategies.optuna_samplers import OptunaStrategy
+    from controller.strategies.reinforce import ReinforceStrategy
+
+    space = NB201Space()
+    history = [((i % 5, 0, 1, 2, 3, 4), i / 20) for i in range(15)]
+    tpe = OptunaStrategy(space, "tpe", seed=0)
+    tpe.resume(history)
+    assert len(tpe.study.trials) == 15 and tpe.study.best_value == 14 / 20
+    evolution = EvolutionStrategy(space, seed=0, population=10)
+    evolution.resume(history)
+    assert [r for _, r in evolution.population] == [i / 20 for i in range(5, 15)]
+    reinforce = ReinforceStrategy(space, seed=0, candidates=8)
+    reinforce.resume(history)
+    assert reinforce.novelty is not None and len(reinforce.novelty) == 5
+    assert reinforce.ranker is not None and len(reinforce.ranker) == 15
+    drawn = {tuple(t.actions) for t in reinforce.suggest(20)}
+    assert not drawn & {a for a, _ in history}  # never again what the earlier run drew

@@ -41,11 +41,18 @@ from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.remote import RemoteUpdater, ReplicaStats
 from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
-from controller.factory import build_evaluator, build_reinforce, build_space, build_strategy
+from controller.factory import (
+    build_evaluator,
+    build_reinforce,
+    build_space,
+    build_strategy,
+    candidates_of,
+)
 from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
 from controller.policy.lstm import LSTMPolicy
 from controller.policy.novelty import NoveltyIndex
+from controller.policy.ranking import OverlapGP
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
 from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.service.search_metrics import install as install_search_metrics
@@ -350,7 +357,9 @@ class JobRunner:
             self._clients[job_id] = client
         outcomes: list[SearchOutcome] = []
         errors: list[BaseException] = []
-        novelty = NoveltyIndex([d.num_choices for d in space.decisions])  # the replicas' draws
+        # what the replicas drew, and the surrogate ranking their draws: one for all of them
+        novelty = NoveltyIndex([d.num_choices for d in space.decisions])
+        ranker = OverlapGP(len(space.decisions)) if candidates_of(cfg) else None
         try:
             versions = client.register(initial.astype(np.float32))
             if min(versions) > 0:
@@ -370,9 +379,11 @@ class JobRunner:
                         return remote
 
                     strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
-                                               updater=updater, novelty=novelty)
+                                               updater=updater, novelty=novelty,
+                                               ranker=ranker)
                     strategy.job_id = f"{tag}-r{index}"
-                    strategy.resume(history)
+                    if index == 0:  # the draws and the surrogate are the replicas' shared ones
+                        strategy.resume(history)
                     outcome = search(strategy)
                     with self._lock:
                         outcomes.append(outcome)

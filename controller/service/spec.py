@@ -29,6 +29,7 @@ WIRE_NAMES = {
     "baseline_decay": "spec.controller.baseline_decay",
     "reward_transform": "spec.controller.reward_transform",
     "ppo_clip": "spec.controller.ppo_clip", "ppo_epochs": "spec.controller.ppo_epochs",
+    "candidates": "spec.controller.candidates",
     "evaluator": "spec.evaluation.evaluator", "dataset": "spec.evaluation.dataset",
     "train_subset": "spec.evaluation.train_subset", "val_subset": "spec.evaluation.val_subset",
     "failure_reward": "spec.evaluation.failure_reward", "cells": "spec.evaluation.model.cells",
@@ -62,6 +63,7 @@ MAX_BUDGET = 100_000
 MAX_REPLICAS = 256       # spec.execution.replicas: controller replica threads
 MAX_PARALLEL = 256       # spec.execution.parallel: children evaluated at once
 MAX_CHILDREN = 1024      # spec.controller.children: m, children sampled per policy update
+MAX_CANDIDATES = 1024    # spec.controller.candidates: draws ranked per proposal
 
 
 def _optional(msg: Any, name: str) -> Any:
@@ -80,6 +82,7 @@ def spec_settings(spec: sp.SearchSpec) -> dict[str, Any]:
         "entropy_weight": _optional(c, "entropy_weight"),
         "baseline_decay": _optional(c, "baseline_decay"),
         "ppo_clip": _optional(c, "ppo_clip"), "ppo_epochs": _optional(c, "ppo_epochs"),
+        "candidates": _optional(c, "candidates"),
         "reward_transform": c.reward_transform or None, "evaluator": e.evaluator or None,
         "dataset": e.dataset or None, "train_subset": e.train_subset or None,
         "val_subset": e.val_subset or None, "failure_reward": e.failure_reward,
@@ -130,7 +133,8 @@ def spec_to_config(spec: sp.SearchSpec) -> SearchConfig:
     for name, value, most in (
             ("spec.execution.replicas", spec.execution.replicas, MAX_REPLICAS),
             ("spec.execution.parallel", spec.execution.parallel, MAX_PARALLEL),
-            ("spec.controller.children", spec.controller.children, MAX_CHILDREN)):
+            ("spec.controller.children", spec.controller.children, MAX_CHILDREN),
+            ("spec.controller.candidates", spec.controller.candidates, MAX_CANDIDATES)):
         if value > most:
             raise InvalidArgumentError(f"{name}: at most {most}, got {value}")
     check_objectives(spec.objectives)
@@ -149,7 +153,7 @@ def spec_from_settings(settings: dict[str, Any]) -> sp.SearchSpec:
     for name, key in (("children", "children"), ("learning_rate", "controller_lr"),
                       ("entropy_weight", "entropy_weight"),
                       ("baseline_decay", "baseline_decay"), ("ppo_clip", "ppo_clip"),
-                      ("ppo_epochs", "ppo_epochs")):
+                      ("ppo_epochs", "ppo_epochs"), ("candidates", "candidates")):
         if key in s:
             setattr(controller, name, s[key])
     evaluation = sp.EvaluationSpec(evaluator=s.get("evaluator", ""),

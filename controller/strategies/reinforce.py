@@ -16,6 +16,7 @@ import torch
 from controller.policy.lstm import LSTMPolicy, Masks, PolicyConfig
 from controller.policy.novelty import NoveltyIndex
 from controller.policy.ppo import make_learner
+from controller.policy.ranking import OverlapGP
 from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStats
 from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
@@ -34,7 +35,9 @@ class ReinforceStrategy(Strategy):
                  policy: PolicyConfig | None = None, learner: ReinforceConfig | None = None,
                  job_id: str = "",
                  updater: Callable[[LSTMPolicy], ParameterUpdater] | None = None,
-                 novelty: NoveltyIndex | None = None, with_replacement: bool = False) -> None:
+                 novelty: NoveltyIndex | None = None, with_replacement: bool = False,
+                 candidates: int = 0, ranker: OverlapGP | None = None,
+                 warmup: int = 10) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         super().__init__(space, job_id)
@@ -45,6 +48,13 @@ class ReinforceStrategy(Strategy):
         # the sequences drawn (shared by a job's replicas); None: sampling with replacement
         self.novelty = None if with_replacement else (
             novelty or NoveltyIndex([d.num_choices for d in space.decisions]))
+        # ranking (candidates > 0): each proposal is the most promising of that many draws,
+        # by the surrogate's expected improvement, once it has ``warmup`` results
+        if candidates < 0 or warmup < 2:
+            raise ValueError("candidates must be >= 0 and warmup >= 2")
+        self.candidates = candidates if self.novelty is not None else 0
+        self.ranker = ranker or (OverlapGP(len(space.decisions)) if self.candidates else None)
+        self.warmup = warmup
         self._log_probs: dict[str, float] = {}  # trial id -> log P(actions) when sampled
         self._masks: dict[str, Masks] = {}  # trial id -> choices its distribution excluded
         self.generator = torch.Generator().manual_seed(seed + 1)
@@ -56,6 +66,9 @@ class ReinforceStrategy(Strategy):
         once the space is exhausted: rows of one draw that picked the same new sequence, or
         that hit an exhausted prefix, are drawn again a bounded number of times)."""
         trials: list[Trial] = []
+        if self.ranker is not None and len(self.ranker) >= self.warmup:
+            while len(trials) < n and (ranked := self._ranked()) is not None:
+                trials.append(ranked)
         for _ in range(DRAWS):
             if len(trials) == n or (self.novelty is not None and self.novelty.exhausted()):
                 break
@@ -73,8 +86,33 @@ class ReinforceStrategy(Strategy):
                 trials.append(trial)
         return trials
 
+    def _ranked(self) -> Trial | None:
+        """The draw with the highest expected improvement among ``candidates`` new ones (None
+        when the draws held nothing new)."""
+        assert self.novelty is not None and self.ranker is not None
+        out = self.policy.sample(self.candidates, generator=self.generator, novelty=self.novelty)
+        found: dict[tuple[int, ...], tuple[float, Masks]] = {}
+        for row, log_prob, masks, dead in zip(out.actions.tolist(),
+                                              out.log_probs.sum(dim=1).tolist(),
+                                              out.masks, out.dead, strict=True):
+            if not dead and tuple(row) not in found and not self.novelty.seen(row):
+                found[tuple(row)] = (log_prob, masks)
+        if not found:
+            return None
+        rows = list(found)
+        for i in self.ranker.expected_improvement(rows).argsort()[::-1]:
+            row = rows[int(i)]
+            if self.novelty.add(row):  # (another replica may have drawn it meanwhile)
+                trial = self._new_trial(self.space.decode(row), row,
+                                        policy_version=self.learner.version)
+                self._log_probs[trial.trial_id], self._masks[trial.trial_id] = found[row]
+                return trial
+        return None
+
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
+        if self.ranker is not None:
+            self.ranker.observe(trial.actions, result.reward)
         self._scored.append(ScoredTrial(trial, result, self._log_probs.pop(trial_id, None),
                                         self._masks.pop(trial_id, {})))
         if len(self._scored) >= self.batch_size:
@@ -82,11 +120,14 @@ class ReinforceStrategy(Strategy):
             self.last_update = self.learner.update(batch)
 
     def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:
-        """Never draw again what an earlier run of the job drew (its policy comes back from
-        the parameter servers, or starts afresh without them)."""
-        if self.novelty is not None:
-            for actions, _ in history:
+        """Never draw again what an earlier run of the job drew, and rank draws knowing its
+        results (its policy comes back from the parameter servers, or starts afresh without
+        them)."""
+        for actions, reward in history:
+            if self.novelty is not None:
                 self.novelty.add(actions)
+            if self.ranker is not None:
+                self.ranker.observe(actions, reward)
 
     def stats(self) -> dict[str, float]:
         if self.last_update is None:

@@ -58,6 +58,7 @@ class ControllerSpec(_message.Message):
     REWARD_TRANSFORM_FIELD_NUMBER: _builtins.int
     PPO_CLIP_FIELD_NUMBER: _builtins.int
     PPO_EPOCHS_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     preset: _builtins.str
     """sample-efficient | zoph-le | enas | ppo"""
     children: _builtins.int
@@ -71,6 +72,8 @@ class ControllerSpec(_message.Message):
     """preset ppo: clip range epsilon (0.2)"""
     ppo_epochs: _builtins.int
     """preset ppo: gradient steps per batch (4)"""
+    candidates: _builtins.int
+    """draws a surrogate ranks per proposal (0: none)"""
     def __init__(
         self,
         *,
@@ -82,13 +85,16 @@ class ControllerSpec(_message.Message):
         reward_transform: _builtins.str = ...,
         ppo_clip: _builtins.float | None = ...,
         ppo_epochs: _builtins.int | None = ...,
+        candidates: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_candidates", b"_candidates", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "candidates", b"candidates", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs", "preset", b"preset", "reward_transform", b"reward_transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay", "_candidates", b"_candidates", "_children", b"_children", "_entropy_weight", b"_entropy_weight", "_learning_rate", b"_learning_rate", "_ppo_clip", b"_ppo_clip", "_ppo_epochs", b"_ppo_epochs", "baseline_decay", b"baseline_decay", "candidates", b"candidates", "children", b"children", "entropy_weight", b"entropy_weight", "learning_rate", b"learning_rate", "ppo_clip", b"ppo_clip", "ppo_epochs", b"ppo_epochs", "preset", b"preset", "reward_transform", b"reward_transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__baseline_decay: _TypeAlias = _typing.Literal["baseline_decay"]  # noqa: Y015
     _WhichOneofArgType__baseline_decay: _TypeAlias = _typing.Literal["_baseline_decay", b"_baseline_decay"]  # noqa: Y015
+    _WhichOneofReturnType__candidates: _TypeAlias = _typing.Literal["candidates"]  # noqa: Y015
+    _WhichOneofArgType__candidates: _TypeAlias = _typing.Literal["_candidates", b"_candidates"]  # noqa: Y015
     _WhichOneofReturnType__children: _TypeAlias = _typing.Literal["children"]  # noqa: Y015
     _WhichOneofArgType__children: _TypeAlias = _typing.Literal["_children", b"_children"]  # noqa: Y015
     _WhichOneofReturnType__entropy_weight: _TypeAlias = _typing.Literal["entropy_weight"]  # noqa: Y015
@@ -101,6 +107,8 @@ class ControllerSpec(_message.Message):
     _WhichOneofArgType__ppo_epochs: _TypeAlias = _typing.Literal["_ppo_epochs", b"_ppo_epochs"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_decay) -> _WhichOneofReturnType__baseline_decay | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidates) -> _WhichOneofReturnType__candidates | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__children) -> _WhichOneofReturnType__children | None: ...
     @_typing.overload
