@@ -62,14 +62,17 @@ def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[ShardProcesses,
     c, prefix = cluster
     space = NB201Space()
     config = ReinforceConfig(learning_rate=0.01, entropy_weight=0.01)
-    strategy = ReinforceStrategy(space, seed=5, batch_size=4, learner=config)
+    # (sampling with replacement: every update takes exactly the batch the test keeps)
+    strategy = ReinforceStrategy(space, seed=5, batch_size=4, learner=config,
+                                 with_replacement=True)
     initial = nn.utils.parameters_to_vector(strategy.policy.parameters()).detach().numpy()
     layout = _layout(initial.size, 3, policy=UpdatePolicy.SYNC, sync_pushes=1,
                      learning_rate=0.01)
     client = ShardedParameterClient(_shards(c, prefix, 3), layout)
     client.register(initial)
     remote = ReinforceStrategy(space, seed=5, batch_size=4, learner=config,
-                               updater=lambda p: RemoteUpdater(list(p.parameters()), client, "r0"))
+                               updater=lambda p: RemoteUpdater(list(p.parameters()), client, "r0"),
+                               with_replacement=True)
     batches: list[list[ScoredTrial]] = []
     evaluator = NB201Evaluator(table=nb201_table)
     # Act: 20 updates through the shards, keeping every scored batch.

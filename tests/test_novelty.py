@@ -141,10 +141,12 @@ def test_a_search_that_runs_out_of_architectures_says_it_is_exhausted(
     # Act
     outcome = run_search(space, strategy, evaluator, budget=7000, report_test=False,
                          max_idle_proposals=100_000)
-    # Assert: every sequence drawn once; every class trained once
+    # Assert: every sequence drawn once, every architecture (isomorphism class) trained once;
+    # the twins were never proposed (nor cache hits)
     assert outcome.stopped_reason == "exhausted"
-    assert outcome.trainings == 6466 and outcome.distinct == 6466
-    assert outcome.trainings + outcome.cache_hits == 15_625 == math.prod([5] * 6)
+    assert outcome.trainings == outcome.distinct == 6466 and outcome.cache_hits == 0
+    assert strategy.novelty is not None and len(strategy.novelty) == 15_625 == math.prod([5] * 6)
+    assert strategy.novelty.architectures == 6466 and strategy.free > 0
 
 
 def test_the_surrogate_ranks_draws_near_good_architectures_first() -> None:

@@ -83,7 +83,7 @@ def test_the_old_log_prob_is_the_one_recorded_at_sampling_and_is_required() -> N
     # Arrange
     strategy = _toy_strategy(epochs=1)
     trial = strategy.suggest(1)[0]
-    recorded = strategy._log_probs[trial.trial_id]
+    recorded = strategy._drawn[trial.trial_id][1]
     result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, 0.5)
     # Act
     rescored = strategy.policy.log_prob(torch.tensor([trial.actions])).log_probs.sum().detach()
@@ -100,7 +100,7 @@ def test_the_first_ppo_step_is_the_reinforce_gradient_where_nothing_moved() -> N
     batch = []
     for i, trial in enumerate(strategy.suggest(6)):
         result = TrialResult(trial.trial_id, TrialStatus.SUCCEEDED, 0.1 * i)
-        batch.append(ScoredTrial(trial, result, strategy._log_probs[trial.trial_id]))
+        batch.append(ScoredTrial(trial, result, strategy._drawn[trial.trial_id][1]))
     reinforce = ReinforceLearner(strategy.policy, ReinforceConfig(learning_rate=0.02))
     ppo = PPOLearner(strategy.policy, PPOConfig(learning_rate=0.02, entropy_weight=0.0))
     # Act

@@ -44,6 +44,8 @@ class NoveltyIndex:
         self.first = min(k for k in range(steps + 1) if self.size[k] <= track)
         self._counts: dict[int, int] = {}
         self._distinct = 0
+        # architectures (canonical hashes) proposed -> their reward (None: not back yet)
+        self._classes: dict[str, float | None] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -82,6 +84,26 @@ class NoveltyIndex:
         """Whether this sequence was drawn before."""
         with self._lock:
             return bool(self._counts.get(hash(tuple(actions)), 0))
+
+    def claim(self, key: str) -> tuple[bool, float | None]:
+        """Claim the architecture of canonical hash ``key`` for a proposal: (True, None) when
+        nobody proposed it yet (the caller does now), else (False, its reward, or None while
+        its result is not back)."""
+        with self._lock:
+            if key not in self._classes:
+                self._classes[key] = None
+                return True, None
+            return False, self._classes[key]
+
+    def settle(self, key: str, reward: float) -> None:
+        """The reward of a claimed architecture."""
+        with self._lock:
+            self._classes[key] = reward
+
+    @property
+    def architectures(self) -> int:
+        """How many distinct architectures (canonical hashes) were claimed."""
+        return len(self._classes)
 
     def full(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
         """The choices after ``prefix`` whose every completion was drawn (only when prefixes

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import ndtr
 
 WIDTHS = (0.5, 1.0, 2.0, 4.0, 8.0)  # kernel widths w (per fraction of decisions differing)
 NOISES = (1e-3, 1e-2, 1e-1)  # noise variance, on the rank scale's unit variance
@@ -117,12 +118,4 @@ class OverlapGP:
             var = np.maximum(1.0 + self.noise - (v * v).sum(axis=0), 1e-12)
         sd = np.sqrt(var)
         z = (mean - best) / sd
-        return sd * (z * _normal_cdf(z) + _normal_pdf(z))
-
-
-def _normal_pdf(z: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+        return np.asarray(sd * (z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)))

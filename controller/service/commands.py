@@ -238,6 +238,10 @@ def serve_main(argv: list[str]) -> int:
               "--journal-keep >= 0", file=sys.stderr)
         return 2
     keep = args.journal_keep or None
+    if args.workers:  # children train on the workers: the controllers' small tensors here
+        import torch  # run faster on one thread
+
+        torch.set_num_threads(1)
     from controller.jobs.store import InMemoryJobStore, JobStore
     from controller.service.cluster import ClusterOptions, ServiceCluster
     from controller.service.runner import JobRunner

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from controller.config import SearchConfig
 from controller.jobs.records import charged
@@ -36,6 +37,8 @@ class EmbeddedSearch:
     def __init__(self, cfg: SearchConfig) -> None:
         self.cfg = cfg
         self.out = Path(str(cfg.out))
+        if cfg.evaluator != "train" or cfg.workers:  # no child trains in this process: the
+            torch.set_num_threads(1)  # controller's small tensors run faster on one thread
         # trial ids name the job: the same for every run, so a seed's result.json is the same;
         # the shards are this run's own (their checkpoints under a prefix of their own)
         self.job_id = "search"

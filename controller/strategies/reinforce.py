@@ -1,10 +1,18 @@
 """The LSTM controller trained with REINFORCE (Zoph & Le 2017) or PPO (NASNet), as a strategy.
 
-Trials are sampled m at a time under one policy version; once all m are reported, the gradient is
-computed on exactly their recorded actions and applied. Sampling is without replacement over the
-search (``controller.policy.novelty``): a sequence drawn once is never drawn again, so every
-proposal is an architecture the search has not tried (an isomorphic twin of one it has is still
-a free cache hit), and a search ends early only when the space is exhausted.
+The gradient of an update is computed on exactly the recorded actions of its trials and
+applied once ``batch_size`` (m) of them trained. Every proposal is an architecture the search
+has not proposed before:
+
+- sampling is without replacement over the search (``controller.policy.novelty``): a sequence
+  drawn once is never drawn again;
+- a draw whose architecture computes the same function as one already proposed (an isomorphic
+  twin: a different sequence, the same canonical hash) is not proposed; when that
+  architecture's reward is known, the draw still teaches the policy, for free, in the next
+  update (no trial, no cache lookup, no journal entry); draws go on, a bounded number of times,
+  until one is new. A search ends early only when nothing new can be found (exhausted);
+- with ``candidates`` > 0, each proposal is the most promising of that many new draws by a
+  surrogate's expected improvement (``controller.policy.ranking``).
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStat
 from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
-from protos.types import Trial, TrialResult
+from protos.types import Trial, TrialResult, TrialStatus
 
-DRAWS = 16  # draws of the policy one suggest may take to find new sequences
+DRAWS = 64  # draws of the policy one proposal may take to find a new architecture
+ROWS = 8  # sequences drawn at once while looking for new ones
+MAX_BATCH = 256  # scored trials (free twins included) an update takes at most
+Draw = tuple[tuple[int, ...], float, Masks]  # actions, their log-prob, the masks applied
 
 
 class ReinforceStrategy(Strategy):
-    """Samples from an LSTMPolicy and updates it every ``batch_size`` results."""
+    """Samples from an LSTMPolicy and updates it every ``batch_size`` trainings."""
 
     name = "reinforce"
 
@@ -40,92 +51,121 @@ class ReinforceStrategy(Strategy):
                  warmup: int = 10) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if candidates < 0 or warmup < 2:
+            raise ValueError("candidates must be >= 0 and warmup >= 2")
         super().__init__(space, job_id)
         self.batch_size = batch_size
         self.policy = LSTMPolicy(space.decisions, policy, seed=seed)
         self.learner = make_learner(self.policy, learner,
                                     updater(self.policy) if updater is not None else None)
-        # the sequences drawn (shared by a job's replicas); None: sampling with replacement
+        # the sequences and architectures drawn (shared by a job's replicas); None: sampling
+        # with replacement (ENAS's controller steps)
         self.novelty = None if with_replacement else (
             novelty or NoveltyIndex([d.num_choices for d in space.decisions]))
-        # ranking (candidates > 0): each proposal is the most promising of that many draws,
-        # by the surrogate's expected improvement, once it has ``warmup`` results
-        if candidates < 0 or warmup < 2:
-            raise ValueError("candidates must be >= 0 and warmup >= 2")
+        # ranking: each proposal is the most promising of ``candidates`` new draws by the
+        # surrogate's expected improvement, once it has ``warmup`` results
         self.candidates = candidates if self.novelty is not None else 0
         self.ranker = ranker or (OverlapGP(len(space.decisions)) if self.candidates else None)
         self.warmup = warmup
-        self._log_probs: dict[str, float] = {}  # trial id -> log P(actions) when sampled
-        self._masks: dict[str, Masks] = {}  # trial id -> choices its distribution excluded
+        self._drawn: dict[str, Draw] = {}  # trial id -> how it was drawn
         self.generator = torch.Generator().manual_seed(seed + 1)
         self._scored: list[ScoredTrial] = []
+        self.free = 0  # twins the policy learned from without proposing them
         self.last_update: UpdateStats | None = None
 
     def suggest(self, n: int = 1) -> list[Trial]:
-        """Up to ``n`` trials; without replacement, none that was drawn before (fewer, or none
-        once the space is exhausted: rows of one draw that picked the same new sequence, or
-        that hit an exhausted prefix, are drawn again a bounded number of times)."""
+        """Up to ``n`` trials of architectures not proposed before (fewer, or none, when
+        ``DRAWS`` draws found nothing new: the search is exhausted)."""
         trials: list[Trial] = []
-        if self.ranker is not None and len(self.ranker) >= self.warmup:
-            while len(trials) < n and (ranked := self._ranked()) is not None:
-                trials.append(ranked)
         for _ in range(DRAWS):
             if len(trials) == n or (self.novelty is not None and self.novelty.exhausted()):
                 break
-            out = self.policy.sample(n - len(trials), generator=self.generator,
-                                     novelty=self.novelty)
-            rows = zip(out.actions.tolist(), out.log_probs.sum(dim=1).tolist(),
-                       out.masks or [{}] * len(out.dead), out.dead, strict=True)
-            for row, log_prob, masks, dead in rows:
-                if self.novelty is not None and (dead or not self.novelty.add(row)):
-                    continue
-                trial = self._new_trial(self.space.decode(row), row,
-                                        policy_version=self.learner.version)
-                self._log_probs[trial.trial_id] = log_prob
-                self._masks[trial.trial_id] = masks
-                trials.append(trial)
+            if self.ranker is not None and len(self.ranker) >= self.warmup:
+                trial = self._ranked()
+                trials += [trial] if trial is not None else []
+                continue
+            for draw in self._draw(max(n - len(trials), ROWS if self.novelty else 1)):
+                if len(trials) == n:
+                    break  # unused rows are not recorded: as if never drawn
+                trial = self._claim(draw)
+                trials += [trial] if trial is not None else []
+        self._maybe_update()  # free twins may have filled a batch
         return trials
 
-    def _ranked(self) -> Trial | None:
-        """The draw with the highest expected improvement among ``candidates`` new ones (None
-        when the draws held nothing new)."""
-        assert self.novelty is not None and self.ranker is not None
-        out = self.policy.sample(self.candidates, generator=self.generator, novelty=self.novelty)
-        found: dict[tuple[int, ...], tuple[float, Masks]] = {}
-        for row, log_prob, masks, dead in zip(out.actions.tolist(),
-                                              out.log_probs.sum(dim=1).tolist(),
-                                              out.masks, out.dead, strict=True):
-            if not dead and tuple(row) not in found and not self.novelty.seen(row):
-                found[tuple(row)] = (log_prob, masks)
-        if not found:
+    def _draw(self, rows: int) -> list[tuple[tuple[int, ...], float, Masks, bool]]:
+        out = self.policy.sample(rows, generator=self.generator, novelty=self.novelty)
+        return list(zip(map(tuple, out.actions.tolist()), out.log_probs.sum(dim=1).tolist(),
+                        out.masks or [{}] * rows, out.dead, strict=True))
+
+    def _claim(self, draw: tuple[tuple[int, ...], float, Masks, bool]) -> Trial | None:
+        """A draw as a trial when its architecture is new; a twin of one whose reward is
+        known becomes a free lesson for the policy; anything else is dropped."""
+        row, log_prob, masks, dead = draw
+        if self.novelty is None:
+            return self._issue((row, log_prob, masks))
+        if dead or not self.novelty.add(row):
             return None
+        arch = self.space.decode(row)
+        new, reward = self.novelty.claim(self.space.canonical_hash(arch))
+        if new:
+            return self._issue((row, log_prob, masks))
+        if reward is not None:
+            self.free += 1
+            twin = Trial(f"{self.job_id}-free{self.free}", arch, row, "",
+                         self.learner.version, self.job_id)
+            self._scored.append(ScoredTrial(
+                twin, TrialResult(twin.trial_id, TrialStatus.SUCCEEDED, reward, cached=True),
+                log_prob, masks))
+        return None
+
+    def _issue(self, draw: Draw) -> Trial:
+        trial = self._new_trial(self.space.decode(draw[0]), draw[0],
+                                policy_version=self.learner.version)
+        self._drawn[trial.trial_id] = draw
+        return trial
+
+    def _ranked(self) -> Trial | None:
+        """The new draw with the highest expected improvement among ``candidates`` draws."""
+        assert self.novelty is not None and self.ranker is not None
+        found: dict[tuple[int, ...], Draw] = {}
+        for row, log_prob, masks, dead in self._draw(self.candidates):
+            if not dead and row not in found and not self.novelty.seen(row):
+                found[row] = (row, log_prob, masks)
         rows = list(found)
-        for i in self.ranker.expected_improvement(rows).argsort()[::-1]:
-            row = rows[int(i)]
-            if self.novelty.add(row):  # (another replica may have drawn it meanwhile)
-                trial = self._new_trial(self.space.decode(row), row,
-                                        policy_version=self.learner.version)
-                self._log_probs[trial.trial_id], self._masks[trial.trial_id] = found[row]
+        for i in (self.ranker.expected_improvement(rows).argsort()[::-1] if rows else []):
+            trial = self._claim((*found[rows[int(i)]], False))
+            if trial is not None:
                 return trial
         return None
 
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
+        _, log_prob, masks = self._drawn.pop(trial_id, (trial.actions, None, {}))
+        if self.novelty is not None:
+            self.novelty.settle(trial.arch_hash, result.reward)
         if self.ranker is not None:
             self.ranker.observe(trial.actions, result.reward)
-        self._scored.append(ScoredTrial(trial, result, self._log_probs.pop(trial_id, None),
-                                        self._masks.pop(trial_id, {})))
-        if len(self._scored) >= self.batch_size:
-            batch, self._scored = self._scored[: self.batch_size], self._scored[self.batch_size:]
+        self._scored.append(ScoredTrial(trial, result, log_prob, masks))
+        self._maybe_update()
+
+    def _maybe_update(self) -> None:
+        """An update once ``batch_size`` of the scored trials trained (free twins ride along;
+        at most ``MAX_BATCH`` wait)."""
+        trained = sum(1 for s in self._scored if not s.result.cached)
+        if self._scored and (trained >= self.batch_size or len(self._scored) >= MAX_BATCH):
+            batch, self._scored = self._scored, []
             self.last_update = self.learner.update(batch)
 
     def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:
-        """Never draw again what an earlier run of the job drew, and rank draws knowing its
-        results (its policy comes back from the parameter servers, or starts afresh without
-        them)."""
+        """Never propose again what an earlier run of the job proposed, and rank draws knowing
+        its results (its policy comes back from the parameter servers, or starts afresh
+        without them)."""
         for actions, reward in history:
             if self.novelty is not None:
                 self.novelty.add(actions)
+                key = self.space.canonical_hash(self.space.decode(actions))
+                self.novelty.claim(key)
+                self.novelty.settle(key, reward)
             if self.ranker is not None:
                 self.ranker.observe(actions, reward)
 
@@ -133,5 +173,5 @@ class ReinforceStrategy(Strategy):
         if self.last_update is None:
             return {}
         return {"baseline": self.last_update.baseline, "entropy": self.last_update.entropy,
-                "mean_reward": self.last_update.reward,
+                "mean_reward": self.last_update.reward, "free_twins": float(self.free),
                 "policy_version": float(self.learner.version)}
