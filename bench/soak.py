@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -331,6 +333,10 @@ def report(args: argparse.Namespace, train: list[Point], jobs: list[Point], redi
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -353,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args.job_checkpoints = sorted({min(c, args.jobs) for c in (
         (30, 100, 300) if args.quick else (100, 1000, 10_000))})
     command = "python -m bench.soak" + (" --quick" if args.quick else "")
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the service and Redis it started
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nas-soak-") as tmp_name:
         tmp = Path(tmp_name)
