@@ -41,12 +41,14 @@ from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
 
 OURS = "sample-efficient"
+OURS_ROW = "ours (LSTM REINFORCE)"
 
 
 def _ours(space: NB201Space, seed: int) -> Strategy:
+    """``nas search``'s default controller (no controller flags)."""
     preset = CONTROLLER_PRESETS[OURS]
     return ReinforceStrategy(space, seed, batch_size=preset.children, policy=preset.policy,
-                             learner=preset.learner)
+                             learner=preset.learner, candidates=preset.candidates)
 
 
 METHODS: dict[str, Callable[[NB201Space, int], Strategy]] = {
@@ -71,6 +73,7 @@ class RunResult:
     to_optimum: int | None
     cache_hits: int
     seconds: float
+    trainings: int = 0  # spent by the run (its budget, unless it stopped exhausted)
 
 
 _TABLES: dict[str, dict[str, tuple[float, float]]] = {}
@@ -106,7 +109,7 @@ def read_budgets(method: str, dataset: str, seed: int, outcome: SearchOutcome,
         test_at[budget] = table[best.trained_arch][1]
     optimum = max(r for r, _ in table.values())
     return RunResult(method, dataset, seed, test_at, outcome.trainings_to_reach(optimum),
-                     outcome.cache_hits, outcome.wall_seconds)
+                     outcome.cache_hits, outcome.wall_seconds, outcome.trainings)
 
 
 STACK = "ours, full stack S=4 K=4 m=8"
@@ -200,16 +203,25 @@ def render(results: list[RunResult], methods: list[str], datasets: list[str],
              "method. Cells: mean +- std over seeds of the 200-epoch test accuracy (%) of the "
              "architecture with the best 12-epoch validation accuracy found within the budget. "
              "'To optimum': median trainings until the cell with the table's best reward was "
-             "trained (and the share of runs that found it within the largest budget).", ""]
+             "trained (and the share of runs that found it within the largest budget).", "",
+             f"Ours is `nas search` with no controller flags (preset `{OURS}`: each proposal "
+             f"the best of {CONTROLLER_PRESETS[OURS].candidates} new draws of the LSTM policy "
+             "by a GP surrogate's expected improvement). **Tuning discipline**: its settings "
+             "were chosen on CIFAR-10 with seeds 0-29 only; CIFAR-100 and ImageNet16-120 are "
+             "reported, never tuned on. tpe and gp are `--strategy tpe` / `gp` (Optuna's "
+             "multivariate TPE and Gaussian-process samplers); gp refits its GP on every "
+             "proposal, so it runs fewer seeds (the runs column).", ""]
     for dataset in datasets:
         rows = [r for r in results if r.dataset == dataset]
         seeds = len({r.seed for r in rows})
         lines += [f"### {dataset} ({seeds} seeds)", "",
-                  "| method | " + " | ".join(f"budget {b}" for b in budgets) +
+                  "| method | runs | " + " | ".join(f"budget {b}" for b in budgets) +
                   " | to optimum (found) | cache hits / run | s / run |",
-                  "|---" * (len(budgets) + 4) + "|"]
+                  "|---" * (len(budgets) + 5) + "|"]
         for method in methods:
             runs = [r for r in rows if r.method == method]
+            if not runs:
+                continue
             cells = []
             for b in budgets:
                 accs = [100 * r.test_at[b] for r in runs]
@@ -220,7 +232,7 @@ def render(results: list[RunResult], methods: list[str], datasets: list[str],
             med = f">{max(budgets)}" if median >= 10**9 else str(median)
             hits = statistics.mean(r.cache_hits for r in runs)
             secs = statistics.mean(r.seconds for r in runs)
-            lines.append(f"| {method} | " + " | ".join(cells) +
+            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) +
                          f" | {med} ({share:.0%}) | {hits:.0f} | {secs:.2f} |")
         lines += ["", verdict(rows, budgets), ""]
         png = plot_nb201(results, methods, dataset, budgets, plot_dir)
@@ -257,24 +269,36 @@ def render_stack(stack: list[RunResult], results: list[RunResult], dataset: str,
 
 
 def verdict(rows: list[RunResult], budgets: tuple[int, ...]) -> str:
-    """Does ours match or beat regularized evolution at every budget (the issue's target)?
-    Each gap comes with its standard error (independent runs: sqrt(sd1^2/n1 + sd2^2/n2)), so
-    a reader sees whether a miss is more than noise."""
+    """Does ours match or beat regularized evolution and Optuna's TPE at every budget (the
+    targets)? Each gap comes with its standard error (independent runs: sqrt(sd1^2/n1 +
+    sd2^2/n2)), so a reader sees whether a miss is more than noise; runs that stopped before
+    the budget are counted too."""
     def runs(method: str, b: int) -> list[float]:
         return [100 * r.test_at[b] for r in rows if r.method == method]
 
-    ours, rea = "ours (LSTM REINFORCE)", "evolution (REA)"
-    parts, gaps = [], []
-    for b in budgets:
-        a, e = runs(ours, b), runs(rea, b)
-        gap = statistics.mean(a) - statistics.mean(e)
-        se = (statistics.variance(a) / len(a) + statistics.variance(e) / len(e)) ** 0.5 \
-            if len(a) > 1 and len(e) > 1 else float("nan")
-        gaps.append(gap)
-        parts.append(f"{b}: {gap:+.2f} +- {se:.2f}")
-    status = "met" if all(g >= 0 for g in gaps) else "not met"
-    return (f"Target ours >= REA at every budget: **{status}** (ours - REA, points +- the "
-            f"standard error of the difference: " + ", ".join(parts) + ").")
+    lines = []
+    for peer in ("evolution (REA)", "tpe (Optuna TPE)"):
+        if not runs(peer, budgets[0]) or not runs(OURS_ROW, budgets[0]):
+            continue
+        parts, gaps = [], []
+        for b in budgets:
+            a, e = runs(OURS_ROW, b), runs(peer, b)
+            gap = statistics.mean(a) - statistics.mean(e)
+            se = (statistics.variance(a) / len(a) + statistics.variance(e) / len(e)) ** 0.5 \
+                if len(a) > 1 and len(e) > 1 else float("nan")
+            gaps.append(gap)
+            parts.append(f"{b}: {gap:+.2f} +- {se:.2f}")
+        status = "met" if all(g >= 0 for g in gaps) else "NOT met"
+        lines.append(f"Target ours >= {peer} at every budget: **{status}** (ours - "
+                     f"{peer.split(' (')[0]}, points +- the standard error of the "
+                     f"difference: " + ", ".join(parts) + ").")
+    ours = [r for r in rows if r.method == OURS_ROW]
+    short = [str(r.trainings) for r in ours if r.trainings < max(budgets)]
+    lines.append(f"Ours spent the whole budget (trainings == {max(budgets)}) in "
+                 f"{len(ours) - len(short)} of {len(ours)} runs"
+                 + (f"; the others stopped exhausted after {', '.join(short)} trainings."
+                    if short else "."))
+    return "\n\n".join(lines)
 
 
 if __name__ == "__main__":

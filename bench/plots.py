@@ -25,6 +25,8 @@ def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for method in methods:
         runs = [r for r in results if r.method == method and r.dataset == dataset]
+        if not runs:
+            continue
         means, errs = [], []
         for b in budgets:
             accs = [100 * r.test_at[b] for r in runs]

@@ -18,9 +18,11 @@ def test_nb201_benchmark_runs_every_method(tmp_path: Path, nb201_csv: Path,
     # Assert
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert code == 0
-    for method in nb201.METHODS:
-        assert f"| {method} |" in out
-    assert "Target ours >= REA at every budget" in out
+    for method in nb201.METHODS:  # gp: 10 seeds by default, here the 2 there are
+        assert f"| {method} | 2 |" in out
+    assert "Target ours >= evolution (REA) at every budget" in out
+    assert "Target ours >= tpe (Optuna TPE) at every budget" in out
+    assert "spent the whole budget (trainings == 20) in 2 of 2 runs" in out
     # ours through 4 shard processes and 4 replicas, beside the same m=8 in one process
     assert f"| {nb201.STACK} |" in out and f"| {nb201.IN_PROCESS_M8} |" in out
     assert (tmp_path / "nb201-cifar10.png").stat().st_size > 1000
