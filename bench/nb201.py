@@ -13,7 +13,9 @@ best-reward (12-epoch validation) architecture.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +141,16 @@ def run_stack(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult
     return read_budgets(method, dataset, seed, outcome, _TABLES[dataset], budgets)
 
 
+def default_run_seconds(csv: str) -> float:
+    """The search time (result.json's ``wall_seconds``) of a 200-training NB201 run of
+    ``nas search`` with the default controller, in a fresh process, on this machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "controller", "search", "--space", "nb201",
+                        "--budget", "200", "--seed", "0", "--nb201-csv", csv, "--out", tmp,
+                        "--quiet"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        return float(json.loads((Path(tmp) / "result.json").read_text())["wall_seconds"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its BENCHMARKS.md section and plot."""
     p = argparse.ArgumentParser(prog="python -m bench.nb201", description=__doc__,
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, d, s, budgets, args.nb201_csv, args.max_idle_proposals)
             for d in datasets for s in range(args.seeds) for m in methods
             if m != GP or s < args.gp_seeds]
+    default_seconds = default_run_seconds(args.nb201_csv)  # first: on the quiet machine
     start = time.time()
     with Pool(args.workers) as pool:
         results = list(tqdm(pool.imap_unordered(run_one, jobs), total=len(jobs), unit="run"))
@@ -185,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"--budgets {args.budgets}", f"--datasets {args.datasets}"]
                        + ([f"--stack-seeds {args.stack_seeds}"] if args.stack_seeds else []))
     body = render(results, methods, datasets, budgets, command, wall, args.plot_dir)
+    body += (f"\nA 200-training run of `nas search --space nb201` with the default controller "
+             f"(a fresh process, search time from result.json): {default_seconds:.1f} s; "
+             f"target <= 5 s: **{'met' if default_seconds <= 5 else 'NOT met'}**.\n")
     if stack:
         body += "\n" + render_stack(stack, results, datasets[0], budgets)
     print(body)

@@ -23,6 +23,7 @@ def test_nb201_benchmark_runs_every_method(tmp_path: Path, nb201_csv: Path,
     assert "Target ours >= evolution (REA) at every budget" in out
     assert "Target ours >= tpe (Optuna TPE) at every budget" in out
     assert "spent the whole budget (trainings == 20) in 2 of 2 runs" in out
+    assert "A 200-training run of `nas search --space nb201`" in out
     # ours through 4 shard processes and 4 replicas, beside the same m=8 in one process
     assert f"| {nb201.STACK} |" in out and f"| {nb201.IN_PROCESS_M8} |" in out
     assert (tmp_path / "nb201-cifar10.png").stat().st_size > 1000

@@ -442,3 +442,30 @@ def test_strategies_take_up_a_history() -> None:
     assert reinforce.ranker is not None and len(reinforce.ranker) == 15
     drawn = {tuple(t.actions) for t in reinforce.suggest(20)}
     assert not drawn & {a for a, _ in history}  # never again what the earlier run drew
+
+
+def test_ended_jobs_leave_nothing_in_the_service_s_memory(tmp_path: Path) -> None:
+    # Arrange: a Redis-backed runner, three jobs of which one is cancelled
+    db = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    store = RedisJobStore(db, prefix)
+    runner = JobRunner(store, tmp_path)
+    try:
+        for n in range(3):
+            store.create(f"j{n}", "test", "default", {"space": "nb201", "evaluator": "nb201",
+                                                     "budget": 200 if n == 2 else 5,
+                                                     "seed": n, "simulate_seconds": 0.01})
+            runner.start(f"j{n}")
+        runner.cancel("j2")
+        # Act
+        assert all(runner.wait(f"j{n}", WAIT_S) for n in range(3))
+        # Assert: no thread, cancel flag, result or per-job lock of theirs is left
+        assert [store.get(f"j{n}").state for n in range(3)] == ["SUCCEEDED", "SUCCEEDED",
+                                                                 "CANCELLED"]
+        assert runner._cancel == {} and runner._done == {} and runner.results == {}
+        assert store._writers == {}
+    finally:
+        runner.close()
+        for key in db.scan_iter(f"{prefix}:*"):
+            db.delete(key)
+        db.close()
