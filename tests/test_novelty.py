@@ -181,3 +181,16 @@ def test_ranked_proposals_are_new_and_spend_the_budget(nb201_table: Table) -> No
                          budget=60, report_test=False)
     assert outcome.trainings == 60 and strategy.ranker is not None and len(strategy.ranker) >= 60
     assert len({h.arch for h in outcome.history}) == len(outcome.history)
+
+
+def test_replicas_share_one_record_of_draws_and_one_surrogate_from_the_start() -> None:
+    # found by the soak: an empty index is falsy (len 0), and `novelty or NoveltyIndex()` gave
+    # each replica its own, so replicas proposed each other's architectures again
+    from controller.policy.ranking import OverlapGP
+
+    space = NB201Space()
+    shared, ranker = NoveltyIndex([5] * 6), OverlapGP(6)
+    a, b = (ReinforceStrategy(space, seed=s, novelty=shared, ranker=ranker, candidates=4)
+            for s in (1, 2))
+    assert a.novelty is shared and b.novelty is shared
+    assert a.ranker is ranker and b.ranker is ranker

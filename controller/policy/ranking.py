@@ -13,9 +13,10 @@ need far fewer trainings to find good cells than either alone.
 
 Rewards are modelled as their rank among the rewards seen (robust to failed children at 0 and
 to the scale of any dataset). The GP sees at most ``window`` results (the best half and the
-most recent half), so a proposal costs the same at the 20,000th training as at the 100th: a
-Cholesky factorisation of at most 256 x 256, refitted each time a result arrives, its kernel
-width and noise chosen by marginal likelihood from a small grid every ``refit`` results.
+most recent half), so a proposal costs the same at the 20,000th training as at the 100th: the
+matrix of decisions two results share is kept up to date as results arrive (one row each), and
+a Cholesky factorisation of at most 256 x 256 is redone once per result; the kernel width and
+noise are chosen by marginal likelihood from a small grid every ``refit`` results.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class OverlapGP:
         self.window = window
         self.refit = refit
         self.width, self.noise = 2.0, 1e-2
-        self._xs: list[tuple[int, ...]] = []
+        self._xs = np.zeros((0, steps), dtype=np.int64)
         self._ys: list[float] = []
+        self._same = np.zeros((0, 0), dtype=np.int64)  # decisions each pair of results shares
         self._fitted: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
         self._since_refit = refit  # the first fit chooses the width and noise
         self._lock = threading.Lock()
@@ -52,8 +54,15 @@ class OverlapGP:
 
     def observe(self, actions: Sequence[int], reward: float) -> None:
         """One more result."""
+        x = np.asarray(actions, dtype=np.int64)
+        if x.shape != (self.steps,):
+            raise ValueError(f"actions: expected {self.steps} decisions, got {x.shape}")
         with self._lock:
-            self._xs.append(tuple(actions))
+            row = (self._xs == x).sum(axis=1)
+            n = len(self._ys)
+            same = np.empty((n + 1, n + 1), dtype=np.int64)
+            same[:n, :n], same[n, :n], same[:n, n], same[n, n] = self._same, row, row, self.steps
+            self._same, self._xs = same, np.vstack([self._xs, x])
             self._ys.append(float(reward))
             if len(self._ys) > self.window:
                 self._trim()
@@ -64,36 +73,35 @@ class OverlapGP:
         """Keep the window: the most recent half and the best of the rest."""
         n, half = len(self._ys), self.window // 2
         older = sorted(range(n - half), key=lambda i: -self._ys[i])[: self.window - half]
-        keep = sorted(older) + list(range(n - half, n))
-        self._xs = [self._xs[i] for i in keep]
+        keep = np.asarray(sorted(older) + list(range(n - half, n)))
+        self._xs, self._same = self._xs[keep], self._same[np.ix_(keep, keep)]
         self._ys = [self._ys[i] for i in keep]
 
-    def _data(self) -> tuple[np.ndarray, np.ndarray]:
-        """The window's sequences and their rewards as centred ranks (unit variance)."""
-        xs = np.asarray(self._xs, dtype=np.int64)
+    def _targets(self) -> np.ndarray:
+        """The window's rewards as centred ranks (unit variance)."""
         ys = np.asarray(self._ys)
         ranks = (np.argsort(np.argsort(ys, kind="stable"), kind="stable") + 0.5) / len(ys)
-        return xs, (ranks - 0.5) * math.sqrt(12.0)
+        return (ranks - 0.5) * math.sqrt(12.0)
 
-    def _kernel(self, a: np.ndarray, b: np.ndarray, width: float) -> np.ndarray:
-        same = (a[:, None, :] == b[None, :, :]).sum(axis=2)
+    def _kernel(self, same: np.ndarray, width: float) -> np.ndarray:
+        """The overlap kernel of a matrix of shared-decision counts."""
         return np.exp(-width * (self.steps - same) / self.steps)
 
     def _fit(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        xs, ys = self._data()
+        xs, ys = self._xs, self._targets()
         if self._since_refit >= self.refit:
-            self.width, self.noise = self._select(xs, ys)
+            self.width, self.noise = self._select(ys)
             self._since_refit = 0
-        gram = self._kernel(xs, xs, self.width) + self.noise * np.eye(len(ys))
+        gram = self._kernel(self._same, self.width) + self.noise * np.eye(len(ys))
         chol = np.linalg.cholesky(gram)
         alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, ys))
         return xs, chol, alpha, float(ys.max())
 
-    def _select(self, xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
+    def _select(self, ys: np.ndarray) -> tuple[float, float]:
         """The width and noise of the grid with the highest marginal likelihood."""
         best, choice = -math.inf, (self.width, self.noise)
         for width in WIDTHS:
-            base = self._kernel(xs, xs, width)
+            base = self._kernel(self._same, width)
             for noise in NOISES:
                 try:
                     chol = np.linalg.cholesky(base + noise * np.eye(len(ys)))
@@ -112,7 +120,7 @@ class OverlapGP:
                 self._fitted = self._fit()
             xs, chol, alpha, best = self._fitted
             cands = np.asarray(candidates, dtype=np.int64)
-            cross = self._kernel(cands, xs, self.width)
+            cross = self._kernel((cands[:, None, :] == xs[None, :, :]).sum(axis=2), self.width)
             mean = cross @ alpha
             v = np.linalg.solve(chol, cross.T)
             var = np.maximum(1.0 + self.noise - (v * v).sum(axis=0), 1e-12)

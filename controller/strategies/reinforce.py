@@ -60,12 +60,15 @@ class ReinforceStrategy(Strategy):
                                     updater(self.policy) if updater is not None else None)
         # the sequences and architectures drawn (shared by a job's replicas); None: sampling
         # with replacement (ENAS's controller steps)
-        self.novelty = None if with_replacement else (
-            novelty or NoveltyIndex([d.num_choices for d in space.decisions]))
+        if novelty is None and not with_replacement:
+            novelty = NoveltyIndex([d.num_choices for d in space.decisions])
+        self.novelty = None if with_replacement else novelty
         # ranking: each proposal is the most promising of ``candidates`` new draws by the
         # surrogate's expected improvement, once it has ``warmup`` results
         self.candidates = candidates if self.novelty is not None else 0
-        self.ranker = ranker or (OverlapGP(len(space.decisions)) if self.candidates else None)
+        if ranker is None and self.candidates:
+            ranker = OverlapGP(len(space.decisions))
+        self.ranker = ranker if self.candidates else None
         self.warmup = warmup
         self._drawn: dict[str, Draw] = {}  # trial id -> how it was drawn
         self.generator = torch.Generator().manual_seed(seed + 1)
