@@ -1,6 +1,6 @@
 """Runs submitted jobs: each in a thread of this process, recording every trial in the job store.
 
-A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or the policy converged), FAILED
+A job moves PENDING -> RUNNING -> SUCCEEDED (budget spent, or nothing new left to propose), FAILED
 (its evaluator could not run; the reason says why) or CANCELLED (``cancel``: the search stops
 before its next training). At most ``max_running`` jobs run at once; the rest wait PENDING, and
 a freed slot goes to the waiting job of the tenant with the fewest running jobs (``FairSlots``).
@@ -8,9 +8,10 @@ a freed slot goes to the waiting job of the tenant with the fewest running jobs 
 The evaluation cache is shared by every job and backed by the store's (every training is
 recorded there as it is journalled), so a restarted service (``resume``) never trains again what
 any job trained before: a resumed job's finished trainings count against its budget and their
-architectures are free hits. The in-process policy itself starts afresh on resume; the trials
-the old service had handed out and not finished are dropped (a ``resumed`` note) and their
-architectures proposed again.
+architectures are free hits; its strategy takes up what it evaluated (``Strategy.resume``: the
+controller's record of draws and its surrogate; evolution's population; Optuna's study), and a
+REINFORCE policy is what the shards hold (afresh without shards). The trials the old service
+had handed out and not finished are dropped (a ``resumed`` note) and trained again first.
 
 An ended job leaves nothing behind in this process (its thread, cancel flag and result, the
 trial board's records of its trials, the store's per-job state), unless ``keep_results`` (the
