@@ -1,6 +1,6 @@
 """Multi-objective search on the wire: a spec's objectives (``nas.v1.Objective``) to and from
-job settings, validated with INVALID_ARGUMENT naming ``spec.objectives[i].<field>``, and
-GetBest's Pareto front."""
+job settings, validated with INVALID_ARGUMENT naming ``spec.objectives[i].<field>`` (GetBest's
+Pareto front is kept by the job store: ``JobStore.pareto``)."""
 
 from __future__ import annotations
 
