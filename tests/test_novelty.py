@@ -17,7 +17,7 @@ from controller.policy.reinforce import ScoredTrial
 from controller.search import run_search
 from controller.spaces.base import Decision
 from controller.spaces.nb201 import NB201Space
-from controller.strategies.reinforce import ReinforceStrategy
+from controller.strategies.reinforce import DRAWS, ReinforceStrategy
 from protos.types import Trial, TrialResult, TrialStatus
 
 Table = dict[str, tuple[float, float]]
@@ -194,3 +194,26 @@ def test_replicas_share_one_record_of_draws_and_one_surrogate_from_the_start() -
             for s in (1, 2))
     assert a.novelty is shared and b.novelty is shared
     assert a.ranker is ranker and b.ranker is ranker
+
+
+def test_a_policy_that_draws_nothing_new_explores_and_spends_its_budget(
+        nb201_table: Table) -> None:
+    # Arrange: a policy collapsed onto cells whose first edge is op 3, all of whose
+    # architectures were proposed already (by another run: claimed, their sequences not
+    # drawn here, so only twins come out of the policy)
+    space = NB201Space()
+    strategy = ReinforceStrategy(space, seed=0, learner=ReinforceConfig(learning_rate=1e-6))
+    with torch.no_grad():
+        strategy.policy.heads["op"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 60.0, 0.0]))
+    assert strategy.novelty is not None
+    for row in itertools.product(range(5), repeat=6):
+        if row[0] == 3:
+            key = space.canonical_hash(space.decode(row))
+            strategy.novelty.claim(key)
+            strategy.novelty.settle(key, 0.5)
+    # Act
+    outcome = run_search(space, strategy, NB201Evaluator("cifar10", table=nb201_table),
+                         budget=100, report_test=False)
+    # Assert: the whole budget on new architectures, most found by exploring
+    assert outcome.stopped_reason == "budget" and outcome.trainings == 100
+    assert strategy.explored > 50 and strategy.draws < DRAWS

@@ -25,6 +25,7 @@ a tracked decision is masked; the sampler then draws again.
 from __future__ import annotations
 
 import math
+import random
 import threading
 from collections.abc import Sequence
 
@@ -104,6 +105,18 @@ class NoveltyIndex:
     def architectures(self) -> int:
         """How many distinct architectures (canonical hashes) were claimed."""
         return len(self._classes)
+
+    def uniform(self, rng: random.Random) -> tuple[int, ...] | None:
+        """A sequence drawn uniformly among the choices left at each decision (no policy);
+        None on a dead end (every choice of a tracked decision masked)."""
+        row: tuple[int, ...] = ()
+        for n in self.choices:
+            blocked = self.full(row)
+            left = [c for c in range(n) if c not in blocked]
+            if not left:
+                return None
+            row = (*row, rng.choice(left))
+        return row
 
     def full(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
         """The choices after ``prefix`` whose every completion was drawn (only when prefixes

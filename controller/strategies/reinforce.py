@@ -12,11 +12,18 @@ has not proposed before:
   update (no trial, no cache lookup, no journal entry); draws go on, a bounded number of times,
   until one is new. A search ends early only when nothing new can be found (exhausted);
 - with ``candidates`` > 0, each proposal is the most promising of that many new draws by a
-  surrogate's expected improvement (``controller.policy.ranking``).
+  surrogate's expected improvement (``controller.policy.ranking``);
+- a policy that has collapsed onto a region whose architectures were all proposed draws
+  nothing new: after its draws for a proposal come back empty, the proposal is drawn uniformly
+  among the choices left (exploration; the policy learns from it as from any trial), and the
+  policy's draws per proposal halve each time that happens and double each time they find
+  something (between 1 and ``DRAWS``), so a collapsed controller costs little per proposal. A
+  search ends early only when the space itself is exhausted.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -32,6 +39,7 @@ from controller.strategies.base import Strategy
 from protos.types import Trial, TrialResult, TrialStatus
 
 DRAWS = 64  # draws of the policy one proposal may take to find a new architecture
+EXPLORE = 100_000  # uniform draws one proposal may take after the policy's came back empty
 ROWS = 8  # sequences drawn at once while looking for new ones
 MAX_BATCH = 256  # scored trials (free twins included) an update takes at most
 Draw = tuple[tuple[int, ...], float, Masks]  # actions, their log-prob, the masks applied
@@ -72,6 +80,9 @@ class ReinforceStrategy(Strategy):
         self.warmup = warmup
         self._drawn: dict[str, Draw] = {}  # trial id -> how it was drawn
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.rng = random.Random(seed + 2)  # the uniform draws of exploration
+        self.draws = DRAWS  # the policy's draws per proposal now (adapts: see the module)
+        self.explored = 0  # proposals drawn uniformly
         self._scored: list[ScoredTrial] = []
         self.free = 0  # twins the policy learned from without proposing them
         self.last_update: UpdateStats | None = None
@@ -80,7 +91,7 @@ class ReinforceStrategy(Strategy):
         """Up to ``n`` trials of architectures not proposed before (fewer, or none, when
         ``DRAWS`` draws found nothing new: the search is exhausted)."""
         trials: list[Trial] = []
-        for _ in range(DRAWS):
+        for _ in range(self.draws):
             if len(trials) == n or (self.novelty is not None and self.novelty.exhausted()):
                 break
             if self.ranker is not None and len(self.ranker) >= self.warmup:
@@ -92,7 +103,30 @@ class ReinforceStrategy(Strategy):
                     break  # unused rows are not recorded: as if never drawn
                 trial = self._claim(draw)
                 trials += [trial] if trial is not None else []
+        if self.novelty is not None:
+            found = len(trials)
+            trials += self._explore(n - len(trials))
+            self.draws = min(2 * self.draws, DRAWS) if found == n else max(self.draws // 2, 1)
         self._maybe_update()  # free twins may have filled a batch
+        return trials
+
+    def _explore(self, n: int) -> list[Trial]:
+        """Up to ``n`` trials drawn uniformly among the choices left (the policy found
+        nothing new); fewer only when the space is exhausted."""
+        assert self.novelty is not None
+        trials: list[Trial] = []
+        for _ in range(EXPLORE):
+            if len(trials) == n or self.novelty.exhausted():
+                break
+            row = self.novelty.uniform(self.rng)
+            if row is None:
+                continue
+            with torch.no_grad():
+                log_prob = float(self.policy.log_prob(torch.tensor([row])).log_probs.sum())
+            trial = self._claim((row, log_prob, {}, False))
+            if trial is not None:
+                self.explored += 1
+                trials.append(trial)
         return trials
 
     def _draw(self, rows: int) -> list[tuple[tuple[int, ...], float, Masks, bool]]:
@@ -177,4 +211,5 @@ class ReinforceStrategy(Strategy):
             return {}
         return {"baseline": self.last_update.baseline, "entropy": self.last_update.entropy,
                 "mean_reward": self.last_update.reward, "free_twins": float(self.free),
+                "explored": float(self.explored),
                 "policy_version": float(self.learner.version)}
