@@ -1,7 +1,8 @@
 """The LSTM controller trained with REINFORCE (Zoph & Le 2017) or PPO (NASNet), as a strategy.
 
 The gradient of an update is computed on exactly the recorded actions of its trials and
-applied once ``batch_size`` (m) of them trained. Every proposal is an architecture the search
+applied once ``batch_size`` (m) of them have their rewards (trained, or a hit of the shared
+cache: a second job that proposes what the first trained updates when the first did). Every proposal is an architecture the search
 has not proposed before:
 
 - sampling is without replacement over the search (``controller.policy.novelty``): a sequence
@@ -46,7 +47,7 @@ Draw = tuple[tuple[int, ...], float, Masks]  # actions, their log-prob, the mask
 
 
 class ReinforceStrategy(Strategy):
-    """Samples from an LSTMPolicy and updates it every ``batch_size`` trainings."""
+    """Samples from an LSTMPolicy and updates it every ``batch_size`` scored proposals."""
 
     name = "reinforce"
 
@@ -84,6 +85,7 @@ class ReinforceStrategy(Strategy):
         self.draws = DRAWS  # the policy's draws per proposal now (adapts: see the module)
         self.explored = 0  # proposals drawn uniformly
         self._scored: list[ScoredTrial] = []
+        self._proposals = 0  # of ``_scored``: proposals (the rest are free twins)
         self.free = 0  # twins the policy learned from without proposing them
         self.last_update: UpdateStats | None = None
 
@@ -183,14 +185,15 @@ class ReinforceStrategy(Strategy):
         if self.ranker is not None:
             self.ranker.observe(trial.actions, result.reward)
         self._scored.append(ScoredTrial(trial, result, log_prob, masks))
+        self._proposals += 1
         self._maybe_update()
 
     def _maybe_update(self) -> None:
-        """An update once ``batch_size`` of the scored trials trained (free twins ride along;
-        at most ``MAX_BATCH`` wait)."""
-        trained = sum(1 for s in self._scored if not s.result.cached)
-        if self._scored and (trained >= self.batch_size or len(self._scored) >= MAX_BATCH):
-            batch, self._scored = self._scored, []
+        """An update once ``batch_size`` proposals were scored (free twins ride along; at
+        most ``MAX_BATCH`` wait)."""
+        if self._scored and (self._proposals >= self.batch_size
+                             or len(self._scored) >= MAX_BATCH):
+            batch, self._scored, self._proposals = self._scored, [], 0
             self.last_update = self.learner.update(batch)
 
     def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:
