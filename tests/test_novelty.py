@@ -111,13 +111,20 @@ def test_a_learner_steps_on_masked_trials_without_nan() -> None:
     assert all(bool(torch.isfinite(p).all()) for p in policy.parameters())
 
 
+def collapsed_strategy(space: NB201Space, logit: float) -> ReinforceStrategy:
+    """A controller that barely learns, its policy collapsed onto op 3 (its heads' bias for
+    op 3 is ``logit``, dwarfing everything else)."""
+    strategy = ReinforceStrategy(space, seed=0, learner=ReinforceConfig(learning_rate=1e-6))
+    with torch.no_grad():
+        strategy.policy.heads["op"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, logit, 0.0]))
+    return strategy
+
+
 def test_a_collapsed_policy_still_spends_its_budget_on_new_architectures(
         nb201_table: Table) -> None:
     # Arrange: a policy collapsed onto one cell (its heads' biases dwarf everything else)
     space = NB201Space()
-    strategy = ReinforceStrategy(space, seed=0, learner=ReinforceConfig(learning_rate=1e-6))
-    with torch.no_grad():
-        strategy.policy.heads["op"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 40.0, 0.0]))
+    strategy = collapsed_strategy(space, 40.0)
     evaluator = NB201Evaluator("cifar10", table=nb201_table)
     repeats: list[str] = []
     # Act
@@ -202,9 +209,7 @@ def test_a_policy_that_draws_nothing_new_explores_and_spends_its_budget(
     # architectures were proposed already (by another run: claimed, their sequences not
     # drawn here, so only twins come out of the policy)
     space = NB201Space()
-    strategy = ReinforceStrategy(space, seed=0, learner=ReinforceConfig(learning_rate=1e-6))
-    with torch.no_grad():
-        strategy.policy.heads["op"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 60.0, 0.0]))
+    strategy = collapsed_strategy(space, 60.0)
     assert strategy.novelty is not None
     for row in itertools.product(range(5), repeat=6):
         if row[0] == 3:

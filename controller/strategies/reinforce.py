@@ -2,8 +2,8 @@
 
 The gradient of an update is computed on exactly the recorded actions of its trials and
 applied once ``batch_size`` (m) of them have their rewards (trained, or a hit of the shared
-cache: a second job that proposes what the first trained updates when the first did). Every proposal is an architecture the search
-has not proposed before:
+cache: a second job that proposes what the first trained updates when the first did). Every
+proposal is an architecture the search has not proposed before:
 
 - sampling is without replacement over the search (``controller.policy.novelty``): a sequence
   drawn once is never drawn again;
