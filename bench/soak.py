@@ -1,9 +1,10 @@
 """Scale in trials and time: one long job and a store of many jobs through ``nas serve search``.
 
 A real ``nas serve search`` process over a private Redis, with S=4 parameter-server shards,
-runs one REINFORCE job of K=4 replicas on the synthetic evaluator (``--evaluator synthetic``: a
-seeded reward landscape, microseconds a child) over the nasnet space, then many small finished
-jobs (random search, 2 trainings each) are submitted to the same service. At each checkpoint
+runs one REINFORCE job of K=4 replicas with Zoph & Le's controller (m=8) on the synthetic
+evaluator (``--evaluator synthetic``: a seeded reward landscape, microseconds a child) over the
+nasnet space, then many small finished jobs (random search, 2 trainings each, each on a
+landscape of its own) are submitted to the same service. At each checkpoint
 (trainings of the long job; then jobs in the store) the script measures, from a client over
 gRPC and HTTP like any user's:
 
@@ -176,18 +177,23 @@ def probe(client: SearchClient, metrics_url: str, job_id: str, trials_token: str
 
 
 def long_spec(trainings: int) -> sp.SearchSpec:
-    """The long job: REINFORCE, K=4 replicas, synthetic children over nasnet."""
+    """The long job, Zoph & Le's: REINFORCE with their controller (the zoph-le preset: m=8
+    children per update, no ranking), K=4 replicas, synthetic children over nasnet."""
     return sp.SearchSpec(
         name="soak", space=pb.SearchSpaceSpec(name="nasnet"), strategy="reinforce",
+        controller=sp.ControllerSpec(preset="zoph-le"),
         evaluation=sp.EvaluationSpec(evaluator="synthetic", landscape_seed=0),
         budget=trainings, seed=0, execution=sp.ExecutionSpec(replicas=4))
 
 
 def small_spec(n: int) -> sp.SearchSpec:
-    """One of the many small jobs: random search, 2 trainings on nb201's synthetic landscape."""
+    """One of the many small jobs: random search, 2 trainings on a synthetic landscape of
+    nb201's of its own (one shared landscape would be trained out after ~3,200 jobs: nb201
+    has 6,466 distinct cells and the cache is shared, so every later job would propose
+    nothing but cache hits)."""
     return sp.SearchSpec(name=f"small-{n}", space=pb.SearchSpaceSpec(name="nb201"),
                          strategy="random", budget=2, seed=n,
-                         evaluation=sp.EvaluationSpec(evaluator="synthetic"))
+                         evaluation=sp.EvaluationSpec(evaluator="synthetic", landscape_seed=n))
 
 
 def soak_trainings(args: argparse.Namespace, client: SearchClient, proc: subprocess.Popen[bytes],
@@ -310,9 +316,9 @@ def report(args: argparse.Namespace, train: list[Point], jobs: list[Point], redi
         f"`{command}` on {machine()}; {background_load()}; {seconds / 60:.1f} min in all.",
         "",
         f"One `nas serve search` process over a private Redis, S={args.shards} shards: a "
-        f"REINFORCE job (K=4 replicas, the default controller) of {args.trainings:,} trainings "
-        f"on the synthetic evaluator over nasnet, then small finished jobs (random search, 2 "
-        f"trainings each) up to {args.job_checkpoints[-1]:,} jobs in the store. At each "
+        f"REINFORCE job (K=4 replicas, Zoph & Le's controller: the zoph-le preset, m=8) of "
+        f"{args.trainings:,} trainings on the synthetic evaluator over nasnet, then small "
+        f"finished jobs (random search, 2 trainings each, each on a landscape of its own) up to {args.job_checkpoints[-1]:,} jobs in the store. At each "
         f"checkpoint each probe ran {args.n} times from a gRPC client (ListSearches: one page "
         f"of 100 jobs; ListTrials: one page of 100 trials from the middle of the long job; "
         f"WatchSearch: a watch from the start until its first event; scrape: GET /metrics of "
