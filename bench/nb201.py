@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - start
     command = " ".join(["python -m bench.nb201", f"--seeds {args.seeds}",
                         f"--budgets {args.budgets}", f"--datasets {args.datasets}"]
-                       + ([f"--stack-seeds {args.stack_seeds}"] if args.stack_seeds else []))
+                       + ([f"--stack-seeds {args.stack_seeds}"] if args.stack_seeds else [])
+                       + ([f"--methods '{args.methods}'"] if args.methods else []))
     body = render(results, methods, datasets, budgets, command, wall, args.plot_dir)
     body += (f"\nA 200-training run of `nas search --space nb201` with the default controller "
              f"(a fresh process, search time from result.json): {default_seconds:.1f} s; "
