@@ -37,13 +37,14 @@ from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStat
 from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
-from protos.types import Trial, TrialResult, TrialStatus
+from protos.types import Architecture, Trial, TrialResult, TrialStatus
 
 DRAWS = 64  # draws of the policy one proposal may take to find a new architecture
 EXPLORE = 100_000  # uniform draws one proposal may take after the policy's came back empty
 ROWS = 8  # sequences drawn at once while looking for new ones
 MAX_BATCH = 256  # scored trials (free twins included) an update takes at most
 Draw = tuple[tuple[int, ...], float, Masks]  # actions, their log-prob, the masks applied
+Sample = tuple[tuple[int, ...], float, Masks, bool]  # a Draw, and whether it hit a dead end
 
 
 class ReinforceStrategy(Strategy):
@@ -131,23 +132,23 @@ class ReinforceStrategy(Strategy):
                 trials.append(trial)
         return trials
 
-    def _draw(self, rows: int) -> list[tuple[tuple[int, ...], float, Masks, bool]]:
+    def _draw(self, rows: int) -> list[Sample]:
         out = self.policy.sample(rows, generator=self.generator, novelty=self.novelty)
         return list(zip(map(tuple, out.actions.tolist()), out.log_probs.sum(dim=1).tolist(),
                         out.masks or [{}] * rows, out.dead, strict=True))
 
-    def _claim(self, draw: tuple[tuple[int, ...], float, Masks, bool]) -> Trial | None:
+    def _claim(self, draw: Sample) -> Trial | None:
         """A draw as a trial when its architecture is new; a twin of one whose reward is
         known becomes a free lesson for the policy; anything else is dropped."""
         row, log_prob, masks, dead = draw
-        if self.novelty is None:
-            return self._issue((row, log_prob, masks))
-        if dead or not self.novelty.add(row):
+        if self.novelty is not None and (dead or not self.novelty.add(row)):
             return None
         arch = self.space.decode(row)
+        if self.novelty is None:
+            return self._issue((row, log_prob, masks), arch)
         new, reward = self.novelty.claim(self.space.canonical_hash(arch))
         if new:
-            return self._issue((row, log_prob, masks))
+            return self._issue((row, log_prob, masks), arch)
         if reward is not None:
             self.free += 1
             twin = Trial(f"{self.job_id}-free{self.free}", arch, row, "",
@@ -157,9 +158,8 @@ class ReinforceStrategy(Strategy):
                 log_prob, masks))
         return None
 
-    def _issue(self, draw: Draw) -> Trial:
-        trial = self._new_trial(self.space.decode(draw[0]), draw[0],
-                                policy_version=self.learner.version)
+    def _issue(self, draw: Draw, arch: Architecture) -> Trial:
+        trial = self._new_trial(arch, draw[0], policy_version=self.learner.version)
         self._drawn[trial.trial_id] = draw
         return trial
 
