@@ -63,11 +63,11 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SearchCli
     """One client suite, run against the servicer in this process and against a real server on
     a free port (jobs in memory, one at a time)."""
     from controller.jobs.store import InMemoryJobStore
-    from controller.service.runner import JobRunner
     from controller.service.servicer import SearchServicer, serve_search
+    from nas.cluster import job_runner
 
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path, max_running=1)
+    runner = job_runner(store, tmp_path, max_running=1)
     if request.param == "in-process":
         with SearchClient(SearchServicer(store, runner)) as local:
             yield local

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.deploy.compose import (
+from controller.service.client import SearchClient
+from nas.deploy.compose import (
     COMPOSE_FILE,
     PROMETHEUS_FILE,
     render_compose,
     render_prometheus,
 )
-from controller.deploy.local import UpError, expand, start_time
-from controller.deploy.probe import metrics_text
-from controller.deploy.topology import services
-from controller.service.client import SearchClient
+from nas.deploy.local import UpError, expand, start_time
+from nas.deploy.probe import metrics_text
+from nas.deploy.topology import services
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 150.0
@@ -44,7 +44,7 @@ replicas: 2
 
 def _nas(*args: str, env: dict[str, str] | None = None,
          timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -153,7 +153,7 @@ def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
     env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    up = subprocess.Popen([sys.executable, "-m", "controller", "up", "--shards", "2",
+    up = subprocess.Popen([sys.executable, "-m", "nas", "up", "--shards", "2",
                            "--workers", "0", "--dir", str(run), "--prometheus"], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

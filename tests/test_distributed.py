@@ -158,7 +158,7 @@ def test_replica_metrics_are_served(cluster: tuple[ShardProcesses, str]) -> None
 
 
 def _search(out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "controller", "search", "--space", "nb201",
+    return subprocess.Popen([sys.executable, "-m", "nas", "search", "--space", "nb201",
                              "--evaluator", "nb201", "--out", str(out), "--quiet", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from controller.config import build_config
-from controller.factory import build_space, build_strategy, build_supernet
+from controller.factory import build_space
 from controller.service.client import SearchClient
 from controller.spaces import create_space
 from controller.strategies.enas import EnasStrategy
+from nas.wiring import build_strategy, build_supernet
 from protos.errors import InvalidArgumentError
 from protos.types import SearchSpaceSpec
 from protos.v1 import common_pb2 as pb
@@ -174,7 +175,7 @@ def test_a_stopped_supernet_phase_ends_after_the_current_epoch(
 
 def _run_cli(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller", "search", "--strategy", "enas",
+        [sys.executable, "-m", "nas", "search", "--strategy", "enas",
          "--evaluator", "train", "--train-subset", "256", "--val-subset", "128",
          "--filters", "4", "--cells", "1", "--enas-epochs", "2", "--controller-steps", "3",
          "--derive-samples", "4", "--quiet", "--out", str(tmp_path), *flags],
@@ -208,7 +209,7 @@ def test_nas_search_enas_derives_and_trains_the_best_child_from_scratch(
     (["--derive-samples", "-1"], "derive_samples: must be >= 1"),
 ])
 def test_bad_enas_settings_exit_2_naming_the_field(flags: list[str], field: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "controller", "search", "--strategy", "enas",
+    proc = subprocess.run([sys.executable, "-m", "nas", "search", "--strategy", "enas",
                            "--evaluator", "train", *flags], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and field in proc.stderr, proc.stderr

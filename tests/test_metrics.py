@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from controller.jobs.store import InMemoryJobStore
 from controller.service.auth import TokenTable
 from controller.service.client import SearchClient
-from controller.service.runner import JobRunner
 from controller.service.search_metrics import SearchCollector, SearchCounters
 from controller.service.servicer import serve_search
+from nas.cluster import job_runner
 from protos.errors import NotFoundError, UnauthenticatedError
 
 SEARCH = "nas.v1.SearchService"
@@ -28,7 +28,7 @@ def _handled(registry: CollectorRegistry, method: str, code: str) -> float:
 def test_the_interceptor_counts_calls_by_status_code_and_times_them(tmp_path: Path) -> None:
     # Arrange: a real server on a free port, one token known
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path)
+    runner = job_runner(store, tmp_path)
     registry = runner.cluster.registry
     tokens = TokenTable.parse(["t0k:reader"], "test")
     running = serve_search(store, runner, tokens=tokens)

@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 from conftest import stored_trials
 
-from controller.cli import main
 from controller.config import ConfigError, build_config
 from controller.evaluators.base import EvaluatorError
-from controller.factory import build_evaluator, build_space, build_strategy
+from controller.factory import build_space
 from controller.jobs.store import InMemoryJobStore
 from controller.objectives import Objective, RewardShaper, parse_objective, shaped_reward
 from controller.pareto import non_dominated, pareto_front
 from controller.search import run_search
 from controller.service.client import SearchClient
-from controller.service.runner import JobRunner
 from controller.service.servicer import SearchServicer, serve_search
 from controller.spaces.nb201 import NB201Space
+from nas.cli import main
+from nas.cluster import job_runner
+from nas.wiring import build_evaluator, build_strategy
 from protos.errors import FailedPreconditionError, InvalidArgumentError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -300,7 +301,7 @@ def test_a_bad_objective_is_invalid_argument_naming_the_field(
 def test_nas_submit_with_objectives_and_nas_best_pareto(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path / "work"))
+    running = serve_search(store, job_runner(store, tmp_path / "work"))
     endpoint = ["--endpoint", running.address]
     try:
         spec = tmp_path / "spec.yaml"
@@ -362,14 +363,14 @@ def test_trained_children_carry_their_costs_and_latency_shapes_the_reward(
 def test_a_restarted_service_caches_unshaped_results(tmp_path: Path) -> None:
     # Arrange: a job with a hard params objective runs to the end
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path)
+    runner = job_runner(store, tmp_path)
     with SearchClient(SearchServicer(store, runner)) as client:
         job_id = client.submit(nb201_spec(8, sp.Objective(metric="params", target=1e5,
                                                           hard=True)))
         assert client.wait(job_id, WAIT_S).state == sp.JOB_STATE_SUCCEEDED
     runner.close()
     # Act: a restarted service reads the shared cache through to the store's
-    again = JobRunner(store, tmp_path)
+    again = job_runner(store, tmp_path)
     again.resume()
     # Assert: the cache holds accuracies, not this job's shaped rewards
     trained = [t for t in stored_trials(store, job_id).values() if not t.cached]

@@ -14,13 +14,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from controller.cli import main as nas
 from controller.jobs.store import InMemoryJobStore
-from controller.plot_command import record_from_job
 from controller.service.client import SearchClient
 from controller.service.runner import JobRunner
 from controller.service.servicer import serve_search
 from controller.spaces import create_space
+from nas.cli import main as nas
+from nas.cluster import job_runner
+from nas.plot_command import record_from_job
 from protos.errors import NotFoundError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -47,7 +48,7 @@ def _nb201_table(nb201_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def server(tmp_path: Path) -> Iterator[Server]:
     """A real search server on a free port, jobs in memory (the CLI needs an endpoint)."""
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path / "work", max_running=1)
+    runner = job_runner(store, tmp_path / "work", max_running=1)
     running = serve_search(store, runner)
     try:
         with SearchClient(running.address) as client:

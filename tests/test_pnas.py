@@ -116,7 +116,7 @@ def test_progressive_steps_train_the_surrogates_top_k(nb201_csv: Path, one_threa
 def test_nas_search_pnas_writes_each_steps_kendall_tau(tmp_path: Path) -> None:
     # Act
     proc = subprocess.run(
-        [sys.executable, "-m", "controller", "search", "--strategy", "pnas", "--beam", "3",
+        [sys.executable, "-m", "nas", "search", "--strategy", "pnas", "--beam", "3",
          "--surrogate", "mlp", "--budget", "11", "--quiet", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny surrogates: threads only contend
@@ -134,7 +134,7 @@ def test_nas_search_pnas_trains_real_pnas_cells(tmp_path: Path,
                                                 fashion_mnist_installed: Path) -> None:
     # Act: two children of nasnet restricted to PNAS's ops, trained on a Fashion-MNIST slice
     proc = subprocess.run(
-        [sys.executable, "-m", "controller", "search", "--space", "nasnet", "--num-blocks", "2",
+        [sys.executable, "-m", "nas", "search", "--space", "nasnet", "--num-blocks", "2",
          "--strategy", "pnas", "--evaluator", "train", "--budget", "2", "--train-subset", "256",
          "--val-subset", "128", "--quiet", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -154,7 +154,7 @@ def test_nas_search_pnas_trains_real_pnas_cells(tmp_path: Path,
     (["--space", "macro", "--evaluator", "train"], "space: --strategy pnas runs on nb201"),
 ])
 def test_bad_pnas_settings_exit_2_naming_the_field(flags: list[str], field: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "controller", "search", "--strategy", "pnas",
+    proc = subprocess.run([sys.executable, "-m", "nas", "search", "--strategy", "pnas",
                            *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and field in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -27,7 +27,7 @@ BEST_OP = 3  # toy reward: 1 when the first NB201 edge takes op index 3, else 0
 
 
 def _nas(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
 
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from controller.early_stopping import EarlyStopper, SuccessiveHalving
-from controller.service.cluster import ClusterOptions, ServiceCluster
 from controller.spaces import create_space
 from controller.trials.board import TrialBoard, TrialOutcome
 from controller.trials.servicer import RunningTrialReport, serve_trial_reports
+from nas.cluster import ClusterOptions, ServiceCluster
 from protos.types import Resources, SearchSpaceSpec, Trial, TrialStatus, Workload
 from worker.reporting import TrialReporter
 from worker.scheduler import RAY_LOOPBACK_ENV, InfeasibleResources, RayScheduler
@@ -267,7 +267,7 @@ def test_nas_search_with_two_workers_trains_children_through_ray(tmp_path: Path,
                                                                 fashion_mnist_installed: Path
                                                                 ) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "controller", "search", "--space", "nb201", "--evaluator",
+    cmd = [sys.executable, "-m", "nas", "search", "--space", "nb201", "--evaluator",
            "train", "--budget", "3", "--epochs", "2", "--train-subset", "512", "--val-subset",
            "256", "--filters", "4", "--workers", "2", "--early-stopping", "median",
            "--median-min-trials", "1", "--metrics-port", "0", "--quiet", "--out", str(out)]
@@ -285,7 +285,7 @@ def test_nas_search_with_two_workers_trains_children_through_ray(tmp_path: Path,
 
 
 def test_nas_search_refuses_workers_without_training(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "controller", "search", "--evaluator", "nb201",
+    proc = subprocess.run([sys.executable, "-m", "nas", "search", "--evaluator", "nb201",
                            "--workers", "2", "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
@@ -296,7 +296,7 @@ def test_nas_serve_worker_trains_a_controllers_trials_and_stops_cleanly(
         tmp_path: Path, fashion_mnist_installed: Path) -> None:
     board = TrialBoard(heartbeat_seconds=0.5, heartbeat_timeout=60.0)
     server = serve_trial_reports(board)
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "worker",
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "worker",
                              "--controller", server.address, "--num-cpus", "2"],
                             env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -135,7 +135,7 @@ def test_corpus_errors_name_the_setting(tmp_path: Path) -> None:
 
 
 def _nas(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
 
 

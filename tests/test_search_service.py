@@ -22,8 +22,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore, TrialState
 from controller.service.client import SearchClient
-from controller.service.runner import JobRunner
 from controller.service.servicer import RunningSearchService, SearchServicer, serve_search
+from nas.cluster import job_runner
 from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -83,7 +83,7 @@ def test_two_concurrent_jobs_never_train_one_architecture_twice(tmp_path: Path) 
     # Arrange: two jobs running at once that propose the same architectures in the same order
     # (random search, one seed); each lookup takes 50 ms, like a training, so they overlap.
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path, max_running=2)
+    runner = job_runner(store, tmp_path, max_running=2)
     settings = {"space": "nb201", "strategy": "random", "evaluator": "nb201", "budget": 10,
                 "seed": 7, "simulate_seconds": 0.05}
     for job_id in ("a", "b"):
@@ -200,7 +200,7 @@ def test_a_request_that_does_not_parse_is_invalid_argument(tmp_path: Path,
                                                            payload: bytes) -> None:
     # found by bench.load's fuzzer: grpc answered INTERNAL "Exception deserializing request!"
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path))
+    running = serve_search(store, job_runner(store, tmp_path))
     try:
         with grpc.insecure_channel(running.address) as channel:
             for method, call in (("SubmitSearch", channel.unary_unary),
@@ -220,7 +220,7 @@ def test_an_error_quoting_a_huge_field_keeps_its_status(tmp_path: Path) -> None:
     # found by bench.load's fuzzer: NOT_FOUND quoting a 20 kB job id passed the client's 16 KiB
     # metadata limit, so the caller saw RESOURCE_EXHAUSTED "Stream removed" instead
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path))
+    running = serve_search(store, job_runner(store, tmp_path))
     try:
         with SearchClient(running.address) as remote:
             with pytest.raises(NotFoundError, match="characters cut") as caught:
@@ -234,7 +234,7 @@ def test_an_error_quoting_a_huge_field_keeps_its_status(tmp_path: Path) -> None:
 
 def test_health_and_reflection_are_served(tmp_path: Path) -> None:
     store = InMemoryJobStore()
-    running: RunningSearchService = serve_search(store, JobRunner(store, tmp_path))
+    running: RunningSearchService = serve_search(store, job_runner(store, tmp_path))
     try:
         with grpc.insecure_channel(running.address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
@@ -254,14 +254,14 @@ def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     try:
         store = RedisJobStore(client_redis, prefix)
-        running = serve_search(store, JobRunner(store, tmp_path))
+        running = serve_search(store, job_runner(store, tmp_path))
         with SearchClient(running.address) as client:
             job_id = client.submit(nb201_spec(budget=10))
             done = client.wait(job_id, WAIT_S)
         running.stop()
         # a new service on the same Redis sees the finished job and its trials
         again = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix)
-        with SearchClient(SearchServicer(again, JobRunner(again, tmp_path))) as client:
+        with SearchClient(SearchServicer(again, job_runner(again, tmp_path))) as client:
             job = client.get(job_id)
             assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == done.trainings == 10
             assert len(list(client.trials(job_id))) == len(stored_trials(again, job_id)) >= 10
@@ -272,14 +272,14 @@ def test_jobs_in_redis_outlive_the_service(tmp_path: Path) -> None:
 
 
 def _nas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True,
                           text=True, timeout=120, cwd=ROOT, env=env)
 
 
 def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Path,
                                                                     nb201_csv: Path) -> None:
     env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
-    server = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port",
                                "0", "--work-dir", str(tmp_path / "work")], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -325,7 +325,7 @@ def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Pa
 
 
 def _serve(tmp_path: Path, prefix: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port", "0",
                              "--redis", REDIS_URL, "--redis-prefix", prefix, "--work-dir",
                              str(tmp_path / "work")], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -399,7 +399,7 @@ def test_a_job_resumed_by_a_new_runner_takes_up_its_strategy_s_history(
         tmp_path: Path, strategy: str) -> None:
     # Arrange: a job stopped mid-way (its service closed: the job stays RUNNING)
     store = InMemoryJobStore()
-    first = JobRunner(store, tmp_path)
+    first = job_runner(store, tmp_path)
     store.create("j", "test", "default", {"space": "nb201", "strategy": strategy,
                                           "evaluator": "nb201", "budget": 30, "seed": 3,
                                           "simulate_seconds": 0.02})
@@ -411,7 +411,7 @@ def test_a_job_resumed_by_a_new_runner_takes_up_its_strategy_s_history(
     stopped = store.get("j")
     assert stopped.state == "RUNNING" and 12 <= stopped.trainings < 30
     # Act: a new runner over the same store (a restarted service)
-    again = JobRunner(store, tmp_path)
+    again = job_runner(store, tmp_path)
     assert again.resume() == ["j"]
     assert again.wait("j", WAIT_S)
     # Assert: the budget spent exactly, nothing trained twice
@@ -449,7 +449,7 @@ def test_ended_jobs_leave_nothing_in_the_service_s_memory(tmp_path: Path) -> Non
     db = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore(db, prefix)
-    runner = JobRunner(store, tmp_path)
+    runner = job_runner(store, tmp_path)
     try:
         for n in range(3):
             store.create(f"j{n}", "test", "default", {"space": "nb201", "evaluator": "nb201",

@@ -18,18 +18,19 @@ import pytest
 import redis
 import torch
 
-from controller.bundle import BundleError, load_bundle
-from controller.cli import main as nas
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore, JobStore
 from controller.service.client import SearchClient
-from controller.service.commands import spec_from_file
 from controller.service.events import watch_events
 from controller.service.export import CHUNK_BYTES, export_chunks, extract_archive
-from controller.service.runner import JobRunner
 from controller.service.servicer import SearchServicer, serve_search
-from controller.service.watch_command import Board, Screen
 from controller.spaces import create_space
+from nas.bundle import BundleError, load_bundle
+from nas.cli import main as nas
+from nas.cluster import job_runner
+from nas.serve_command import spec_from_file
+from nas.watch_command import Board, Screen
+from nas.wiring import PARTS
 from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from protos.types import SearchSpaceSpec
 from protos.v1 import common_pb2 as pb
@@ -62,7 +63,7 @@ def _nb201_table(nb201_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(params=["in-process", "server"])
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
     store: JobStore = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path / "work", max_running=1)
+    runner = job_runner(store, tmp_path / "work", max_running=1)
     if request.param == "in-process":
         with SearchClient(SearchServicer(store, runner)) as local:
             yield Service(local, store, "", runner.work_dir)
@@ -132,7 +133,7 @@ def test_a_watch_of_a_compacted_job_starts_with_its_snapshot_then_the_rest(
         tmp_path: Path) -> None:
     # Arrange: a service that keeps 16 journal entries a job; a job of many more
     store = InMemoryJobStore(journal_keep=16)
-    runner = JobRunner(store, tmp_path, max_running=1)
+    runner = job_runner(store, tmp_path, max_running=1)
     with SearchClient(SearchServicer(store, runner)) as client:
         job_id = client.submit(nb201_spec(budget=30))
         job = client.wait(job_id, WAIT_S)
@@ -196,7 +197,7 @@ def test_a_watch_on_a_redis_backed_service_reports_a_resume_s_lost_trials(
     db = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-watch-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore(db, prefix)
-    running = serve_search(store, JobRunner(store, tmp_path))
+    running = serve_search(store, job_runner(store, tmp_path))
     try:
         # Arrange: a finished job, and one a stopped service left with a trial in flight
         with SearchClient(running.address) as client:
@@ -228,7 +229,7 @@ def test_a_watch_on_a_redis_backed_service_reports_a_resume_s_lost_trials(
 def server(tmp_path: Path) -> Iterator[Service]:
     """A real server only: what the CLI talks to."""
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path / "work", max_running=1))
+    running = serve_search(store, job_runner(store, tmp_path / "work", max_running=1))
     try:
         with SearchClient(running.address) as remote:
             yield Service(remote, store, running.address, tmp_path / "work")
@@ -296,7 +297,7 @@ def test_export_best_of_a_trained_job_carries_loadable_weights(
     assert logits.shape == (2, 10)
     assert arch_doc["reward"] == server.client.best(job_id)[0].reward
     # the same archive in small pieces (the service's are CHUNK_BYTES) reassembles the same
-    pieces = list(export_chunks(server.store, server.work_dir, job_id, 1, chunk_bytes=4096))
+    pieces = list(export_chunks(server.store, PARTS, server.work_dir, job_id, 1, chunk_bytes=4096))
     assert len(pieces) > 1 and all(len(p) <= 4096 for p in pieces) and CHUNK_BYTES <= 1 << 20
     (again,) = extract_archive(pieces, tmp_path / "again")
     assert (again / "weights.pt").read_bytes() == (bundle / "weights.pt").read_bytes()
@@ -345,7 +346,7 @@ def test_a_watch_reconnects_across_a_service_restart_without_gaps_or_repeats(
     db = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-watch-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore(db, prefix)
-    first = serve_search(store, JobRunner(store, tmp_path))
+    first = serve_search(store, job_runner(store, tmp_path))
     second = None
     try:
         spec = nb201_spec(budget=800)
@@ -359,7 +360,7 @@ def test_a_watch_reconnects_across_a_service_restart_without_gaps_or_repeats(
                 if len(events) == 10:
                     first.stop()
                     again = RedisJobStore(redis.Redis.from_url(REDIS_URL), prefix)
-                    runner = JobRunner(again, tmp_path)
+                    runner = job_runner(again, tmp_path)
                     second = serve_search(again, runner, port=first.port)
                     assert runner.resume() == [job_id]
         # Assert

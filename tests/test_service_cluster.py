@@ -20,9 +20,8 @@ from conftest import stored_trials
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore, TrialState
 from controller.service.client import SearchClient
-from controller.service.cluster import ClusterOptions, ServiceCluster
-from controller.service.runner import JobRunner
 from controller.service.servicer import serve_search
+from nas.cluster import ClusterOptions, ServiceCluster, job_runner
 from protos.errors import FailedPreconditionError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
@@ -66,7 +65,7 @@ def test_replicas_share_the_policy_on_the_shards_and_need_them(
     cluster = ServiceCluster(ClusterOptions(shards=2, redis_url=REDIS_URL, redis_prefix=prefix,
                                             log_dir=tmp_path / "logs"))
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path, 1, cluster))
+    running = serve_search(store, job_runner(store, tmp_path, 1, cluster))
     try:
         with SearchClient(running.address) as client:
             job = client.wait(client.submit(nb201_spec(budget=48, replicas=3)), WAIT_S)
@@ -78,7 +77,7 @@ def test_replicas_share_the_policy_on_the_shards_and_need_them(
         versions = [int(s.version) for s in cluster.shard_status(job.job_id)]
         assert min(versions) >= 3, versions
         # a service without shards refuses K > 1 before anything runs
-        bare = serve_search(store2 := InMemoryJobStore(), JobRunner(store2, tmp_path))
+        bare = serve_search(store2 := InMemoryJobStore(), job_runner(store2, tmp_path))
         try:
             with SearchClient(bare.address) as client:
                 try:
@@ -103,7 +102,7 @@ def _serve(tmp_path: Path, prefix: str, env: dict[str, str], log: Path
     """`nas serve search` with 2 shards and 2 Ray workers; its endpoint once it listens."""
     out = log.open("ab")
     start = log.stat().st_size
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port", "0",
                              "--redis", REDIS_URL, "--redis-prefix", prefix, "--work-dir",
                              str(tmp_path / "work"), "--shards", "2", "--workers", "2",
                              "--heartbeat-timeout", "20"],
@@ -123,7 +122,7 @@ def _serve(tmp_path: Path, prefix: str, env: dict[str, str], log: Path
 
 
 def _nas(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=ROOT, env=env,
                           text=True, capture_output=True, timeout=120)
 
 

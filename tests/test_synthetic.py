@@ -19,10 +19,11 @@ import pytest
 
 from controller.config import build_config
 from controller.evaluators.synthetic import TEST_OFFSET, SyntheticEvaluator
-from controller.factory import build_evaluator, build_space, build_strategy
+from controller.factory import build_space
 from controller.search import run_search
 from controller.service.client import SearchClient
 from controller.spaces import SPACE_NAMES, SearchSpace, create_space
+from nas.wiring import build_evaluator, build_strategy
 from protos.errors import InvalidArgumentError
 from protos.types import SearchSpaceSpec
 from protos.v1 import common_pb2 as pb
@@ -34,7 +35,7 @@ METRICS = {"params", "flops", "latency_ms", "train_seconds"}
 
 def nas(*args: str) -> subprocess.CompletedProcess[str]:
     """The ``nas`` CLI of this checkout in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from controller.cli import main as nas
+from nas.cli import main as nas
 from worker.datasets import load_dataset
 
 SEARCH = ["search", "--space", "nb201", "--strategy", "evolution", "--evaluator", "train",

@@ -1,6 +1,6 @@
 """Local parameter-server shard processes on loopback (with a private Redis for their
 checkpoints unless one is given); a shard that dies is restarted on its port, restoring its
-Redis checkpoint. The search service's cluster (``controller.service.cluster``) starts them."""
+Redis checkpoint. The search service's cluster (``nas.cluster``) starts them."""
 
 from __future__ import annotations
 

@@ -12,18 +12,31 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
-from controller.bundle import BundleError, top_trained, write_bundles
 from controller.config import build_config
 from controller.factory import build_space
 from controller.jobs.store import JobStore
+from controller.parts import Parts
 from protos.errors import FailedPreconditionError
 
 CHUNK_BYTES = 1 << 20  # far below the message limit, whatever the size of the weights
 
 
-def export_job(store: JobStore, work_dir: Path, job_id: str, top: int, out: Path) -> list[Path]:
+class BundleError(ValueError):
+    """A run directory or bundle that cannot be exported or loaded; says what is missing."""
+
+
+def top_trained(doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """The ``k`` best distinct architectures that were actually trained (not cache hits)."""
+    entries = [h for h in doc["history"] if not h["cached"] and h.get("status", "succeeded")
+               == "succeeded"]
+    entries.sort(key=lambda h: -h["reward"])
+    return entries[:k]
+
+
+def export_job(store: JobStore, parts: Parts, work_dir: Path, job_id: str, top: int,
+               out: Path) -> list[Path]:
     """Write the bundles of the job's ``top`` trained architectures under ``out``;
     FailedPreconditionError when the job has no succeeded training (yet) or its files are
     gone."""
@@ -38,17 +51,17 @@ def export_job(store: JobStore, work_dir: Path, job_id: str, top: int, out: Path
         raise FailedPreconditionError(f"job_id: job {job_id} has no succeeded training to "
                                       f"export ({view.state})")
     try:
-        return write_bundles(doc, cfg, build_space(cfg), out, top)
+        return parts.write_bundles(doc, cfg, build_space(cfg), out, top)
     except BundleError as exc:
         raise FailedPreconditionError(f"job_id: job {job_id}: {exc}") from None
 
 
-def export_chunks(store: JobStore, work_dir: Path, job_id: str, top: int,
+def export_chunks(store: JobStore, parts: Parts, work_dir: Path, job_id: str, top: int,
                   chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The job's bundles as an uncompressed tar archive (one top-level directory per bundle),
     in pieces of at most ``chunk_bytes``; nothing is left on disk once the stream ends."""
     with tempfile.TemporaryDirectory(prefix="nas-export-") as tmp:
-        bundles = export_job(store, work_dir, job_id, top, Path(tmp))
+        bundles = export_job(store, parts, work_dir, job_id, top, Path(tmp))
         with tempfile.TemporaryFile() as archive:
             with tarfile.open(fileobj=archive, mode="w") as tar:
                 for bundle in bundles:

@@ -42,20 +42,15 @@ from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.remote import RemoteUpdater, ReplicaStats
 from controller.distributed.shards import layout_for
 from controller.evaluators.base import EvaluatorError
-from controller.factory import (
-    build_evaluator,
-    build_reinforce,
-    build_space,
-    build_strategy,
-    candidates_of,
-)
+from controller.factory import build_reinforce, build_space, candidates_of
 from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
+from controller.parts import Parts
 from controller.policy.lstm import LSTMPolicy
 from controller.policy.novelty import NoveltyIndex
 from controller.policy.ranking import OverlapGP
 from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
-from controller.service.cluster import ClusterOptions, ServiceCluster
+from controller.service.resources import JobCluster
 from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
@@ -92,11 +87,12 @@ class JobResult:
 class JobRunner:
     """Executes jobs of ``store``; children's files go under ``work_dir/<job_id>``."""
 
-    def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2,
-                 cluster: ServiceCluster | None = None, keep_results: bool = False) -> None:
+    def __init__(self, store: JobStore, work_dir: Path, max_running: int = 2, *,
+                 cluster: JobCluster, parts: Parts, keep_results: bool = False) -> None:
         self.store = store
         self.keep_results = keep_results
-        self.cluster = cluster if cluster is not None else ServiceCluster(ClusterOptions())
+        self.cluster = cluster
+        self.parts = parts
         self.work_dir = work_dir
         self.slots = FairSlots(max_running)
         self._cancel: dict[str, threading.Event] = {}
@@ -227,11 +223,11 @@ class JobRunner:
                                        or str(self.work_dir / job_id)})
         self.cluster.check_job(cfg)
         space = build_space(cfg)
-        local = build_evaluator(cfg)
+        local = self.parts.evaluator(cfg)
         evaluator = self.cluster.evaluator(cfg, local, view.tenant)
         # children in flight per replica: the job's own setting, at least the workers' slots
         parallel = cfg.parallel if evaluator is local else max(cfg.parallel,
-                                                               self.cluster.options.workers)
+                                                               self.cluster.worker_slots)
         # trial ids name the job (the trial board is shared by every job); a resumed run's
         # ids name the resumption by the journal's length, which only grows, so they never
         # repeat an earlier run's (the number of trials could: a resume drops the lost ones)
@@ -312,7 +308,7 @@ class JobRunner:
             if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
                 outcomes = self._replicas(job_id, tag, cfg, space, search, result, history)
             else:
-                strategy = build_strategy(space, cfg)
+                strategy = self.parts.strategy(space, cfg)
                 strategy.job_id = tag
                 strategy.resume(history)
                 if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch

@@ -3,7 +3,7 @@
 Part of the composition root: it wires the controller's trial board and ``TrialReport`` service
 to the worker package's Ray scheduler and worker service, all in this process (the Ray tasks run
 in Ray's worker processes). On a cluster the same worker service runs as ``nas serve worker``.
-The search service's cluster (``controller.service.cluster``) owns one pool for all its jobs.
+The search service's cluster (``nas.cluster``) owns one pool for all its jobs.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from controller.config import ConfigError
 from controller.early_stopping import EarlyStopper
-from controller.local_training import TrainEvaluator
 from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
 from controller.trials.servicer import serve_trial_reports
+from nas.local_training import TrainEvaluator
 from protos.types import Resources, Workload
 from worker.metrics import WorkerCollector
 from worker.scheduler import InfeasibleResources, RayScheduler

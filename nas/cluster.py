@@ -34,9 +34,12 @@ from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.shards import ShardProcesses
 from controller.early_stopping import EarlyStopper, create_stopper
 from controller.evaluators.base import Evaluator
-from controller.local_training import TrainEvaluator
-from controller.ray_training import RayWorkerPool
+from controller.jobs.store import JobStore
+from controller.service.runner import JobRunner
 from controller.trials.servicer import TrialMetrics
+from nas.local_training import TrainEvaluator
+from nas.ray_training import RayWorkerPool
+from nas.wiring import PARTS
 from protos.rpc import CHANNEL_OPTIONS
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
@@ -154,6 +157,11 @@ class ServiceCluster:
                 return
 
     @property
+    def worker_slots(self) -> int:
+        """Children the workers train at once (0: the job's thread trains them)."""
+        return self.options.workers
+
+    @property
     def has_paramservers(self) -> bool:
         """Whether jobs' policies live on parameter servers."""
         return bool(self.addresses)
@@ -219,3 +227,13 @@ class ServiceCluster:
     def processes(self) -> ShardProcesses:
         """The processes this cluster started (shards, a private redis-server)."""
         return self._processes
+
+
+def job_runner(store: JobStore, work_dir: Path, max_running: int = 2,
+               cluster: ServiceCluster | None = None, keep_results: bool = False) -> JobRunner:
+    """A job runner built from this process's parts (``nas.wiring.PARTS``) on ``cluster``
+    (default: no shards and no workers: one in-process policy, children trained by the job's
+    thread)."""
+    return JobRunner(store, work_dir, max_running,
+                     cluster=cluster if cluster is not None else ServiceCluster(ClusterOptions()),
+                     parts=PARTS, keep_results=keep_results)

@@ -8,14 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from controller.bundle import read_run
 from controller.config import ConfigError
 from controller.factory import build_space
 from controller.objectives import METRICS
-from controller.plots import SearchRecord, run_record, write_plots
 from controller.service.client import ENDED, SearchClient
 from controller.service.connect import add_connection, client_from_args
 from controller.service.spec import spec_to_config
+from nas.bundle import read_run
+from nas.plots import SearchRecord, run_record, write_plots
 
 DESCRIPTION = """\
 Draw a search as PNG files in --to:

@@ -17,10 +17,11 @@ from typing import Any
 from controller.config import ConfigError, build_config, load_spec
 from controller.objectives import ACCURACY, METRICS
 from controller.pareto import DEFAULT_METRICS
-from controller.service import serve_options, watch_command
+from controller.service import serve_options
 from controller.service.connect import add_connection, client_from_args
 from controller.service.serve_options import ServeOptionError
 from controller.service.spec import WIRE_NAMES, spec_from_settings
+from nas import watch_command
 from protos.v1 import search_pb2 as sp
 
 
@@ -243,8 +244,7 @@ def serve_main(argv: list[str]) -> int:
 
         torch.set_num_threads(1)
     from controller.jobs.store import InMemoryJobStore, JobStore
-    from controller.service.cluster import ClusterOptions, ServiceCluster
-    from controller.service.runner import JobRunner
+    from nas.cluster import ClusterOptions, ServiceCluster, job_runner
 
     store: JobStore
     try:  # everything that can be refused is checked before any process starts
@@ -281,7 +281,7 @@ def serve_main(argv: list[str]) -> int:
         print(f"nas serve search: error: --{field.replace('_', '-')}:{rest}", file=sys.stderr)
         return 2
     try:
-        return _serve(args, store, JobRunner(store, args.work_dir, args.max_running, cluster),
+        return _serve(args, store, job_runner(store, args.work_dir, args.max_running, cluster),
                       security, cluster)
     finally:
         cluster.close()

@@ -1,5 +1,5 @@
 """Health probes of the cluster's services, the same for compose and ``nas up``: compose runs
-``python -m controller.deploy.probe KIND TARGET`` as a healthcheck (exit 0: healthy), ``nas up``
+``python -m nas.deploy.probe KIND TARGET`` as a healthcheck (exit 0: healthy), ``nas up``
 calls ``healthy`` before it says the cluster is up. Light on purpose: no torch import."""
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ def healthy(kind: str, target: str, password: str | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m controller.deploy.probe KIND TARGET``: 0 healthy, 1 not, 2 bad usage."""
+    """``python -m nas.deploy.probe KIND TARGET``: 0 healthy, 1 not, 2 bad usage."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] not in ("grpc", "metrics", "http"):
-        print("usage: python -m controller.deploy.probe grpc|metrics|http TARGET",
+        print("usage: python -m nas.deploy.probe grpc|metrics|http TARGET",
               file=sys.stderr)
         return 2
     try:

@@ -10,10 +10,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from controller.bundle import BundleError, export_run, load_bundle, save_torchscript
 from controller.config import TRAIN_DATASETS, ConfigError
 from controller.service.connect import add_connection
 from controller.spaces import create_space
+from nas.bundle import BundleError, export_run, load_bundle, save_torchscript
 from protos.types import SearchSpaceSpec
 from worker.builders import ModelSpec, build_model
 from worker.datasets import DatasetError, load_dataset
@@ -59,7 +59,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"top: must be >= 1, got {args.top}")
     if not args.run.is_dir():  # a job id: the search service exports it
-        from controller.service.watch_command import export_job
+        from nas.watch_command import export_job
 
         return export_job(args)
     bundles = export_run(args.run, args.to or args.run / "bundles", args.top)

@@ -25,18 +25,19 @@ from controller.config import (
     load_spec,
 )
 from controller.early_stopping import EARLY_STOPPING
-from controller.factory import build_evaluator, build_space, build_strategy
+from controller.factory import build_space
 from controller.jobs.store import JobSummary
 from controller.objectives import METRICS, SYNTAX, parse_objective
 from controller.pareto import pareto_front
 from controller.policy.reinforce import TRANSFORM_NAMES
 from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome
-from controller.service.embedded import EmbeddedSearch
 from controller.spaces import SPACE_NAMES
 from controller.strategies.enas_report import enas_lines, supernet_report
 from controller.strategies.pnas_report import pnas_lines, pnas_steps
 from controller.strategies.surrogate import SURROGATES
+from nas.embedded import EmbeddedSearch
+from nas.wiring import build_evaluator, build_strategy
 
 EPILOG = """examples:
   nas search --space nb201 --strategy reinforce --evaluator nb201 --dataset cifar10 \\

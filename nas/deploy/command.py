@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError
-from controller.deploy import compose
-from controller.deploy.local import CLUSTER_FILE, LocalCluster, UpError, start_time
+from nas.deploy import compose
+from nas.deploy.local import CLUSTER_FILE, LocalCluster, UpError, start_time
 
 DEFAULT_DIR = Path("runs/cluster")
 DOWN_GRACE_S = 30.0

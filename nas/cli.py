@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller import bundle_command, plot_command, search_command
-from controller.bundle import BundleError
 from controller.config import ConfigError
-from controller.deploy import command as deploy_command
 from controller.evaluators.base import EvaluatorError
-from controller.service import commands as job_commands
 from controller.spaces.base import InvalidArchitecture
+from nas import bundle_command, plot_command, search_command
+from nas import serve_command as job_commands
+from nas.bundle import BundleError
+from nas.deploy import command as deploy_command
 from protos.errors import (
     FailedPreconditionError,
     InvalidArgumentError,

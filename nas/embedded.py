@@ -25,8 +25,8 @@ from controller.config import SearchConfig
 from controller.jobs.records import charged
 from controller.jobs.store import InMemoryJobStore, JobSummary
 from controller.search import HistoryEntry, SearchOutcome
-from controller.service.cluster import ClusterOptions, ServiceCluster
-from controller.service.runner import JobResult, JobRunner
+from controller.service.runner import JobResult
+from nas.cluster import ClusterOptions, ServiceCluster, job_runner
 
 ProgressFn = Callable[[JobSummary], None]  # the job's summary after each change
 
@@ -45,8 +45,8 @@ class EmbeddedSearch:
         self.cluster = ServiceCluster(ClusterOptions.for_search(
             cfg, self.out / "logs", f"nas-search:{uuid.uuid4().hex[:12]}"))
         self.store = InMemoryJobStore()
-        self.runner = JobRunner(self.store, self.out, max_running=1, cluster=self.cluster,
-                                keep_results=True)
+        self.runner = job_runner(self.store, self.out, max_running=1, cluster=self.cluster,
+                                 keep_results=True)
         self.started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "cluster.json").write_text(json.dumps(self.describe(), indent=1) + "\n")

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller import diagram
 from controller.objectives import ACCURACY
 from controller.pareto import pareto_front
+from nas import diagram
 from protos.types import Architecture
 
 LOG_SPAN = 20.0  # a cost axis spanning more than this factor is drawn on a log scale

@@ -18,14 +18,6 @@ from pathlib import Path
 import yaml
 
 from controller.config import ConfigError
-from controller.deploy.probe import ProbeFailed, healthy
-from controller.deploy.topology import (
-    METRICS,
-    PASSWORD_ENV,
-    Service,
-    prometheus_config,
-    services,
-)
 from controller.distributed.processes import (
     Child,
     ProcessError,
@@ -33,6 +25,14 @@ from controller.distributed.processes import (
     spawn,
     stop,
     wait_for_line,
+)
+from nas.deploy.probe import ProbeFailed, healthy
+from nas.deploy.topology import (
+    METRICS,
+    PASSWORD_ENV,
+    Service,
+    prometheus_config,
+    services,
 )
 
 CLUSTER_FILE = "cluster.json"
@@ -93,7 +93,7 @@ class LocalTarget:
 def program(service: Service) -> list[str]:
     """The local command running ``service.program``; ConfigError if it is not installed."""
     if service.program == "nas":
-        return [sys.executable, "-m", "controller"]
+        return [sys.executable, "-m", "nas"]
     if service.program == "redis-server":
         try:
             return [redis_server_binary()]

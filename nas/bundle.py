@@ -19,15 +19,12 @@ from typing import Any
 import torch
 
 from controller.config import ConfigError, SearchConfig, build_config
-from controller.diagram import draw
 from controller.factory import build_space
+from controller.service.export import BundleError, top_trained
 from controller.spaces import SearchSpace
+from nas.diagram import draw
 from protos.types import Architecture
 from worker.builders import ChildNet, ModelSpec, build_model
-
-
-class BundleError(ValueError):
-    """A run directory or bundle that cannot be exported or loaded; says what is missing."""
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], SearchConfig, SearchSpace]:
@@ -41,14 +38,6 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], SearchConfig, SearchSpace]:
     except (json.JSONDecodeError, KeyError, ConfigError) as exc:
         raise BundleError(f"{path}: not a result.json of `nas search` ({exc})") from None
     return doc, cfg, build_space(cfg)
-
-
-def top_trained(doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best distinct architectures that were actually trained (not cache hits)."""
-    entries = [h for h in doc["history"] if not h["cached"] and h.get("status", "succeeded")
-               == "succeeded"]
-    entries.sort(key=lambda h: -h["reward"])
-    return entries[:k]
 
 
 def export_run(run_dir: Path, out: Path, top: int = 1) -> list[Path]:

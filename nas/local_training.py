@@ -1,6 +1,6 @@
 """The ``train`` evaluator: children built and trained for real, in this process.
 
-Part of the composition root (with ``controller.cli`` and ``controller.factory``): the one place in
+Part of the composition root (with ``nas.cli`` and ``controller.factory``): the one place in
 the controller that uses the worker package, as the local layout of what Ray workers do in a
 cluster. Each trained child's weights are kept so the best can be tested and exported.
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from controller.deploy.topology import (
+from nas.deploy.topology import (
     NAS_CUDA_IMAGE,
     NAS_IMAGE,
     PASSWORD_ENV,
@@ -23,7 +23,7 @@ from controller.deploy.topology import (
 
 COMPOSE_FILE = "docker-compose.yml"
 PROMETHEUS_FILE = "deploy/prometheus/prometheus.yml"
-HEADER = ("# Generated from controller/deploy/topology.py by `nas deploy compose --write "
+HEADER = ("# Generated from nas/deploy/topology.py by `nas deploy compose --write "
           "--shards {shards} --workers {workers}`:\n# do not edit by hand (a test regenerates "
           "it and fails on drift). Set NAS_REDIS_PASSWORD first (README: Cluster).\n")
 PATHS = {"work": "/app/runs/service", "prometheus.yml": "/etc/prometheus/prometheus.yml",
@@ -90,9 +90,9 @@ def healthcheck(service: Service, target: ComposeTarget) -> dict[str, Any]:
         test = ["CMD-SHELL", f'redis-cli -a "$${PASSWORD_ENV}" --no-auth-warning ping '
                              "| grep -q PONG"]
     elif probe.kind == "grpc":
-        test = ["CMD", "python", "-m", "controller.deploy.probe", "grpc", local]
+        test = ["CMD", "python", "-m", "nas.deploy.probe", "grpc", local]
     elif probe.kind == "metrics":
-        test = ["CMD", "python", "-m", "controller.deploy.probe", "metrics",
+        test = ["CMD", "python", "-m", "nas.deploy.probe", "metrics",
                 f"http://{local}/metrics"]
     elif probe.kind == "http":
         test = ["CMD", "wget", "-q", "-O", "/dev/null", f"http://{local}{probe.path}"]
@@ -161,7 +161,7 @@ def render_prometheus(shards: int = 2, workers: int = 4) -> str:
     """The Prometheus configuration compose mounts: every service's metrics endpoint."""
     cluster = services(shards, workers)
     body = yaml.safe_dump(prometheus_config(cluster, ComposeTarget(cluster)), sort_keys=False)
-    return (f"# Generated with {COMPOSE_FILE} from controller/deploy/topology.py; do not edit "
+    return (f"# Generated with {COMPOSE_FILE} from nas/deploy/topology.py; do not edit "
             f"by hand.\n{body}")
 
 
