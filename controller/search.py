@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,85 +116,81 @@ class SearchOutcome:
 ProgressFn = Callable[[SearchOutcome, Strategy], None]
 
 
+@dataclass
+class SearchHooks:
+    """How a search shares its budget and tells its caller what happens (every hook optional).
+
+    ``claim()`` is asked before each training (a budget shared by several replicas; the search
+    stops when it says no) and ``refund(unused)`` gets back the untrained part of a child
+    stopped early. ``stop()`` is asked before each batch: true ends the search (``cancelled``).
+    ``on_start(trial, arch)`` sees every trial as it is handed to a training or recorded as a
+    cache hit (not one the budget refused), ``on_entry`` every history entry as it is made,
+    ``on_repeat`` every cache hit of an architecture the search already has (instead of
+    ``on_start``/``on_entry``), ``on_progress(outcome, strategy)`` the state after each
+    proposal."""
+
+    claim: Callable[[], bool] | None = None
+    refund: Callable[[float], None] | None = None
+    stop: Callable[[], bool] | None = None
+    on_start: Callable[[Trial, str], None] | None = None
+    on_entry: Callable[[HistoryEntry], None] | None = None
+    on_repeat: Callable[[HistoryEntry], None] | None = None
+    on_progress: ProgressFn | None = None
+
+
+NO_HOOKS = SearchHooks()
+
+
 def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, budget: int,
                cache: EvaluationCache | None = None, failure_reward: float = 0.0,
-               max_idle_proposals: int = 2000, on_progress: ProgressFn | None = None,
-               report_test: bool = True, claim: Callable[[], bool] | None = None,
-               on_entry: Callable[[HistoryEntry], None] | None = None,
-               on_repeat: Callable[[HistoryEntry], None] | None = None,
-               parallel: int = 1, refund: Callable[[float], None] | None = None,
-               stop: Callable[[], bool] | None = None,
-               on_start: Callable[[Trial, str], None] | None = None,
+               max_idle_proposals: int = 2000, hooks: SearchHooks = NO_HOOKS,
+               report_test: bool = True, parallel: int = 1,
                shaper: RewardShaper | None = None, keep_history: bool = True
                ) -> SearchOutcome:
     """Run ``strategy`` until ``budget`` trainings are spent.
 
     A cache hit is free; one of an architecture the search already has (a repeat) is also
-    kept out of the history and given to ``on_repeat`` instead of ``on_entry``/``on_start``, so
-    it costs a count, not a record. The strategy learns from every result, repeats included.
-    Stops before the budget is spent only when the strategy has nothing new to propose
-    (``stopped_reason == "exhausted"``): it suggests nothing (a controller sampling without
-    replacement that drew every architecture), or ``max_idle_proposals`` proposals in a row
-    were all cache hits. With several replicas sharing one budget, ``claim()`` is asked before
-    each training and the search stops when it says no; ``on_entry`` sees every other history
-    entry as it is made and ``on_start(trial, arch)`` every such trial as it is handed to a
-    training or recorded as a cache hit (not one the budget refused).
+    kept out of the history and given to ``hooks.on_repeat`` instead, so it costs a count, not
+    a record. The strategy learns from every result, repeats included. Stops before the budget
+    is spent only when the strategy has nothing new to propose (``stopped_reason ==
+    "exhausted"``): it suggests nothing (a controller sampling without replacement that drew
+    every architecture), or ``max_idle_proposals`` proposals in a row were all cache hits; or
+    when ``hooks.stop()`` or a shared ``hooks.claim()`` says so.
     ``parallel > 1`` evaluates the trials of one suggested batch concurrently (reports stay in
-    order). ``stop()`` is asked before each batch: true ends the search (``stopped_reason ==
-    "cancelled"``).
-    ``shaper`` turns each result into a multi-objective reward (the cache keeps the unshaped
-    result, so jobs with other objectives share it). Without ``keep_history`` the outcome
-    keeps counts and the best only (a service's job: its journal has the history), so a long
-    search's memory does not grow with it.
+    order). ``shaper`` turns each result into a multi-objective reward (the cache keeps the
+    unshaped result, so jobs with other objectives share it). Without ``keep_history`` the
+    outcome keeps counts and the best only (a service's job: its journal has the history), so
+    a long search's memory does not grow with it.
 
-    A child stopped early costs the share of its epochs it trained: with the local budget (or
-    a shared one that takes ``refund``s) the rest is spent on more children (``outcome.charged``
-    <= ``budget``; ``trainings`` may be more).
+    A child stopped early costs the share of its epochs it trained; the rest buys more
+    children (``outcome.charged`` <= ``budget``; ``trainings`` may be more).
     """
     if budget < 1:
         raise ValueError("budget must be >= 1")
     cache = cache if cache is not None else InMemoryCache()
     outcome = SearchOutcome(budget=budget)
     local = _LocalBudget(budget)
-    if claim is None:
-        claim, refund = local.claim, local.refund
+    claim, refund = (hooks.claim, hooks.refund) if hooks.claim else (local.claim, local.refund)
+
+    def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
+        return run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
+                         hooks.on_start, shaper, start_hits=False)
+
     pool = ThreadPoolExecutor(parallel) if parallel > 1 else None
     start = time.perf_counter()
     idle = 0
     try:
         while outcome.charged <= budget - 1 + 1e-9:
-            if stop is not None and stop():
+            if hooks.stop is not None and hooks.stop():
                 outcome.stopped_reason = "cancelled"
                 break
             trials = strategy.suggest(max(strategy.batch_size, parallel))
             if idle >= max_idle_proposals or not trials:
                 outcome.stopped_reason = "exhausted"
                 break
-            def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
-                return run_trial(t, space, evaluator, cache, failure_reward, claim, refund,
-                                 on_start, shaper, start_hits=False)
             done = pool.map(run, trials) if pool is not None else map(run, trials)
-            spent = False
-            for trial, evaluated in zip(trials, done, strict=False):
-                if evaluated is None:  # the budget is spent (here or by other replicas)
-                    spent = True
-                    if pool is None:
-                        break
-                    continue  # the batch's other children ran at the same time: kept
-                entry, result, cost = evaluated
-                strategy.report(trial.trial_id, result)
-                if outcome.is_repeat(entry):
-                    if on_repeat is not None:
-                        on_repeat(entry)
-                else:
-                    if entry.cached and on_start is not None:
-                        on_start(trial, entry.arch)
-                    if on_entry is not None:
-                        on_entry(entry)
-                outcome.add(entry, cost, keep_history)
-                idle = idle + 1 if entry.cached else 0
-                if on_progress is not None:
-                    on_progress(outcome, strategy)
+            idle, spent = _take_batch(trials, done, strategy, outcome, hooks, idle,
+                                      keep_history, sequential=pool is None)
             if spent:
                 break
     finally:
@@ -205,6 +201,36 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
         outcome.best_test_accuracy = evaluator.test_accuracy(best_arch)
     outcome.wall_seconds = time.perf_counter() - start
     return outcome
+
+
+def _take_batch(trials: list[Trial],
+                done: Iterable[tuple[HistoryEntry, TrialResult, float] | None],
+                strategy: Strategy, outcome: SearchOutcome, hooks: SearchHooks, idle: int,
+                keep_history: bool, sequential: bool) -> tuple[int, bool]:
+    """Report a batch's results to the strategy and the hooks, in order; the proposals in a
+    row that were cache hits, and whether the budget ran out."""
+    spent = False
+    for trial, evaluated in zip(trials, done, strict=False):
+        if evaluated is None:  # the budget is spent (here or by other replicas)
+            spent = True
+            if sequential:
+                break
+            continue  # the batch's other children ran at the same time: kept
+        entry, result, cost = evaluated
+        strategy.report(trial.trial_id, result)
+        if outcome.is_repeat(entry):
+            if hooks.on_repeat is not None:
+                hooks.on_repeat(entry)
+        else:
+            if entry.cached and hooks.on_start is not None:
+                hooks.on_start(trial, entry.arch)
+            if hooks.on_entry is not None:
+                hooks.on_entry(entry)
+        outcome.add(entry, cost, keep_history)
+        idle = idle + 1 if entry.cached else 0
+        if hooks.on_progress is not None:
+            hooks.on_progress(outcome, strategy)
+    return idle, spent
 
 
 class _LocalBudget:

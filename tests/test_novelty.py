@@ -14,7 +14,7 @@ from controller.evaluators.nb201 import NB201Evaluator
 from controller.policy import LSTMPolicy, PolicyConfig, ReinforceConfig, ReinforceLearner
 from controller.policy.novelty import NoveltyIndex
 from controller.policy.reinforce import ScoredTrial
-from controller.search import run_search
+from controller.search import SearchHooks, run_search
 from controller.spaces.base import Decision
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.reinforce import DRAWS, ReinforceStrategy
@@ -129,7 +129,7 @@ def test_a_collapsed_policy_still_spends_its_budget_on_new_architectures(
     repeats: list[str] = []
     # Act
     outcome = run_search(space, strategy, evaluator, budget=150, report_test=False,
-                         on_repeat=lambda entry: repeats.append(entry.arch))
+                         hooks=SearchHooks(on_repeat=lambda entry: repeats.append(entry.arch)))
     # Assert: all 150 trainings, no proposal drawn twice (its hits are isomorphic twins of
     # cells it trained)
     assert outcome.stopped_reason == "budget" and outcome.trainings == 150

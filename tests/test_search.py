@@ -9,7 +9,7 @@ from controller.cache import InMemoryCache
 from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator
 from controller.evaluators.nb201 import NB201Evaluator
 from controller.presets import CONTROLLER_PRESETS
-from controller.search import HistoryEntry, run_search
+from controller.search import HistoryEntry, SearchHooks, run_search
 from controller.spaces.base import SearchSpace
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy, UnknownTrial
@@ -63,7 +63,7 @@ def test_isomorphic_proposal_is_a_free_hit(nb201_table: Table) -> None:
 
     repeats: list[HistoryEntry] = []
     outcome = run_search(space, Fixed(space), evaluator, budget=2, cache=cache,
-                         max_idle_proposals=5, on_repeat=repeats.append)
+                         max_idle_proposals=5, hooks=SearchHooks(on_repeat=repeats.append))
     # the twin is a free hit of what the search trained: counted (a repeat), not a new entry
     assert outcome.trainings == 1 and len(outcome.history) == 1
     assert outcome.cache_hits == outcome.repeats == 5 and outcome.distinct == 1

@@ -130,6 +130,28 @@ class LSTMPolicy(nn.Module):
             blocked[r, c] = True
         return blocked
 
+    def _choose(self, logits: Tensor, blocked: Tensor | None, dead: list[bool],
+                given: Tensor | None, generator: torch.Generator | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """One decision for every row: the choice (``given``, or drawn), its log-probability
+        and the distribution's entropy, with ``blocked`` choices masked out (a row with every
+        choice blocked is a dead end: marked in ``dead`` and left unmasked)."""
+        shaped = self._shape(logits)
+        if blocked is not None:
+            stuck = blocked.all(dim=1)  # a dead end: nothing left to draw after this prefix
+            for r in stuck.nonzero().flatten().tolist():
+                dead[r] = True
+            blocked = blocked & ~stuck.unsqueeze(1)
+            shaped = shaped.masked_fill(blocked, float("-inf"))
+        logp_all = torch.log_softmax(shaped, dim=1)
+        probs = logp_all.exp()
+        a = torch.multinomial(probs, 1, generator=generator).squeeze(1) if given is None \
+            else given
+        # a masked choice has p = 0 and log p = -inf: 0 in the entropy, and no 0 * inf in its
+        # gradient
+        safe = logp_all if blocked is None else logp_all.masked_fill(blocked, 0.0)
+        return a, logp_all.gather(1, a.unsqueeze(1)).squeeze(1), -(probs * safe).sum(dim=1)
+
     def _run(self, batch: int, actions: Tensor | None,
              generator: torch.Generator | None, novelty: NoveltyIndex | None = None,
              masks: Sequence[Masks] | None = None) -> PolicyOutput:
@@ -166,26 +188,13 @@ class LSTMPolicy(nn.Module):
                     queries[i] = self.w_curr(anchors[i])
                 logit = self.v(torch.tanh(keys[j] + queries[i]))
                 logits = torch.cat([torch.zeros_like(logit), logit], dim=1)
-            shaped = self._shape(logits)
             blocked = self._blocked(t, d, rows, novelty, masks, recorded)
-            if blocked is not None:
-                stuck = blocked.all(dim=1)  # a dead end: nothing left to draw after this prefix
-                for r in stuck.nonzero().flatten().tolist():
-                    dead[r] = True
-                blocked = blocked & ~stuck.unsqueeze(1)
-                shaped = shaped.masked_fill(blocked, float("-inf"))
-            logp_all = torch.log_softmax(shaped, dim=1)
-            probs = logp_all.exp()
-            if actions is None:
-                a = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                a = actions[:, t]
+            a, log_prob, entropy = self._choose(logits, blocked, dead,
+                                                actions[:, t] if actions is not None else None,
+                                                generator)
             taken.append(a)
-            log_probs.append(logp_all.gather(1, a.unsqueeze(1)).squeeze(1))
-            # a masked choice has p = 0 and log p = -inf: 0 in the entropy, and no 0 * inf in
-            # its gradient
-            safe = logp_all if blocked is None else logp_all.masked_fill(blocked, 0.0)
-            entropies.append(-(probs * safe).sum(dim=1))
+            log_probs.append(log_prob)
+            entropies.append(entropy)
             if rows is not None:
                 rows = [(*p, c) for p, c in zip(rows, a.tolist(), strict=True)]
             if d.skip is None:

@@ -27,35 +27,29 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, SearchConfig, build_config
-from controller.distributed.ps_client import ShardedParameterClient
-from controller.distributed.remote import RemoteUpdater, ReplicaStats
-from controller.distributed.shards import layout_for
-from controller.evaluators.base import EvaluatorError
-from controller.factory import build_reinforce, build_space, candidates_of
+from controller.distributed.remote import ReplicaStats
+from controller.evaluators.base import Evaluator, EvaluatorError
+from controller.factory import build_space
 from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
 from controller.parts import Parts
-from controller.policy.lstm import LSTMPolicy
-from controller.policy.novelty import NoveltyIndex
-from controller.policy.ranking import OverlapGP
-from controller.search import HistoryEntry, SearchOutcome, run_search, run_trial
+from controller.search import SearchOutcome, run_search, run_trial
+from controller.service.budget import BudgetLedger
+from controller.service.recorder import JobRecorder
+from controller.service.replicas import ReplicaGroup
 from controller.service.resources import JobCluster
 from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
-from controller.strategies.enas import EnasStrategy
 from protos.errors import FailedPreconditionError
 from protos.types import Trial
 
@@ -102,7 +96,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self.cache = InMemoryCache(self._stored)  # shared by the jobs of this service
         self.results: dict[str, JobResult] = {}
-        self._clients: dict[str, ShardedParameterClient] = {}  # running jobs' shard clients
+        self._groups: dict[str, ReplicaGroup] = {}  # running jobs' replicas on the shards
         self.metrics = install_search_metrics(self.cluster.registry, store)
         warm_up_policy()
 
@@ -162,9 +156,9 @@ class JobRunner:
         for finished in done:
             finished.wait(timeout)
         with self._lock:
-            clients = list(self._clients.values())
-        for client in clients:
-            client.close()
+            groups = list(self._groups.values())
+        for group in groups:
+            group.close()
         for finished in done:
             finished.wait(min(timeout, 5.0))
 
@@ -216,6 +210,7 @@ class JobRunner:
             self.store.set_state(job_id, state, reason)
 
     def _search(self, job_id: str, cancelled: threading.Event) -> str:
+        """Run the job to its end; the reason it ended."""
         view = self.store.get(job_id)
         result = self.results.setdefault(job_id, JobResult())
         # an embedded job (nas search) names its directory; a submitted one gets work_dir/<id>
@@ -232,99 +227,57 @@ class JobRunner:
         # ids name the resumption by the journal's length, which only grows, so they never
         # repeat an earlier run's (the number of trials could: a resume drops the lost ones)
         tag = f"{job_id}-x{view.length}" if view.started or view.requeue else job_id
+        recorder = JobRecorder(self.store, self.metrics, job_id, space, evaluator.cache_key,
+                               view.repeats)
         lost = view.requeue_owed()
         if lost:  # handed out by a service that died: dropped here, trained again below
-            self.store.note(job_id, "resumed", {"lost": list(lost)})
-        self.store.note(job_id, "evaluator", evaluator.describe())
-        claimed = float(view.trainings)
-        lock = threading.Lock()
-
-        def claim() -> bool:
-            nonlocal claimed
-            with lock:
-                if cancelled.is_set() or claimed + 1 > cfg.budget + 1e-9:
-                    return False
-                claimed += 1
-                return True
-
-        def refund(unused: float) -> None:  # a child stopped early: the rest buys more
-            nonlocal claimed
-            with lock:
-                claimed -= unused
-
-        def record(entry: HistoryEntry) -> None:  # one journal entry per proposal
-            key = f"{evaluator.cache_key}|" \
-                  f"{space.canonical_hash(space.from_string(entry.trained_arch))}"
-            if self.store.finish_trial(job_id, entry.trial_id,
-                                       {**entry.to_json(), "status": entry.status,
-                                        "cache_key": key}):
-                self.metrics.finished(entry.trial_id, entry.status, entry.reward, entry.cached)
-
-        repeats = RepeatCounter(lambda count: self.store.note(job_id, "repeats",
-                                                              {"count": count}), view.repeats)
-
-        def repeat(entry: HistoryEntry) -> None:  # counted, journalled in bulk
-            repeats.add()
-            self.metrics.finished(entry.trial_id, entry.status, entry.reward, True)
-
-        def start(trial: Trial, arch: str, requeues: str = "") -> None:
-            self.store.start_trial(job_id, {"trial_id": trial.trial_id, "arch": arch,
-                                            **({"requeues": requeues} if requeues else {})})
-            self.metrics.started(trial.trial_id)
-
-        updates = 0.0
-
-        def policy_stats(outcome: SearchOutcome, strategy: Strategy) -> None:
-            nonlocal updates  # one note per policy update (any replica's)
-            stats = strategy.stats()
-            if stats.get("policy_version", updates) != updates:
-                updates = stats["policy_version"]
-                self.store.note(job_id, "policy", stats)
-
+            recorder.note("resumed", {"lost": list(lost)})
+        recorder.note("evaluator", evaluator.describe())
+        ledger = BudgetLedger(cfg.budget, float(view.trainings), cancelled.is_set)
+        hooks = recorder.hooks(ledger, cancelled.is_set)
         shaper = RewardShaper.from_settings(cfg.objectives)
-        for n, (old, arch) in enumerate(lost.items()):  # re-queued first, each once
-            trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
-                          space.canonical_hash(space.from_string(arch)), job_id=job_id)
-            done_trial = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
-                                   claim, refund,
-                                   functools.partial(start, requeues=old),
-                                   shaper)
-            if done_trial is None:
-                break
-            record(done_trial[0])
+        self._requeue(lost, tag, space, evaluator, cfg, recorder, ledger, shaper)
 
         def search(strategy: Strategy) -> SearchOutcome:
             return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
                               failure_reward=cfg.failure_reward,
-                              max_idle_proposals=cfg.max_idle_proposals, claim=claim,
-                              refund=refund, on_entry=record, on_repeat=repeat,
-                              report_test=False,
-                              parallel=parallel, stop=cancelled.is_set, on_start=start,
-                              on_progress=policy_stats, shaper=shaper,
+                              max_idle_proposals=cfg.max_idle_proposals, hooks=hooks,
+                              report_test=False, parallel=parallel, shaper=shaper,
                               keep_history=self.keep_results)
 
         history = self._history(job_id, space) if view.started else []
         try:
             if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
-                outcomes = self._replicas(job_id, tag, cfg, space, search, result, history)
+                result.outcomes = self._replicas(job_id, tag, cfg, space, search, result,
+                                                 history)
             else:
                 strategy = self.parts.strategy(space, cfg)
                 strategy.job_id = tag
                 strategy.resume(history)
-                if isinstance(strategy, EnasStrategy):  # the supernet phase, journaled per epoch
-                    report = strategy.search_supernet(
-                        stop=cancelled.is_set,
-                        on_epoch=lambda stats: self.store.note(job_id, "policy", stats))
-                    updates = float(len(report.epochs))
-                    self.store.note(job_id, "supernet", report.to_json())
-                outcomes = [search(strategy)]
+                strategy.prepare(cancelled.is_set, recorder.note)
+                result.outcomes = [search(strategy)]
         finally:
-            repeats.flush()
-        result.outcomes = outcomes
+            recorder.repeats.flush()
+        outcomes = result.outcomes
         reasons = sorted({o.stopped_reason for o in outcomes})
         return (f"{','.join(reasons)}: {sum(o.trainings for o in outcomes)} trainings, "
                 f"{sum(o.cache_hits for o in outcomes)} cache hits, "
                 f"{sum(o.distinct for o in outcomes)} distinct architectures")
+
+    def _requeue(self, lost: dict[str, str], tag: str, space: SearchSpace,
+                 evaluator: Evaluator, cfg: SearchConfig, recorder: JobRecorder,
+                 ledger: BudgetLedger, shaper: RewardShaper | None) -> None:
+        """Train again, each once and first, the trials a service that died had handed out
+        (they were dropped from the journal when this run started)."""
+        for n, (old, arch) in enumerate(lost.items()):
+            trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
+                          space.canonical_hash(space.from_string(arch)), job_id=recorder.job_id)
+            done = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
+                             ledger.claim, ledger.refund,
+                             functools.partial(recorder.started, requeues=old), shaper)
+            if done is None:
+                break
+            recorder.finished(done[0])
 
     def _history(self, job_id: str, space: SearchSpace) -> list[tuple[tuple[int, ...], float]]:
         """What an earlier run of a resumed job evaluated, for its strategy to take up
@@ -341,93 +294,13 @@ class JobRunner:
     def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
                   search: Callable[[Strategy], SearchOutcome], result: JobResult,
                   history: list[tuple[tuple[int, ...], float]]) -> list[SearchOutcome]:
-        """K controller replicas (threads) sharing the policy on the parameter servers. The
-        layout id is the job id: registering it again after a restart keeps what the shards
-        hold (or restored from their checkpoint), so a resumed job's policy goes on learning."""
-        seeded = build_reinforce(space, cfg)  # the initial policy of a new job
-        initial = nn.utils.parameters_to_vector(seeded.policy.parameters()).detach().numpy()
-        learner = seeded.learner.config
-        layout = layout_for(cfg, job_id, initial.size, learner.learning_rate,
-                            learner.adam_betas, num_shards=len(self.cluster.addresses))
-        client = self.cluster.parameter_client(layout)
+        """K controller replicas sharing the policy on the parameter servers."""
+        group = ReplicaGroup(self.cluster, job_id, tag, cfg, space)
+        result.replicas, result.by_replica = group.stats, group.outcomes
         with self._lock:
-            self._clients[job_id] = client
-        outcomes: list[SearchOutcome] = []
-        errors: list[BaseException] = []
-        # what the replicas drew, and the surrogate ranking their draws: one for all of them
-        novelty = NoveltyIndex([d.num_choices for d in space.decisions])
-        ranker = OverlapGP(len(space.decisions)) if candidates_of(cfg) else None
+            self._groups[job_id] = group
         try:
-            versions = client.register(initial.astype(np.float32))
-            if min(versions) > 0:
-                log.info("%s: policy resumed from the parameter servers at version %d",
-                         job_id, min(versions))
-            else:
-                log.info("%s: policy registered on %d parameter-server shards, %d replicas",
-                         job_id, layout.num_shards, cfg.replicas)
-
-            def replica(index: int) -> None:
-                try:
-                    def updater(policy: LSTMPolicy) -> RemoteUpdater:
-                        remote = RemoteUpdater(
-                            list(policy.parameters()), client, f"{tag}-r{index}",
-                            metrics=self.cluster.replica_metrics.replica(index))
-                        result.replicas[f"{tag}-r{index}"] = remote.stats
-                        return remote
-
-                    strategy = build_reinforce(space, cfg, seed=cfg.seed + 7919 * (index + 1),
-                                               updater=updater, novelty=novelty,
-                                               ranker=ranker)
-                    strategy.job_id = f"{tag}-r{index}"
-                    if index == 0:  # the draws and the surrogate are the replicas' shared ones
-                        strategy.resume(history)
-                    outcome = search(strategy)
-                    with self._lock:
-                        outcomes.append(outcome)
-                        result.by_replica[f"{tag}-r{index}"] = outcome
-                except BaseException as exc:  # raised in the job's thread below
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=replica, args=(i,), name=f"{job_id}-r{i}",
-                                        daemon=True) for i in range(cfg.replicas)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            return group.run(search, history)
         finally:
-            client.close()
             with self._lock:
-                self._clients.pop(job_id, None)
-        if errors:
-            raise errors[0]
-        return outcomes
-
-
-class RepeatCounter:
-    """Counts a job's repeats (cache hits of architectures it already had) and journals the
-    count at most once per ``every`` seconds (and on ``flush``), not one entry per repeat: a
-    controller that keeps proposing what it has seen costs microseconds a proposal."""
-
-    def __init__(self, write: Callable[[int], None], start: int = 0, every: float = 1.0) -> None:
-        self.write = write
-        self.count = self.written = start
-        self.every = every
-        self._at = time.monotonic()
-        self._lock = threading.Lock()
-
-    def add(self) -> None:
-        """One more repeat."""
-        with self._lock:
-            self.count += 1
-            due = time.monotonic() - self._at >= self.every
-        if due:
-            self.flush()
-
-    def flush(self) -> None:
-        """Journal the count if it changed."""
-        with self._lock:
-            count, self._at = self.count, time.monotonic()
-            if count == self.written:
-                return
-            self.written = count
-        self.write(count)
+                self._groups.pop(job_id, None)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from controller.spaces.base import SearchSpace
 from protos.types import Architecture, Trial, TrialResult
@@ -61,6 +62,12 @@ class Strategy(ABC):
     def stats(self) -> dict[str, float]:
         """Numbers worth showing while the search runs (policy entropy, baseline, ...)."""
         return {}
+
+    def prepare(self, stop: Callable[[], bool],  # noqa: B027
+                note: Callable[[str, dict[str, Any]], None]) -> None:
+        """Work before the first proposal, journalled through ``note(kind, doc)`` (a ``policy``
+        note per policy update); ``stop()`` cuts it short. Nothing by default; ENAS trains its
+        supernet and controller here."""
 
     def resume(self, history: Iterable[tuple[Sequence[int], float]]) -> None:  # noqa: B027
         """Take up a job an earlier run started: ``history`` is what it evaluated (actions,

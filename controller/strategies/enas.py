@@ -110,6 +110,13 @@ class EnasStrategy(Strategy):
         out = self.controller.policy.sample(1, generator=self.controller.generator)
         return self.space.decode(out.actions[0].tolist())
 
+    def prepare(self, stop: Callable[[], bool],
+                note: Callable[[str, dict[str, Any]], None]) -> None:
+        """The supernet phase: each epoch's statistics as a ``policy`` note, then the report
+        as a ``supernet`` note."""
+        report = self.search_supernet(stop=stop, on_epoch=lambda stats: note("policy", stats))
+        note("supernet", report.to_json())
+
     def search_supernet(self, stop: Callable[[], bool] = lambda: False,
                         on_epoch: Callable[[dict[str, float]], None] | None = None
                         ) -> SupernetReport:

@@ -1,0 +1,107 @@
+"""A job's K controller replicas: REINFORCE searches (threads) that share one policy kept on
+the parameter-server shards, one set of drawn sequences and one surrogate."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from controller.config import SearchConfig
+from controller.distributed.ps_client import ShardedParameterClient
+from controller.distributed.remote import RemoteUpdater, ReplicaStats
+from controller.distributed.shards import layout_for
+from controller.factory import build_reinforce, candidates_of
+from controller.policy.lstm import LSTMPolicy
+from controller.policy.novelty import NoveltyIndex
+from controller.policy.ranking import OverlapGP
+from controller.search import SearchOutcome
+from controller.service.resources import JobCluster
+from controller.spaces.base import SearchSpace
+from controller.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+History = Sequence[tuple[Sequence[int], float]]
+
+
+class ReplicaGroup:
+    """The replicas of one run of ``job_id`` (their ids name the run's ``tag``). The layout id
+    is the job id: registering it again after a restart keeps what the shards hold (or
+    restored from their checkpoint), so a resumed job's policy goes on learning."""
+
+    def __init__(self, cluster: JobCluster, job_id: str, tag: str, cfg: SearchConfig,
+                 space: SearchSpace) -> None:
+        self.cluster = cluster
+        self.job_id, self.tag = job_id, tag
+        self.cfg, self.space = cfg, space
+        self.stats: dict[str, ReplicaStats] = {}       # each replica's pushes and pulls
+        self.outcomes: dict[str, SearchOutcome] = {}   # each replica's search, once ended
+        self._lock = threading.Lock()
+        seeded = build_reinforce(space, cfg)  # the initial policy of a new job
+        self.initial = nn.utils.parameters_to_vector(seeded.policy.parameters()).detach()
+        learner = seeded.learner.config
+        self.layout = layout_for(cfg, job_id, self.initial.numel(), learner.learning_rate,
+                                 learner.adam_betas, num_shards=len(cluster.addresses))
+        self.client: ShardedParameterClient = cluster.parameter_client(self.layout)
+        # what the replicas drew, and the surrogate ranking their draws: one for all of them
+        self.novelty = NoveltyIndex([d.num_choices for d in space.decisions])
+        self.ranker = OverlapGP(len(space.decisions)) if candidates_of(cfg) else None
+
+    def run(self, search: Callable[[Strategy], SearchOutcome],
+            history: History) -> list[SearchOutcome]:
+        """Register the policy, run the K replicas to the end; their outcomes (the first
+        error of any replica is raised)."""
+        try:
+            self._register()
+            errors: list[BaseException] = []
+            threads = [threading.Thread(target=self._replica, args=(i, search, history, errors),
+                                        name=f"{self.job_id}-r{i}", daemon=True)
+                       for i in range(self.cfg.replicas)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.client.close()
+        if errors:
+            raise errors[0]
+        return list(self.outcomes.values())
+
+    def close(self) -> None:
+        """Cut the replicas' parameter-server calls short (the service is closing)."""
+        self.client.close()
+
+    def _register(self) -> None:
+        versions = self.client.register(self.initial.numpy().astype(np.float32))
+        if min(versions) > 0:
+            log.info("%s: policy resumed from the parameter servers at version %d",
+                     self.job_id, min(versions))
+        else:
+            log.info("%s: policy registered on %d parameter-server shards, %d replicas",
+                     self.job_id, self.layout.num_shards, self.cfg.replicas)
+
+    def _replica(self, index: int, search: Callable[[Strategy], SearchOutcome],
+                 history: History, errors: list[BaseException]) -> None:
+        name = f"{self.tag}-r{index}"
+        try:
+            def updater(policy: LSTMPolicy) -> RemoteUpdater:
+                remote = RemoteUpdater(list(policy.parameters()), self.client, name,
+                                       metrics=self.cluster.replica_metrics.replica(index))
+                self.stats[name] = remote.stats
+                return remote
+
+            strategy = build_reinforce(self.space, self.cfg,
+                                       seed=self.cfg.seed + 7919 * (index + 1), updater=updater,
+                                       novelty=self.novelty, ranker=self.ranker)
+            strategy.job_id = name
+            if index == 0:  # the draws and the surrogate are the replicas' shared ones
+                strategy.resume(history)
+            outcome = search(strategy)
+            with self._lock:
+                self.outcomes[name] = outcome
+        except BaseException as exc:  # raised in the job's thread by run()
+            errors.append(exc)
