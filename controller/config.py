@@ -2,40 +2,43 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from controller.early_stopping import EARLY_STOPPING
 from controller.objectives import normalize_objectives
-from controller.policy.reinforce import TRANSFORM_NAMES
-from controller.presets import CONTROLLER_PRESETS
-from controller.spaces import SPACE_NAMES
-from controller.strategies.pnas import PNAS_SPACES, SURROGATES
+from controller.settings import (
+    BY_NAME,
+    BY_YAML_KEY,
+    DEFAULT_DATASET,
+    EVALUATORS,
+    NB201_DATASETS,
+    STRATEGIES,
+    SYNTHETIC_DATASETS,
+    TRAIN_DATASETS,
+    ConfigError,
+    Setting,
+    check_settings,
+)
+from controller.strategies.pnas import PNAS_SPACES
 
-STRATEGIES = ("reinforce", "random", "evolution", "pnas", "enas", "tpe", "gp")
+__all__ = ["DEFAULT_DATASET", "ENAS_SPACES", "EVALUATORS", "NB201_DATASETS", "RNN_SPACES",
+           "STRATEGIES", "SYNTHETIC_DATASETS", "TRAIN_DATASETS", "ConfigError", "SearchConfig",
+           "build_config", "load_spec"]
+
 ENAS_SPACES = ("enas-micro", "macro", "nasnet", "nb201")  # spaces with a supernet
-EVALUATORS = ("nb201", "train", "synthetic")
-NB201_DATASETS = ("cifar10", "cifar100", "imagenet16")
-TRAIN_DATASETS = ("fashion-mnist", "cifar10", "text")
-SYNTHETIC_DATASETS = ("synthetic",)  # a seeded landscape: no data at all
 RNN_SPACES = ("rnn-cell", "enas-rnn")  # trained as char LMs on --dataset text
-DEFAULT_DATASET = {"nb201": "cifar10", "train": "fashion-mnist", "synthetic": "synthetic"}
 SIMULATING_EVALUATORS = ("nb201", "synthetic")  # may sleep --simulate-seconds per child
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message names the field and what would be accepted."""
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Everything ``nas search`` needs. Field names are the YAML keys and the flag names."""
+    """Everything ``nas search`` needs, typed. Each field is a row of ``controller.settings``
+    (its flag, YAML key, SearchSpec field, help and accepted values); the defaults here and
+    there agree (``tests/test_settings.py``)."""
 
     space: str = "nb201"
     num_blocks: int | None = None
@@ -105,7 +108,7 @@ class SearchConfig:
     workers: int = 0  # children trained at once on Ray (0: in this process, one at a time)
     ray_address: str | None = None  # a running Ray cluster (None: a private local Ray)
     cpus_per_child: float = 1.0
-    gpus_per_child: float | None = None  # None: 0.125 when the Ray cluster has GPUs, else 0
+    gpus_per_child: float | None = None  # None: DEFAULT_GPU_SHARE if Ray has GPUs, else 0
     max_attempts: int = 3  # attempts per trial when worker processes die or go silent
     heartbeat_seconds: float = 5.0
     heartbeat_timeout: float = 60.0
@@ -116,69 +119,19 @@ class SearchConfig:
     metrics_port: int | None = None  # serve /metrics while the search runs (0: a free port)
 
     def __post_init__(self) -> None:
-        _one_of("space", self.space, SPACE_NAMES)
-        _one_of("strategy", self.strategy, STRATEGIES)
-        _one_of("controller", self.controller, tuple(CONTROLLER_PRESETS))
-        _one_of("evaluator", self.evaluator, EVALUATORS)
-        if self.reward_transform is not None:
-            _one_of("reward_transform", self.reward_transform, TRANSFORM_NAMES)
         if self.dataset is None and self.evaluator in DEFAULT_DATASET:
             object.__setattr__(self, "dataset", DEFAULT_DATASET[self.evaluator])
         if self.out is None:
             object.__setattr__(self, "out", f"runs/{self.space}-{self.strategy}")
-        for name in ("num_blocks", "num_layers", "children", "train_subset", "val_subset",
-                     "sync_pushes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {value}")
-        if self.candidates is not None and self.candidates < 0:
-            raise ConfigError(f"candidates: must be >= 0 (0: no ranking), got {self.candidates}")
-        for name, low in (("budget", 1), ("population", 1), ("tournament", 1), ("beam", 1),
-                          ("max_idle_proposals", 1), ("seed", 0), ("cells", 1), ("filters", 1),
-                          ("epochs", 1), ("batch_size", 1), ("shards", 1), ("replicas", 1),
-                          ("staleness", 0), ("checkpoint_every", 0), ("parallel", 1),
-                          ("workers", 0), ("max_attempts", 1), ("landscape_seed", 0),
-                          ("grace_epochs", 1), ("asha_eta", 2), ("median_min_trials", 1),
-                          ("lm_steps", 1), ("lm_hidden", 1), ("bptt", 1),
-                          ("enas_epochs", 1), ("controller_steps", 1), ("derive_samples", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        check_settings(self)  # each setting's choices and range, from its row
         if self.tournament > self.population:
             raise ConfigError(f"tournament: must be <= population ({self.population}), "
                               f"got {self.tournament}")
-        for name in ("controller_lr", "entropy_weight", "baseline_decay", "failure_reward", "lr",
-                     "weight_decay", "label_smoothing", "drop_path", "simulate_seconds",
-                     "cpus_per_child", "gpus_per_child", "heartbeat_seconds",
-                     "heartbeat_timeout", "reward_c"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ConfigError(f"{name}: must be a finite number, got {value}")
-        for name in ("controller_lr", "lr", "reward_c"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name}: must be > 0, got {value}")
-        for name in ("weight_decay", "simulate_seconds", "cpus_per_child", "gpus_per_child"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {value}")
-        for name in ("label_smoothing", "drop_path"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
-        _one_of("reward", self.reward, ("last", "max5"))
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
-        _one_of("surrogate", self.surrogate, SURROGATES)
         if self.strategy == "pnas" and self.space not in PNAS_SPACES:
             raise ConfigError(f"space: --strategy pnas runs on {', '.join(PNAS_SPACES)}, "
                               f"got {self.space!r}")
         if self.strategy == "enas":
             self._check_enas()
-        if self.entropy_weight is not None and self.entropy_weight < 0:
-            raise ConfigError(f"entropy_weight: must be >= 0, got {self.entropy_weight}")
-        if self.baseline_decay is not None and not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"baseline_decay: must be in [0, 1), got {self.baseline_decay}")
-        _one_of("update_policy", self.update_policy, ("async", "sync"))
-        _one_of("early_stopping", self.early_stopping, EARLY_STOPPING)
         self._check_workers()
         self._check_ppo()
         if self.distributed and self.strategy != "reinforce":
@@ -221,11 +174,6 @@ class SearchConfig:
             if getattr(self, name) is not None and self.controller != "ppo":
                 raise ConfigError(f"{name}: only the ppo controller clips and repeats epochs; "
                                   f"add --controller ppo (got {self.controller!r})")
-        if self.ppo_clip is not None and not (math.isfinite(self.ppo_clip)
-                                              and 0 < self.ppo_clip < 1):
-            raise ConfigError(f"ppo_clip: must be in (0, 1), got {self.ppo_clip}")
-        if self.ppo_epochs is not None and self.ppo_epochs < 1:
-            raise ConfigError(f"ppo_epochs: must be >= 1, got {self.ppo_epochs}")
 
     def _check_workers(self) -> None:
         if self.cpus_per_child == 0 and not self.gpus_per_child:
@@ -239,8 +187,6 @@ class SearchConfig:
         if self.workers and self.evaluator != "train":
             raise ConfigError(f"workers: Ray workers train children (--evaluator train); the "
                               f"{self.evaluator} evaluator trains nothing (use --parallel)")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port: a port in [0, 65535], got {self.metrics_port}")
         if self.early_stopping != "none":
             if not self.workers:
                 raise ConfigError("early_stopping: children report their epochs to the "
@@ -265,25 +211,26 @@ def _one_of(field: str, value: object, allowed: tuple[str, ...]) -> None:
 STRUCTURED = {"objectives": normalize_objectives}
 
 
-def _coerce(name: str, kind: str, value: Any) -> Any:
+def _coerce(setting: Setting, value: Any) -> Any:
+    name, kind = setting.name, setting.type
     if name in STRUCTURED and value is not None:
         try:
             return STRUCTURED[name](value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     if value is None:
-        if "None" not in kind:
+        if not setting.nullable:
             raise ConfigError(f"{name}: must be set (no null)")
         return None
-    if "bool" in kind:
+    if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
         return value
-    if "int" in kind:
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
-    if "float" in kind:
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
@@ -293,18 +240,18 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
 
 
 def build_config(*layers: Mapping[str, Any]) -> SearchConfig:
-    """A config from layers of settings (YAML keys or flags; ``-`` and ``_`` both accepted),
-    later layers overriding earlier ones; defaults that depend on others (dataset, out) are
-    resolved once, after merging."""
-    known = {f.name: str(f.type) for f in fields(SearchConfig)}
+    """A config from layers of settings (YAML keys, or the flags' names; ``-`` and ``_`` both
+    accepted), later layers overriding earlier ones; defaults that depend on others (dataset,
+    out) are resolved once, after merging."""
     merged: dict[str, Any] = {}
     for values in layers:
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
-            if key not in known:
+            setting = BY_YAML_KEY.get(key) or BY_NAME.get(key)
+            if setting is None:
                 raise ConfigError(f"{raw_key}: unknown setting; known: "
-                                  f"{', '.join(sorted(known))}")
-            merged[key] = _coerce(key, known[key], value)
+                                  f"{', '.join(sorted(BY_YAML_KEY))}")
+            merged[setting.name] = _coerce(setting, value)
     if merged.get("strategy") == "enas":  # ENAS's own controller unless another is named
         merged.setdefault("controller", "enas")
     return SearchConfig(**merged)

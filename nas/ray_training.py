@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.config import ConfigError
 from controller.early_stopping import EarlyStopper
+from controller.settings import DEFAULT_GPU_SHARE  # GPUs per child when Ray has GPUs
 from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
 from controller.trials.servicer import serve_trial_reports
@@ -22,11 +23,6 @@ from protos.types import Resources, Workload
 from worker.metrics import WorkerCollector
 from worker.scheduler import InfeasibleResources, RayScheduler
 from worker.service import WorkerService
-
-# Children packed per GPU by default: 8. The one measurement so far (issue 5, an H200, a
-# NASNet-search child): 8 packed processes 6,819 images/s > 4 packed 6,126 > 1 child 2,429.
-# bench/gpu_children.py re-measures it on the GPU at hand.
-DEFAULT_GPU_SHARE = 0.125
 
 
 def workload_of(local: TrainEvaluator) -> Workload:

@@ -20,7 +20,8 @@ from controller.pareto import DEFAULT_METRICS
 from controller.service import serve_options
 from controller.service.connect import add_connection, client_from_args
 from controller.service.serve_options import ServeOptionError
-from controller.service.spec import WIRE_NAMES, spec_from_settings
+from controller.service.spec import GROUP_MEMBERS, WIRE_NAMES, spec_from_settings
+from controller.settings import WIRE_SETTINGS
 from nas import watch_command
 from protos.v1 import search_pb2 as sp
 
@@ -74,18 +75,23 @@ def add_parsers(sub: Any) -> None:
     watch_command.add_parser(sub, add_connection)
 
 
+# keys of a YAML spec that `nas search` reads and a submitted job has no use for
+LOCAL_ONLY = ("out",)
+
+
 def spec_from_file(path: Path) -> sp.SearchSpec:
     """A YAML spec (the keys of `nas search`) as a SearchSpec; ConfigError names a bad key."""
     settings = load_spec(path)
-    unknown = sorted(str(k).replace("-", "_") for k in settings
-                     if str(k).replace("-", "_") not in WIRE_NAMES and k != "out")
+    submittable = {s.yaml_key: s.name for s in WIRE_SETTINGS}
+    unknown = sorted(key for key in (str(k).replace("-", "_") for k in settings)
+                     if key not in submittable and key not in LOCAL_ONLY)
     if unknown:
         raise ConfigError(f"{unknown[0]}: not settable for a submitted job (settable: "
-                          f"{', '.join(sorted(WIRE_NAMES))})")
+                          f"{', '.join(sorted(submittable))})")
     cfg = build_config(settings)  # names the field of a bad value
     values = {k: v for k, v in vars(cfg).items() if k in WIRE_NAMES and v is not None}
-    if cfg.evaluator != "train":
-        for key in ("cells", "epochs"):  # the model and recipe only travel for training
+    if cfg.evaluator != "train":  # the model and recipe only travel for training
+        for key in (k for members in GROUP_MEMBERS.values() for k in members):
             values.pop(key, None)
     return spec_from_settings(values)
 
