@@ -1,4 +1,5 @@
-"""Run every benchmark: ``python -m bench all`` regenerates BENCHMARKS.md and bench/out/.
+"""Run every benchmark: ``python -m bench all`` regenerates BENCHMARKS.md, bench/out/ and the
+README's benchmarks block (``bench.readme``).
 
     python -m bench all              # the full suite (hours on 2 cores; each section names
                                      # its own command and machine)
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bench.readme import refresh
 from bench.report import ROOT
 
 LOGS = ROOT / "bench" / "out" / "logs"
@@ -128,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     for bench, code, seconds in results:
         status = "ok" if code == 0 else f"FAILED (exit {code}; see {log_path(bench, args.quick)})"
         print(f"{bench.name:14} {seconds:7.1f} s  {status}")
+    if not args.quick:
+        refresh()  # each section's writer refreshed it too; this covers hand edits since
     if not args.quick and not failed:
-        print("BENCHMARKS.md and bench/out/ regenerated")
+        print("BENCHMARKS.md, bench/out/ and the README's benchmarks block regenerated")
     return 1 if failed else 0
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import random
 import re
@@ -51,6 +52,7 @@ from typing import Any
 import redis
 
 from bench.report import background_load, machine, write_section
+from controller.config import SearchConfig
 from controller.jobs.redis_store import RedisJobStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +184,7 @@ class Cluster:
                            "--appendfsync", "always", "--save", "", "--dir",
                            str(run_dir / "redis")]
         self.url = f"redis://127.0.0.1:{self.redis.port}/0"
-        nas = [sys.executable, "-m", "controller", "serve"]
+        nas = [sys.executable, "-m", "nas", "serve"]
         self.shards = [Proc(f"shard{i}", [*nas, "paramserver", "--shard", str(i),
                                           "--num-shards", str(shards), "--redis", self.url,
                                           "--redis-prefix", self.prefix, "--port"],
@@ -206,7 +208,7 @@ class Cluster:
 
     def start_service(self) -> None:
         s = self.service
-        s.argv = [sys.executable, "-m", "controller", "serve", "search", "--port", str(s.port),
+        s.argv = [sys.executable, "-m", "nas", "serve", "search", "--port", str(s.port),
                   "--redis", self.url, "--redis-prefix", self.prefix, "--work-dir",
                   str(self.run_dir / "work"), "--paramservers",
                   ",".join(f"127.0.0.1:{p.port}" for p in self.shards)]
@@ -257,6 +259,10 @@ class RunResult:
     @property
     def retried(self) -> int:
         return self.requeued + self.extra_attempts
+
+
+# how long the job store waits for Redis to come back (its default)
+REDIS_RETRY_S = float(inspect.signature(RedisJobStore).parameters["retry_for"].default)
 
 
 def table_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -626,10 +632,11 @@ def section(args: argparse.Namespace, argv: list[str] | None,
                   + f"; the first clean run's best architecture is "
                   f"`{clean['table'][0].best_arch}`."]
     if "train" in clean:
-        c = clean["train"][0]
+        c, train = clean["train"][0], train_spec(args)
         lines += ["", f"Worker search: table lookups never reach Ray, so the worker fault "
                   f"runs its own pair: {args.train_budget} NB201 children trained for real "
-                  f"(1 epoch on a 256-image Fashion-MNIST slice) by {args.workers} Ray workers, "
+                  f"({train['epochs']} epoch(s) on a {train['train_subset']}-image "
+                  f"Fashion-MNIST slice) by {args.workers} Ray workers, "
                   f"same seed; clean: best {c.best_reward:.4f}."]
     best_archs = {r.best_arch for r in repeats}
     if len(repeats) > 1 and len(best_archs) > 1:
@@ -644,11 +651,10 @@ def section(args: argparse.Namespace, argv: list[str] | None,
         reproducible = (f" The {len(repeats)} clean runs reached the same best here, but with "
                         f"K={args.replicas} replicas that is not guaranteed: their pushes "
                         f"interleave by thread timing, so a run may sample differently after "
-                        f"the first update (other runs of this command have seen clean bests "
-                        f"differ, and faulted bests differ from run to run). A faulted best that "
-                        f"differs is therefore the fault's doing or timing; what the table "
-                        f"guarantees is that every trial accepted got "
-                        f"its result, the budget was spent exactly and nothing trained twice.")
+                        f"the first update. A faulted best that differs is therefore the "
+                        f"fault's doing or timing; what the table guarantees is that every "
+                        f"trial accepted got its result, the budget was spent exactly and "
+                        f"nothing trained twice.")
     elif len(repeats) > 1:
         reproducible = (f" The clean run reproduced its best in {len(repeats)} runs, so a "
                         f"faulted best that differs is the fault's doing.")
@@ -667,20 +673,21 @@ def section(args: argparse.Namespace, argv: list[str] | None,
               "- Why a faulted best can differ from the clean one without any result lost: "
               "a restarted service re-seeds the replicas' samplers (they start again from the "
               "seed, with the policy the shards kept) and trains its re-queued children first; "
-              "a restarted shard restores its last checkpoint (every `checkpoint_every` = 10 "
-              "updates) and drops the updates since. Either way the search then proposes other "
-              "children than the clean run. A Redis restart and a killed worker change no "
-              "state the search samples from (journal writes wait for Redis; the child is "
-              "trained again, to the same accuracy), but they delay the replicas unevenly, and "
-              "with K > 1 that alone can reorder their pushes." + reproducible,
+              "a restarted shard restores its last checkpoint (every `checkpoint_every` = "
+              f"{SearchConfig.checkpoint_every} updates) and drops the updates since. Either "
+              "way the search then proposes other children than the clean run. A Redis "
+              "restart and a killed worker change no state the search samples from (journal "
+              "writes wait for Redis; the child is trained again, to the same accuracy), but "
+              "they delay the replicas unevenly, and with K > 1 that alone can reorder their "
+              "pushes." + reproducible,
               "- Found and fixed by this benchmark: a Redis SIGKILL wedged the job (the job "
               "store's next write raised, then so did the write of FAILED: the job stayed "
               "RUNNING with nothing running it) and failed it (a shard's checkpoint on "
               "RegisterLayout or on a push raised, the RPC failed with UNKNOWN). The job store "
-              "now waits up to 60 s for Redis; a failed checkpoint no longer fails the update "
-              "that triggered it and is retried after the next one. And a service killed "
-              "twice in a row, the second time while it resumed the job, lost a result (1 in "
-              "120): the first resume's note had dropped the in-flight trials from the job's "
+              f"now waits up to {REDIS_RETRY_S:.0f} s for Redis; a failed checkpoint no longer "
+              "fails the update that triggered it and is retried after the next one. And a "
+              "service killed twice in a row, the second time while it resumed the job, lost "
+              "a result: the first resume's note had dropped the in-flight trials from the job's "
               "view before it re-queued them all, so the second resume no longer knew of those "
               "not yet re-queued. The view now keeps each dropped trial as owed until a "
               "re-queued trial naming it starts."]

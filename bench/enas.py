@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from bench.report import ROOT, background_load, machine, write_section
 from controller.evaluators.nb201 import default_csv, load_table
-from controller.factory import build_supernet
 from controller.spaces import create_space
 from controller.strategies.surrogate import kendall_tau
+from nas.wiring import build_supernet
 from protos.types import SearchSpaceSpec
 from worker.builders import ModelSpec, build_model
 from worker.datasets import load_dataset
@@ -52,7 +52,7 @@ QUICK_SPACES = {"enas-micro": ["--space", "enas-micro", "--num-blocks", "2"],
 def _search(strategy: str, space_flags: list[str], seed: int, sizes: dict[str, int],
             out: Path) -> dict[str, Any]:
     """One ``nas search`` run as a user runs it; its result.json and wall time."""
-    cmd = [sys.executable, "-m", "controller", "search", "--strategy", strategy, *space_flags,
+    cmd = [sys.executable, "-m", "nas", "search", "--strategy", strategy, *space_flags,
            "--evaluator", "train", "--dataset", "fashion-mnist", "--budget", "1",
            "--seed", str(seed), "--train-subset", str(sizes["train"]),
            "--val-subset", str(sizes["val"]), "--filters", "8", "--cells", "1",
@@ -188,12 +188,25 @@ def render(rows: list[dict[str, Any]], rank: dict[str, Any], sizes: dict[str, in
         f"{100 * rank['best_in_sample']:.2f}%, sample mean {100 * rank['mean_in_sample']:.2f}%). "
         "The supernet trains on Fashion-MNIST (no CIFAR-10 images on this machine); the "
         "stand-alone row bounds what a Fashion-MNIST proxy can say about the CIFAR-10 table.",
-        "", f"Reading: shared weights rank these cells weakly (tau {rank['tau_reward']:+.2f} "
-        f"against the reward, {rank['tau_test']:+.2f} against the 200-epoch test accuracy) "
-        f"where stand-alone training on the same images reaches {rank['tau_sub_alone']:+.2f}; "
-        "weight-sharing rankings are known to be weak (Sciuto et al. 2019, Yu et al. 2020). "
-        "ENAS still uses them only to pick which child to train from scratch."]
+        "", reading(rank)]
     return "\n".join(lines)
+
+
+def reading(rank: dict[str, Any]) -> str:
+    """The ranking's reading: shared weights against stand-alone training on the same images,
+    both against the reward (the comparison decides the words)."""
+    shared, alone = rank["tau_reward"], rank["tau_sub_alone"]
+    taus = (f"(tau {shared:+.2f} against the reward, {rank['tau_test']:+.2f} against the "
+            f"200-epoch test accuracy)")
+    if shared < alone:
+        head = (f"shared weights rank these cells weakly {taus} where stand-alone training on "
+                f"the same images reaches {alone:+.2f}")
+    else:
+        head = (f"shared weights rank these cells {taus} at least as well as stand-alone "
+                f"training on the same images ({alone:+.2f})")
+    return (f"Reading: {head}; weight-sharing rankings are known to be weak (Sciuto et al. "
+            "2019, Yu et al. 2020). ENAS still uses them only to pick which child to train "
+            "from scratch.")
 
 
 FULL = {"train": 2000, "val": 500, "enas_epochs": 4, "controller_steps": 20, "derive": 16,

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from bench.report import machine, write_section
-from controller.local_training import TrainEvaluator
 from controller.presets import CONTROLLER_PRESETS
 from controller.search import run_search
 from controller.spaces import create_space
 from controller.strategies.reinforce import ReinforceStrategy
+from nas.local_training import TrainEvaluator
 from worker.builders import ModelSpec, build_model
 from worker.datasets import load_dataset
 from worker.trainer import TrainRecipe, evaluate, train
@@ -133,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.search_epochs} epoch(s) on {args.search_subset} images "
         f"({search_seconds:.0f} s); best validation accuracy {outcome.best.reward:.2%} for "
         f"`{outcome.best.trained_arch}`. Final: both models trained from scratch with the same "
-        f"recipe (SGD 0.1, cosine, batch 64, {args.final_epochs} epochs, "
-        f"{len(splits.train_labels):,} training images; validation = "
-        f"{len(splits.val_labels):,} held-out training images; test = the 10,000 test images).",
+        f"recipe (SGD {final.learning_rate:g}, {final.lr_schedule}, batch {final.batch_size}, "
+        f"{final.epochs} epochs, {len(splits.train_labels):,} training images; validation = "
+        f"{len(splits.val_labels):,} held-out training images; test = the "
+        f"{len(splits.test_labels):,} test images).",
         "", "| model | parameters | val acc (%) | test acc (%) | train s |",
         "|---|---|---|---|---|", *rows])
     print(body)

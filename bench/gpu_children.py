@@ -528,12 +528,12 @@ def verdict(table: list[dict[str, Any]]) -> str:
     speed_met = winner["x_naive"] >= SPEED_TARGET
     mfu_met = winner["mfu"] >= MFU_TARGET
     return (f"Target (issue 5): >= {SPEED_TARGET:g}x the naive single-child rate (>= "
-            f"{SPEED_TARGET * naive:,.0f} images/s) and >= {MFU_TARGET:.0%} MFU. Winner (the "
-            f"worker's default on GPUs): **{winner['config']}** ({winner['precision']}, "
+            f"{SPEED_TARGET * naive:,.0f} images/s) and >= {MFU_TARGET:.0%} MFU. Winner: "
+            f"**{winner['config']}** ({winner['precision']}, "
             f"{winner['children']} {'child' if winner['children'] == 1 else 'children'}): "
             f"{winner['images_per_s']:,.0f} images/s = "
-            f"{winner['x_naive']:.2f}x naive ({'met' if speed_met else 'not met'}), MFU "
-            f"{100 * winner['mfu']:.2f}% ({'met' if mfu_met else 'not met'}), "
+            f"{winner['x_naive']:.2f}x naive (**{'met' if speed_met else 'not met'}**), MFU "
+            f"{100 * winner['mfu']:.2f}% (**{'met' if mfu_met else 'not met'}**), "
             f"{winner['children_per_hour']:,.1f} children/h.")
 
 
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = summarize(rows, flops_per_image, args)
     winner = next((e["config"] for e in table if e["winner"]), None)
     device_name = next((r.device_name for r in rows if r.device_name), args.device)
-    host = machine().replace(", no GPU", "")
+    host = machine(gpu=False)
     command = "python -m bench.gpu_children" + (f" {shlex.join(argv)}" if argv else "")
     cells = "NASNet-A" if args.arch == NASNET_A else f"`{args.arch}`"
     body = "\n".join([

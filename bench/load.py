@@ -66,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN, READER = "load-admin-token", "load-reader-token"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # every server's receive limit (protos.rpc)
 FUZZ_DEADLINE_S = 3.0
+FUZZ_CONCURRENCY = 8  # fuzz calls in flight at once
+TRIALS_PAGE = 25  # a load client's ListTrials page
 SERVICE_EXTRA_AS = 6 << 30  # address space the search service may grow by (a runaway job)
 BAD_STATUSES = ("UNKNOWN", "INTERNAL")
 
@@ -120,7 +122,7 @@ def start_services(work: Path, redis_url: str, workers: int, max_running: int) -
     tokens = work / "tokens.txt"
     tokens.write_text(f"{ADMIN}:admin\n{READER}:reader:other\n")
     prefix = f"nas-load-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "controller", "serve", "search", "--port", "0", "--redis",
+    cmd = [sys.executable, "-m", "nas", "serve", "search", "--port", "0", "--redis",
            redis_url, "--redis-prefix", prefix, "--work-dir", str(work / "service"),
            "--max-running", str(max_running), "--shards", "1", "--tokens-file", str(tokens)]
     if workers:
@@ -315,7 +317,7 @@ def _follow(stub: Any, md: Any, job_id: str, budget: int, rec: Recorder, result:
     trials: list[sp.TrialRecord] = []
     token = ""
     while True:
-        request = sp.ListTrialsRequest(job_id=job_id, page_size=25, page_token=token)
+        request = sp.ListTrialsRequest(job_id=job_id, page_size=TRIALS_PAGE, page_token=token)
         page = _timed(rec, "ListTrials", functools.partial(
             stub.ListTrials, request, metadata=md, timeout=60))
         trials.extend(page.trials)
@@ -559,7 +561,7 @@ def make_calls(target: Target, fuzz: Fuzzer, count: int) -> list[FuzzCall]:
         else:  # unknown method
             payload, method = encoded, fuzz._pick(["Nope", method.lower(), method + "V2", ""])
         calls.append(FuzzCall(target, method, mode, payload, metadata))
-    oversized = b"\x0a" + _varint(MAX_MESSAGE_BYTES) + b"\x00" * MAX_MESSAGE_BYTES
+    oversized = OVERSIZED_HEAD + b"\x00" * MAX_MESSAGE_BYTES
     calls.append(FuzzCall(target, methods[0], "oversized", oversized, target.metadata))
     return calls
 
@@ -571,6 +573,10 @@ def _varint(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+# the oversized request's header: field 1, length-delimited, MAX_MESSAGE_BYTES long
+OVERSIZED_HEAD = b"\x0a" + _varint(MAX_MESSAGE_BYTES)
 
 
 def _message_class(desc: Descriptor) -> type[Message]:
@@ -614,7 +620,7 @@ def send(channels: dict[str, grpc.Channel], call: FuzzCall, rec: Recorder) -> No
 
 
 def fuzz_targets(targets: list[Target], count: int, seed: int, ids: list[str],
-                 rec: Recorder, concurrency: int = 8) -> float:
+                 rec: Recorder, concurrency: int = FUZZ_CONCURRENCY) -> float:
     """Fuzz every target's every method with ``count`` calls each (plus an oversized one)."""
     fuzz = Fuzzer(seed, ids)
     calls = [c for t in targets for c in make_calls(t, fuzz, count)]
@@ -799,7 +805,8 @@ def render(report: dict[str, Any], command: str) -> str:
         f"{load['clients']} concurrent clients (one channel each) ran {load['jobs_per_client']} "
         f"NB201-table jobs each, budget {load['budget']} (reinforce on one replica, reinforce "
         f"on two replicas sharing the policy through the shard, random, evolution): submit, "
-        f"WatchSearch to the end, GetSearch, GetBest, ListTrials (pages of 25), ListSearches.",
+        f"WatchSearch to the end, GetSearch, GetBest, ListTrials (pages of {TRIALS_PAGE}), "
+        "ListSearches.",
         "",
         f"- jobs: {load['submitted']} submitted, {load['accepted']} accepted, "
         f"{load['succeeded']} SUCCEEDED with every training listed; lost: "
@@ -814,8 +821,10 @@ def render(report: dict[str, Any], command: str) -> str:
               "as a watcher sees it (queueing for one of the job slots included).", "",
               "### Fuzz", "",
               f"Seed {fuzz['seed']}, {fuzz['per_service']} calls per service spread over its "
-              f"RPCs (plus one oversized request of {MAX_MESSAGE_BYTES // 2**20} MiB + 6 B), "
-              f"deadline {FUZZ_DEADLINE_S:.0f} s, 8 at once; {fuzz['seconds']:.0f} s. Modes: "
+              f"RPCs (plus one oversized request of {MAX_MESSAGE_BYTES // 2**20} MiB + "
+              f"{len(OVERSIZED_HEAD)} B), "
+              f"deadline {FUZZ_DEADLINE_S:.0f} s, {FUZZ_CONCURRENCY} at once; "
+              f"{fuzz['seconds']:.0f} s. Modes: "
               + ", ".join(f"{m} {w:.0%}" for m, w in MODES) + ". Real ids (jobs, trials, the "
               "layout) are mixed into string fields.", "",
               "| service | calls | status codes | UNKNOWN | INTERNAL | LOST STATUS | after the "

@@ -34,13 +34,13 @@ from controller.config import build_config
 from controller.evaluators.nb201 import NB201Evaluator, default_csv, load_table
 from controller.presets import CONTROLLER_PRESETS
 from controller.search import SearchOutcome, run_search
-from controller.service.embedded import EmbeddedSearch
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.base import Strategy
 from controller.strategies.evolution import EvolutionStrategy
 from controller.strategies.optuna_samplers import OptunaStrategy
 from controller.strategies.random_search import RandomStrategy
 from controller.strategies.reinforce import ReinforceStrategy
+from nas.embedded import EmbeddedSearch
 
 OURS = "sample-efficient"
 OURS_ROW = "ours (LSTM REINFORCE)"
@@ -114,8 +114,9 @@ def read_budgets(method: str, dataset: str, seed: int, outcome: SearchOutcome,
                      outcome.cache_hits, outcome.wall_seconds, outcome.trainings)
 
 
-STACK = "ours, full stack S=4 K=4 m=8"
-IN_PROCESS_M8 = "ours, in-process K=1 m=8"
+STACK_SHARDS, STACK_REPLICAS, STACK_CHILDREN = 4, 4, 8  # the full-stack rows' layout
+STACK = f"ours, full stack S={STACK_SHARDS} K={STACK_REPLICAS} m={STACK_CHILDREN}"
+IN_PROCESS_M8 = f"ours, in-process K=1 m={STACK_CHILDREN}"
 
 
 def run_stack(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult:
@@ -130,9 +131,10 @@ def run_stack(job: tuple[str, str, int, tuple[int, ...], str, int]) -> RunResult
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config({"space": "nb201", "strategy": "reinforce", "controller": OURS,
                             "evaluator": "nb201", "dataset": dataset, "nb201_csv": csv,
-                            "budget": max(budgets), "seed": seed, "children": 8,
+                            "budget": max(budgets), "seed": seed, "children": STACK_CHILDREN,
                             "max_idle_proposals": max_idle, "out": tmp,
-                            **({"shards": 4, "replicas": 4} if stack else {})})
+                            **({"shards": STACK_SHARDS, "replicas": STACK_REPLICAS} if stack
+                               else {})})
         search = EmbeddedSearch(cfg)
         try:
             outcome = search.run()
@@ -145,7 +147,7 @@ def default_run_seconds(csv: str) -> float:
     """The search time (result.json's ``wall_seconds``) of a 200-training NB201 run of
     ``nas search`` with the default controller, in a fresh process, on this machine."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "controller", "search", "--space", "nb201",
+        subprocess.run([sys.executable, "-m", "nas", "search", "--space", "nb201",
                         "--budget", "200", "--seed", "0", "--nb201-csv", csv, "--out", tmp,
                         "--quiet"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         return float(json.loads((Path(tmp) / "result.json").read_text())["wall_seconds"])
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                        + ([f"--stack-seeds {args.stack_seeds}"] if args.stack_seeds else [])
                        + ([f"--methods '{args.methods}'"] if args.methods else []))
     body = render(results, methods, datasets, budgets, command, wall, args.plot_dir)
-    body += (f"\nA 200-training run of `nas search --space nb201` with the default controller "
+    body += (f"\n### The default run's time\n\n"
+             f"A 200-training run of `nas search --space nb201` with the default controller "
              f"(a fresh process, search time from result.json): {default_seconds:.1f} s; "
              f"target <= 5 s: **{'met' if default_seconds <= 5 else 'NOT met'}**.\n")
     if stack:
@@ -265,10 +268,11 @@ def render_stack(stack: list[RunResult], results: list[RunResult], dataset: str,
     same = [r for r in results if r.dataset == dataset and r.method == "ours (LSTM REINFORCE)"
             and r.seed in seeds]
     lines = [f"### Ours through the full distributed stack ({dataset}, seeds 0-{seeds[-1]})",
-             "", "The same preset as `nas search` runs it (an embedded search service): 4 "
-             "parameter-server shard processes over gRPC with checkpoints in a private Redis, "
-             "4 controller replicas pushing gradients and pulling the policy, m=8 children per "
-             "update; beside it the same m=8 in one process (K=1, no shards) and the in-process "
+             "", "The same preset as `nas search` runs it (an embedded search service): "
+             f"{STACK_SHARDS} parameter-server shard processes over gRPC with checkpoints in a "
+             f"private Redis, {STACK_REPLICAS} controller replicas pushing gradients and "
+             f"pulling the policy, m={STACK_CHILDREN} children per update; beside it the same "
+             f"m={STACK_CHILDREN} in one process (K=1, no shards) and the in-process "
              "m=1 row above on the same seeds. Mean +- standard error of the test accuracy (%).",
              "", "| method | " + " | ".join(f"budget {b}" for b in budgets) + " | s / run |",
              "|---" * (len(budgets) + 2) + "|"]

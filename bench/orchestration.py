@@ -28,12 +28,13 @@ import numpy as np
 
 from bench.report import machine, write_section
 from controller.config import build_config
-from controller.factory import build_space, build_strategy
-from controller.local_training import TrainEvaluator
-from controller.ray_training import RayWorkerPool
+from controller.factory import build_space
 from controller.search import run_search
 from controller.strategies.base import Strategy
 from controller.trials.board import TrialOutcome
+from nas.local_training import TrainEvaluator
+from nas.ray_training import RayWorkerPool
+from nas.wiring import build_strategy
 from protos.types import Trial, TrialResult
 from worker.scheduler import RAY_LOOPBACK_ENV
 from worker.trainer import TrainRecipe

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,11 +28,13 @@ import numpy as np
 import redis
 
 from bench.report import machine, write_section
+from controller.config import SearchConfig
 from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.shards import ShardProcesses
 from protos.rpc import CHANNEL_OPTIONS
 from protos.types import LayoutSpec
 
+STALENESS = SearchConfig.staleness  # the default bound of `nas search`
 POLICY_SIZE = 20550  # the 2x35 LSTM policy over the NB201 space
 
 
@@ -147,13 +150,13 @@ def _sample(pids: list[int]) -> tuple[float, float]:
 
 def paper_layout(out: Path, shards: int, replicas: int, children: int,
                  budget: int, seconds: float, seed: int, db: int,
-                 staleness: int = 4) -> dict[str, Any]:
+                 staleness: int = SearchConfig.staleness) -> dict[str, Any]:
     """One `nas search` of the given layout on the NB201 table with simulated durations, on
     Redis database ``db``, emptied first: the evaluation cache is shared by every job on a
     Redis, and earlier runs' results would be free cache hits."""
     redis_url = f"{REDIS.rsplit('/', 1)[0]}/{db}"
     redis.Redis.from_url(redis_url).flushdb()
-    args = [sys.executable, "-m", "controller", "search", "--space", "nb201", "--evaluator",
+    args = [sys.executable, "-m", "nas", "search", "--space", "nb201", "--evaluator",
             "nb201", "--budget", str(budget), "--seed", str(seed), "--children", str(children),
             "--parallel", str(children), "--simulate-seconds", str(seconds), "--shards",
             str(shards), "--replicas", str(replicas), "--redis", redis_url, "--staleness",
@@ -194,6 +197,14 @@ def paper_layout(out: Path, shards: int, replicas: int, children: int,
 
 
 REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_version() -> str:
+    """The version of the Redis server the benchmark used (INFO server)."""
+    try:
+        return str(redis.Redis.from_url(REDIS).info("server")["redis_version"])
+    except (redis.RedisError, KeyError):
+        return "(version unknown)"
 IDLE_PROPOSALS = 2000
 MIN_IDLE = 16
 
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      staleness=100),
             "S=1, K=1, m=8": paper_layout(Path(tmp) / "k1", 1, 1, 8, args.budget,
                                          args.child_seconds, 0, db=15)}
-    body = render(lat, tp, paper, args, time.time() - started)
+    body = render(lat, tp, paper, args, time.time() - started, redis_version())
     print(body)
     if not args.no_write:
         write_section("paramserver", body)
@@ -244,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
-           paper: dict[str, dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
+           paper: dict[str, dict[str, Any]], args: argparse.Namespace, wall: float,
+           redis_server: str = "(version unknown)") -> str:
     """The markdown section."""
     ratio = lat["paramserver"]["p50"] / lat["echo"]["p50"]
     ks = sorted({k for _, k in tp})
@@ -252,8 +264,8 @@ def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
              f"Command: `python -m bench.paramserver --budget {args.budget} --child-seconds "
              f"{args.child_seconds}` ({wall / 60:.1f} min on {machine()}; shards are real "
              "processes on loopback, the paper layout's replicas threads of the `nas search` "
-             "process (its embedded search service); Redis 7 on 127.0.0.1, each paper-layout "
-             "run on its own emptied database).", "",
+             f"process (its embedded search service); Redis {redis_server} on 127.0.0.1, each "
+             "paper-layout run on its own emptied database).", "",
              f"### Push + pull latency, one shard, the {POLICY_SIZE:,}-value policy "
              f"({4 * POLICY_SIZE / 1024:.0f} KiB)", "",
              "| path | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|"]
@@ -271,6 +283,22 @@ def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
     if paper:
         lines += paper_table(paper, args)
     return "\n".join(lines)
+
+
+def reading(paper: dict[str, dict[str, Any]]) -> str:
+    """How to read the paper-layout rows: the pushes each applied and rejected, as measured."""
+    counts = []
+    for name, r in paper.items():
+        tried = r["pushes"] + r["rejected_stale"]
+        share = f" ({r['rejected_stale'] / tried:.0%} rejected)" if tried else ""
+        counts.append(f"{name} {r['pushes']} / {r['rejected_stale']}{share}")
+    return (f"Reading: a replica's push that is more than tau versions behind is rejected as "
+            f"stale (the replica re-pulls; its gradient is dropped); tau = {STALENESS} (the "
+            f"default) unless the layout names it. Pushes applied / rejected as stale: "
+            + "; ".join(counts) + ". The paper bounded nothing. The layouts' shard processes "
+            f"and replicas share this machine's {os.cpu_count()} cores; the replicas, threads "
+            "of one process (the search runs through its embedded search service), also share "
+            "one interpreter.")
 
 
 def paper_table(paper: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[str]:
@@ -294,13 +322,7 @@ def paper_table(paper: dict[str, dict[str, Any]], args: argparse.Namespace) -> l
             f"{st.get('p50', 0):.0f}/{st.get('p90', 0):.0f}/{st.get('max', 0):.0f} | "
             f"{push.get('p50', 0):.1f}/{push.get('p99', 0):.1f} | {r['cpu_seconds']:.0f} | "
             f"{r['peak_rss_mib']:.0f} |")
-    lines += ["", "Reading: with the default staleness bound (tau = 4), a round in which 100 "
-              "replicas push at once applies the first few pushes and rejects the rest as "
-              "stale (those replicas re-pull; their gradients are dropped). The paper bounded "
-              "nothing; a bound of tau >= K applies every push, at staleness up to about K. "
-              "Throughput is bounded by 2 cores running 100 replicas and 20 shards; with the "
-              "replicas as threads of one process (the search runs through its embedded "
-              "search service) they also share one interpreter."]
+    lines += ["", reading(paper)]
     png = plot_curves({k: v["curve"] for k, v in paper.items()}, "paramserver-curve.png",
                       "Best reward found vs trainings (NB201 CIFAR-10)")
     lines += ["", f"![learning curve](bench/out/{png.name})"]

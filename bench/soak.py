@@ -48,10 +48,13 @@ from tqdm import tqdm
 
 from bench.report import ROOT, background_load, machine, write_section
 from controller.distributed.processes import redis_server_binary
+from controller.presets import CONTROLLER_PRESETS
 from controller.service.client import SearchClient
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
 
+REPLICAS = 4  # the long job's controller replicas
+PAGE = 100  # jobs or trials per ListSearches / ListTrials page
 PROBES = ("GetSearch", "ListSearches", "ListTrials", "WatchSearch", "scrape")
 ENDED = {sp.JOB_STATE_SUCCEEDED, sp.JOB_STATE_FAILED, sp.JOB_STATE_CANCELLED}
 
@@ -108,7 +111,7 @@ def service(tmp: Path, redis_url: str, shards: int) -> Iterator[tuple[subprocess
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "serve", "search", "--port", "0",
+            [sys.executable, "-m", "nas", "serve", "search", "--port", "0",
              "--redis", redis_url, "--shards", str(shards), "--metrics-port", "0",
              "--work-dir", str(tmp / "work"), "--max-running", "2"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -162,7 +165,7 @@ def probe(client: SearchClient, metrics_url: str, job_id: str, trials_token: str
           watch_job: str, n: int) -> dict[str, list[float]]:
     """Every probe ``n`` times."""
     def trials_page() -> None:
-        client._call("ListTrials", sp.ListTrialsRequest(job_id=job_id, page_size=100,
+        client._call("ListTrials", sp.ListTrialsRequest(job_id=job_id, page_size=PAGE,
                                                         page_token=trials_token))
 
     def scrape() -> None:
@@ -170,7 +173,7 @@ def probe(client: SearchClient, metrics_url: str, job_id: str, trials_token: str
             reply.read()
 
     return {"GetSearch": timed(lambda: client.get(job_id), n),
-            "ListSearches": timed(lambda: client.list_page(page_size=100), n),
+            "ListSearches": timed(lambda: client.list_page(page_size=PAGE), n),
             "ListTrials": timed(trials_page, n),
             "WatchSearch": timed(lambda: first_event(client, watch_job), n),
             "scrape": timed(scrape, n)}
@@ -183,7 +186,7 @@ def long_spec(trainings: int) -> sp.SearchSpec:
         name="soak", space=pb.SearchSpaceSpec(name="nasnet"), strategy="reinforce",
         controller=sp.ControllerSpec(preset="zoph-le"),
         evaluation=sp.EvaluationSpec(evaluator="synthetic", landscape_seed=0),
-        budget=trainings, seed=0, execution=sp.ExecutionSpec(replicas=4))
+        budget=trainings, seed=0, execution=sp.ExecutionSpec(replicas=REPLICAS))
 
 
 def small_spec(n: int) -> sp.SearchSpec:
@@ -259,12 +262,12 @@ def probe_trials(client: SearchClient, job_id: str, n: int) -> list[float]:
     """A page of the long job's trials from the middle of its history, ``n`` times (ms)."""
     middle = str(client.get(job_id).trainings // 2)
     return timed(lambda: client._call("ListTrials", sp.ListTrialsRequest(
-        job_id=job_id, page_size=100, page_token=middle)), n)
+        job_id=job_id, page_size=PAGE, page_token=middle)), n)
 
 
 def quickstart_seconds(tmp: Path) -> float:
     """Wall time of ``make search-nb201``'s command in a fresh process (start-up included)."""
-    command = [sys.executable, "-m", "controller", "search", "--space", "nb201", "--strategy",
+    command = [sys.executable, "-m", "nas", "search", "--space", "nb201", "--strategy",
                "reinforce", "--evaluator", "nb201", "--dataset", "cifar10", "--budget", "100",
                "--seed", "0", "--out", str(tmp / "nb201"), "--quiet"]
     started = time.perf_counter()
@@ -311,20 +314,23 @@ def report(args: argparse.Namespace, train: list[Point], jobs: list[Point], redi
     last = train[-1]
     per_trial = (last.redis_mb - redis_before) * 2**20 / max(last.at, 1)
     lines = [
-        "## Soak: a 20,000-training job and 10,000 stored jobs",
+        f"## Soak: a {args.trainings:,}-training job and {args.job_checkpoints[-1]:,} stored "
+        "jobs",
         "",
         f"`{command}` on {machine()}; {background_load()}; {seconds / 60:.1f} min in all.",
         "",
         f"One `nas serve search` process over a private Redis, S={args.shards} shards: a "
-        f"REINFORCE job (K=4 replicas, Zoph & Le's controller: the zoph-le preset, m=8) of "
+        f"REINFORCE job (K={REPLICAS} replicas, Zoph & Le's controller: the zoph-le preset, "
+        f"m={CONTROLLER_PRESETS['zoph-le'].children}) of "
         f"{args.trainings:,} trainings on the synthetic evaluator over nasnet, then small "
         f"finished jobs (random search, 2 trainings each, each on a landscape of its own) up "
         f"to {args.job_checkpoints[-1]:,} jobs in the store. At each checkpoint each probe "
         f"ran {args.n} times from a gRPC client (ListSearches: one page "
-        f"of 100 jobs; ListTrials: one page of 100 trials from the middle of the long job; "
+        f"of {PAGE} jobs; ListTrials: one page of {PAGE} trials from the middle of the long job; "
         f"WatchSearch: a watch from the start until its first event; scrape: GET /metrics of "
         f"the service). ms / proposal: wall clock per finished proposal of the long job over "
-        f"the {args.window:g} s before the checkpoint (4 replicas sharing the machine).",
+        f"the {args.window:g} s before the checkpoint ({REPLICAS} replicas sharing the "
+        "machine).",
         "",
         *table(train + jobs),
         "",

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.report import machine, write_section
+from bench.report import background_load, load_during_run, machine, write_section
 from controller.config import build_config
 from controller.evaluators.nb201 import default_csv, load_table
 from controller.search import HistoryEntry, SearchOutcome
-from controller.service.embedded import EmbeddedSearch
+from nas.embedded import EmbeddedSearch
 
 
 @dataclass(frozen=True)
@@ -338,9 +338,8 @@ def render(rows: list[Row], comparison: Comparison, opts: Options, command: str,
            wall: float) -> str:
     """The markdown section."""
     lines = ["## The seed systems: a small real run each", "",
-             f"Command: `{command}` ({wall / 60:.1f} min on {machine()}; the machine was "
-             "shared with another developer's work while it ran, so every time here is an "
-             "upper bound).", "",
+             f"Command: `{command}` ({wall / 60:.1f} min on {machine()}; "
+             f"{background_load()}; {load_during_run()}).", "",
              "Every search runs as `nas search` runs it: its settings as a `SearchConfig`, a "
              "job of the embedded search service. Budget = child trainings (a cache hit is "
              f"free). NB201 rows: mean over {opts.seeds} seeds (0..{opts.seeds - 1}); a run "

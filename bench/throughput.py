@@ -80,8 +80,7 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Result:
 
     from controller.jobs.redis_store import RedisJobStore
     from controller.jobs.store import InMemoryJobStore, JobStore
-    from controller.service.cluster import ClusterOptions, ServiceCluster
-    from controller.service.runner import JobRunner
+    from nas.cluster import ClusterOptions, ServiceCluster, job_runner
 
     class LookupCluster(ServiceCluster):
         """The service's cluster, whose workers look NB201 rewards up instead of training."""
@@ -105,7 +104,7 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Result:
     cluster = LookupCluster(ClusterOptions(shards=args.shards, redis_url=args.redis,
                                            workers=args.workers, redis_prefix=prefix,
                                            log_dir=tmp / "logs"))
-    runner: JobRunner | None = None
+    runner: Any = None
     try:
         pool = cluster.workers
         assert pool is not None and pool.scheduler is not None
@@ -114,7 +113,7 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Result:
             work.lookup_attempt)
         store: JobStore = RedisJobStore(client, prefix=prefix) if args.job_store == "redis" \
             else InMemoryJobStore()
-        runner = JobRunner(store, tmp / "jobs", max_running=1, cluster=cluster)
+        runner = job_runner(store, tmp / "jobs", max_running=1, cluster=cluster)
         setup = time.perf_counter() - setup
         spec = {"space": "nb201", "evaluator": "nb201", "dataset": DATASET,
                 "budget": args.trials, "seed": args.seed, "shards": args.shards,
@@ -392,6 +391,21 @@ def command(args: argparse.Namespace, argv: list[str] | None) -> str:
     return " ".join(["python -m bench.throughput", *given])
 
 
+def _learning(args: argparse.Namespace) -> str:
+    """What the other systems learn between trials, by the samplers this run used."""
+    random = [name for name in ("ray-tune", "optuna") if name in args.systems
+              and (name == "ray-tune" or args.optuna_sampler == "random")]
+    labels = {"ray-tune": "Ray Tune's", "optuna": "Optuna's"}
+    parts = []
+    if random:
+        parts.append(" and ".join(labels[n] for n in random) + " random search "
+                     + ("do" if len(random) > 1 else "does") + " no learning between trials.")
+    if "optuna" in args.systems and args.optuna_sampler == "tpe":
+        parts.append("Optuna's TPE refits its density models to the finished trials before "
+                     "each proposal.")
+    return " ".join(parts)
+
+
 def render(args: argparse.Namespace, results: dict[str, Result], wall: float,
            argv: list[str] | None) -> str:
     """The markdown section."""
@@ -439,11 +453,10 @@ def render(args: argparse.Namespace, results: dict[str, Result], wall: float,
                          f"accepted -> its next waiting trial started) "
                          f"{ours['slot_turnaround_ms_p50']:.0f} ms.")
         lines += ["", "Reading: on these zero-cost trials each system's own per-trial work is "
-                  "all there is to measure. Ray Tune's and Optuna's random search do no "
-                  "learning between trials. Ours samples every proposal from the LSTM policy "
-                  "and updates it every m results (each replica pushes a gradient to and pulls "
-                  "the policy from every shard) and journals each trial in Redis (its start "
-                  "and its result)."]
+                  "all there is to measure. " + _learning(args) + " Ours samples every "
+                  "proposal from the LSTM policy and updates it every m results (each replica "
+                  "pushes a gradient to and pulls the policy from every shard) and journals "
+                  "each trial in Redis (its start and its result)."]
     lines += ["", "What is timed: ours from the job's submission to its end (shards, Redis, "
               "Ray already up; Ray's worker processes start inside the timing); Ray Tune "
               "around `tuner.fit()` (after `ray.init`); Optuna from releasing the started "

@@ -9,7 +9,8 @@ from pathlib import Path
 from bench.__main__ import BENCHES, LOGS
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_BENCHMARKS = {"__init__", "__main__", "report", "plots", "baselines", "throughput_work"}
+NOT_BENCHMARKS = {"__init__", "__main__", "report", "readme", "plots", "baselines",
+                  "throughput_work"}
 
 
 def test_every_benchmark_module_is_in_the_suite() -> None:

@@ -39,7 +39,9 @@ def test_every_system_runs_and_reports_sane_numbers(nb201_csv: Path,
     assert code == 0
     assert "## The seed systems: a small real run each" in out
     assert "Command: `python -m bench.systems --quick --seeds 2" in out
-    assert "shared with another developer" in out and "cores (" in out
+    # the machine's load is measured (at the start and over the run), never typed in
+    assert "cores busy when it started" in out and "of its cores during the run" in out
+    assert "cores (" in out and "another developer" not in out
     for system in systems.SYSTEMS:
         _, space, _, budget, best, to_best, wall, cpu_h = _row(out, system.name)
         reward = _number(best, r"^([0-9.]+);")
