@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 import redis
 
 from paramserver.checkpoint import RedisCheckpointStore
+from protos.signals import StopOnSignal
 
 
 def _port(text: str) -> int:
@@ -80,31 +78,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from paramserver.server import serve  # here: --help and bad arguments skip loading torch
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        running = serve(args.shard, args.num_shards, store, host=args.host, port=args.port,
-                        metrics_port=args.metrics_port)
-    except (OSError, redis.RedisError) as exc:
-        print(f"paramserver: error: {exc}", file=sys.stderr)
-        return 2
-    line = f"paramserver shard {args.shard}/{args.num_shards} listening on {running.address}"
-    if running.metrics_port is not None:
-        line += f" metrics http://{args.host}:{running.metrics_port}/metrics"
-    print(line, flush=True)
-    stop.wait()
-    try:
-        running.stop(args.grace)
-    except redis.RedisError as exc:
-        print(f"paramserver: error: final checkpoint failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    with StopOnSignal() as stop:  # from here: a signal during start-up is not lost
+        try:
+            running = serve(args.shard, args.num_shards, store, host=args.host,
+                            port=args.port, metrics_port=args.metrics_port)
+        except (OSError, redis.RedisError) as exc:
+            print(f"paramserver: error: {exc}", file=sys.stderr)
+            return 2
+        line = (f"paramserver shard {args.shard}/{args.num_shards} listening on "
+                f"{running.address}")
+        if running.metrics_port is not None:
+            line += f" metrics http://{args.host}:{running.metrics_port}/metrics"
+        print(line, flush=True)
+        stop.wait()
+        try:
+            running.stop(args.grace)
+        except redis.RedisError as exc:
+            print(f"paramserver: error: final checkpoint failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            store.close()
     return 0
 
 

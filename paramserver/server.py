@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent import futures
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -13,8 +13,8 @@ from prometheus_client import ProcessCollector, start_http_server
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
 from paramserver.shard import warm_up
-from protos.metrics_interceptor import for_registry
-from protos.rpc import CHANNEL_OPTIONS, DecodeGuard
+from protos.server import RunningServer, service_name, start_server
+from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
 
 
@@ -24,19 +24,32 @@ class RunningShard:
 
     shard: int
     num_shards: int
-    host: str
-    port: int
     servicer: ParameterServerServicer
-    server: grpc.Server
+    served: RunningServer
     metrics_port: int | None = None
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def server(self) -> grpc.Server:
+        """The gRPC server."""
+        return self.served.server
+
+    @property
+    def host(self) -> str:
+        """The address it listens on."""
+        return self.served.host
+
+    @property
+    def port(self) -> int:
+        """The gRPC port (the real one when started with 0)."""
+        return self.served.port
+
+    @property
     def address(self) -> str:
         """``host:port`` for a client channel."""
-        return f"{self.host}:{self.port}"
+        return self.served.address
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Checkpoint every layout, then stop serving (waiting up to ``grace`` seconds for
@@ -46,7 +59,7 @@ class RunningShard:
                 return
             self._stopped = True
         self.servicer.registry.close()
-        self.server.stop(grace).wait()
+        self.served.stop(grace)
         self.servicer.checkpoint_all()  # after in-flight pushes finished: nothing is lost
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -54,37 +67,35 @@ class RunningShard:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the gRPC server stops (True) or ``timeout`` passes (False)."""
-        return self.server.wait_for_termination(timeout)
+        return self.served.wait(timeout)
 
 
 def serve(shard: int, num_shards: int, store: CheckpointStore, host: str = "127.0.0.1",
-          port: int = 0, metrics_port: int | None = None, max_workers: int = 16) -> RunningShard:
+          port: int = 0, metrics_port: int | None = None, max_workers: int = 16, *,
+          credentials: grpc.ServerCredentials | None = None,
+          interceptors: Sequence[grpc.ServerInterceptor] = ()) -> RunningShard:
     """Restore this shard's layouts from ``store`` and start serving on ``host:port`` (0: a
-    free port, reported in ``RunningShard.port``); with ``metrics_port`` (0: a free port) also
-    serve Prometheus text at ``http://host:metrics_port/metrics``."""
+    free port, reported in ``RunningShard.port``), with health and reflection; with
+    ``metrics_port`` (0: a free port) also serve Prometheus text at
+    ``http://host:metrics_port/metrics``. ``credentials``: serve TLS only; ``interceptors``:
+    e.g. authentication, run before the decode guard. A port that cannot be bound raises
+    :class:`protos.server.BindError` (an ``OSError``)."""
     warm_up()  # before serving: the first registration must not wait for torch's imports
     servicer = ParameterServerServicer(shard, num_shards, store)
     registry = servicer.metrics.registry
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, memory
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix=f"ps{shard}"),
-                         options=CHANNEL_OPTIONS,
-                         interceptors=[for_registry(registry).interceptor(), DecodeGuard()])
-    ps_grpc.add_ParameterServerServicer_to_server(servicer, server)
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    server.start()
-    running = RunningShard(shard, num_shards, host, bound, servicer, server)
+    served = start_server(
+        {service_name(ps, "ParameterServer"):
+         lambda server: ps_grpc.add_ParameterServerServicer_to_server(servicer, server)},
+        host, port, credentials=credentials, interceptors=interceptors, registry=registry,
+        max_workers=max_workers, thread_name_prefix=f"ps{shard}")
+    running = RunningShard(shard, num_shards, servicer, served)
     if metrics_port is not None:
         try:
             http, _ = start_http_server(metrics_port, addr=host,
                                         registry=servicer.metrics.registry)
         except OSError:
-            server.stop(None)
+            served.stop(None)
             raise
         running.metrics_port = int(http.server_port)
         running._metrics_http = http

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service.client import SearchClient
@@ -130,7 +130,7 @@ def start_cluster(tmp: Path) -> Iterator[MetricsCluster]:
     env = _ray_env(tmp)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "up", "--shards", "1", "--workers", "1",
+            [sys.executable, "-m", "nas", "up", "--shards", "1", "--workers", "1",
              "--dir", str(run)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_S
@@ -145,7 +145,7 @@ def start_cluster(tmp: Path) -> Iterator[MetricsCluster]:
         urls = sorted(set(re.findall(r"http://127\.0\.0\.1:\d+/metrics", text)))
         yield MetricsCluster(search.group(1), urls, log)
     finally:
-        subprocess.run([sys.executable, "-m", "controller", "down", "--dir", str(run)],
+        subprocess.run([sys.executable, "-m", "nas", "down", "--dir", str(run)],
                        cwd=ROOT, env=env, capture_output=True, timeout=90)
         try:
             proc.wait(30)
@@ -208,12 +208,6 @@ def test_every_dashboard_metric_is_exported_by_the_running_services(
     assert len(named) >= 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -228,7 +222,7 @@ def prometheus(tmp: Path, targets: list[str]) -> Iterator[str]:
     config.write_text(json.dumps({  # YAML is a superset of JSON
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "nas", "static_configs": [{"targets": targets}]}]}))
-    port = _free_port()
+    port = free_port()
     with (tmp / "prometheus.log").open("wb") as out:
         proc = subprocess.Popen([binary, f"--config.file={config}",
                                  f"--storage.tsdb.path={tmp / 'tsdb'}",

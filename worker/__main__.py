@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
+
+from protos.signals import StopOnSignal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,33 +60,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.scheduler import RayScheduler
     from worker.service import WorkerService
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
     scheduler = RayScheduler(address=args.ray_address, num_cpus=args.num_cpus,
                              num_gpus=args.num_gpus)
     # after ray.init, which installs handlers of its own that exit at once
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    service = WorkerService(scheduler, args.controller, worker_id=args.worker_id,
-                            max_slots=args.slots).start()
-    print(f"worker service {service.worker_id} serving controller {args.controller} "
-          f"(Ray: {args.ray_address or 'local'})", flush=True)
-    rc = 0
-    if args.metrics_port is not None:
+    with StopOnSignal() as stop:
+        service = WorkerService(scheduler, args.controller, worker_id=args.worker_id,
+                                max_slots=args.slots).start()
+        print(f"worker service {service.worker_id} serving controller {args.controller} "
+              f"(Ray: {args.ray_address or 'local'})", flush=True)
+        rc = 0
+        if args.metrics_port is not None:
+            try:
+                print(f"metrics {serve_metrics(service, args.metrics_port)}", flush=True)
+            except OSError as exc:
+                print(f"nas serve worker: error: --metrics-port: {exc}", file=sys.stderr)
+                rc = 2
+                stop.set()
         try:
-            print(f"metrics {serve_metrics(service, args.metrics_port)}", flush=True)
-        except OSError as exc:
-            print(f"nas serve worker: error: --metrics-port: {exc}", file=sys.stderr)
-            rc = 2
-            stop.set()
-    try:
-        stop.wait()
-    finally:
-        service.stop()
-        scheduler.close()
+            stop.wait()
+        finally:
+            service.stop()
+            scheduler.close()
     print("worker service stopped", flush=True)
     return rc
 

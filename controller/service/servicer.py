@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from controller.config import ConfigError
 from controller.jobs.store import TRIAL_STATUSES, JobStore, JobSummary, TrialRecord
@@ -27,14 +24,13 @@ from controller.service.spec import (
 from controller.service.tenants import TenantBudgets
 from controller.service.tls import ServerTls
 from protos.errors import FailedPreconditionError, InvalidArgumentError
-from protos.metrics_interceptor import for_registry
 from protos.rpc import (
     CHANNEL_OPTIONS,
     MAX_MESSAGE_BYTES,
-    DecodeGuard,
     servicer_method,
     servicer_stream,
 )
+from protos.server import service_name, start_server
 from protos.v1 import search_pb2 as sp
 from protos.v1 import search_pb2_grpc as sp_grpc
 
@@ -209,7 +205,7 @@ class SearchServicer(sp_grpc.SearchServiceServicer):
             raise InvalidArgumentError(f"top_k: must be in [0, {MAX_TOP_K}], got "
                                        f"{request.top_k}")
         job_id = self._visible(request.job_id).job_id  # another tenant's: NOT_FOUND
-        for data in export_chunks(self.store, self.runner.work_dir, job_id,
+        for data in export_chunks(self.store, self.runner.parts, self.runner.work_dir, job_id,
                                   request.top_k or 1):
             yield sp.ExportChunk(data=data)
 
@@ -252,23 +248,11 @@ def serve_search(store: JobStore, runner: JobRunner, host: str = "127.0.0.1", po
     servicer = SearchServicer(store, runner, tokens, budgets)
     options = [(k, v) for k, v in CHANNEL_OPTIONS if k != "grpc.max_receive_message_length"]
     options.append(("grpc.max_receive_message_length", max_message_bytes))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix="search"),
-                         interceptors=[for_registry(runner.cluster.registry).interceptor(),
-                                       AuthInterceptor(tokens), DecodeGuard()],
-                         options=options,
-                         maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers)
-    sp_grpc.add_SearchServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = sp.DESCRIPTOR.services_by_name["SearchService"].full_name
-    reflection.enable_server_reflection((service_name, reflection.SERVICE_NAME), server)
-    address = f"{host}:{port}"
-    bound = (server.add_secure_port(address, tls.credentials()) if tls
-             else server.add_insecure_port(address))
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    server.start()
-    health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return RunningSearchService(servicer, server, host, bound)
+    served = start_server(
+        {service_name(sp, "SearchService"):
+         lambda server: sp_grpc.add_SearchServiceServicer_to_server(servicer, server)},
+        host, port, credentials=tls.credentials() if tls else None,
+        interceptors=[AuthInterceptor(tokens)], registry=runner.cluster.registry,
+        max_workers=max_workers, thread_name_prefix="search", options=options,
+        max_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers)
+    return RunningSearchService(servicer, served.server, host, served.port)

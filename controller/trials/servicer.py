@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from concurrent import futures
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -15,8 +14,8 @@ from prometheus_client.registry import Collector
 from controller.trials.board import Ack, TrialBoard
 from protos import codec
 from protos.errors import InvalidArgumentError
-from protos.metrics_interceptor import for_registry
-from protos.rpc import CHANNEL_OPTIONS, DecodeGuard, servicer_method
+from protos.rpc import servicer_method
+from protos.server import RunningServer, service_name, start_server
 from protos.types import TrialStatus
 from protos.v1 import worker_pb2 as wk
 from protos.v1 import worker_pb2_grpc as wk_grpc
@@ -154,34 +153,46 @@ class RunningTrialReport:
     """A started TrialReport server."""
 
     servicer: TrialReportServicer
-    server: grpc.Server
-    host: str
-    port: int
+    served: RunningServer
+
+    @property
+    def server(self) -> grpc.Server:
+        """The gRPC server."""
+        return self.served.server
+
+    @property
+    def host(self) -> str:
+        """The address it listens on."""
+        return self.served.host
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the real one when started with 0)."""
+        return self.served.port
 
     @property
     def address(self) -> str:
         """``host:port`` for workers."""
-        return f"{self.host}:{self.port}"
+        return self.served.address
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving (calls in flight get ``grace`` seconds)."""
-        self.server.stop(grace).wait()
+        self.served.stop(grace)
 
 
 def serve_trial_reports(board: TrialBoard, host: str = "127.0.0.1", port: int = 0,
-                        max_workers: int = 32, registry: CollectorRegistry | None = None
+                        max_workers: int = 32, registry: CollectorRegistry | None = None, *,
+                        credentials: grpc.ServerCredentials | None = None,
+                        interceptors: Sequence[grpc.ServerInterceptor] = ()
                         ) -> RunningTrialReport:
-    """Serve ``board`` on ``host:port`` (0: a free port); calls are timed on ``registry``
-    (``nas_rpc_server_*``) when given."""
+    """Serve ``board`` on ``host:port`` (0: a free port), with health and reflection; calls
+    are timed on ``registry`` (``nas_rpc_server_*``) when given. ``credentials``: serve TLS
+    only; ``interceptors``: e.g. authentication, run before the decode guard. A port that
+    cannot be bound raises :class:`protos.server.BindError` (an ``OSError``)."""
     servicer = TrialReportServicer(board)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix="trials"),
-                         options=CHANNEL_OPTIONS,
-                         interceptors=[*([for_registry(registry).interceptor()] if registry
-                                         else []), DecodeGuard()])
-    wk_grpc.add_TrialReportServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    server.start()
-    return RunningTrialReport(servicer, server, host, bound)
+    served = start_server(
+        {service_name(wk, "TrialReport"):
+         lambda server: wk_grpc.add_TrialReportServicer_to_server(servicer, server)},
+        host, port, credentials=credentials, interceptors=interceptors, registry=registry,
+        max_workers=max_workers, thread_name_prefix="trials")
+    return RunningTrialReport(servicer, served)
