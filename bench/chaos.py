@@ -40,7 +40,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from typing import Any
 import redis
 
 from bench.report import background_load, machine, write_section
+from bench.soak import free_port
 from controller.config import SearchConfig
 from controller.jobs.redis_store import RedisJobStore
 
@@ -66,12 +66,6 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_REPORT_URL": "http:/
 def say(message: str) -> None:
     """Progress on stderr."""
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

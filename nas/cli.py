@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from controller.config import ConfigError
 from controller.evaluators.base import EvaluatorError
 from controller.spaces.base import InvalidArchitecture
-from nas import bundle_command, plot_command, search_command
+from nas import bundle_command, plot_command, search_command, serve_search
 from nas import serve_command as job_commands
 from nas.bundle import BundleError
 from nas.deploy import command as deploy_command
@@ -65,7 +65,7 @@ def _worker_main(argv: list[str]) -> int:
 
 
 SERVICES = {"paramserver": _paramserver_main, "worker": _worker_main,
-            "search": job_commands.serve_main}
+            "search": serve_search.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,18 +22,20 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from ports import free_port
 
-from controller import cli
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore
-from controller.service import commands, serve_options
+from controller.service import serve_options
 from controller.service.auth import METHOD_ROLES, Role, TokenFileError, TokenTable, token_name
 from controller.service.client import SearchClient
-from controller.service.runner import JobRunner
 from controller.service.serve_options import ServeOptionError, connect_redis, security_from_args
 from controller.service.servicer import SearchServicer, serve_search
 from controller.service.tenants import BudgetFileError, FairSlots, TenantBudgets
 from controller.service.tls import ServerTls
+from nas import cli
+from nas import serve_search as serve_search_command
+from nas.cluster import job_runner
 from protos.errors import (
     NotFoundError,
     PermissionDeniedError,
@@ -83,7 +84,7 @@ class Service:
 @pytest.fixture(params=["in-process", "server"])
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
     store = InMemoryJobStore()
-    runner = JobRunner(store, tmp_path, max_running=1)
+    runner = job_runner(store, tmp_path, max_running=1)
     clients: list[SearchClient] = []
     running = None
     if request.param == "in-process":
@@ -245,7 +246,7 @@ def test_bad_budget_lines_and_tokens_from_the_environment() -> None:
 def test_health_stays_open_and_an_oversized_request_is_resource_exhausted(tmp_path: Path
                                                                          ) -> None:
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path), tokens=TOKENS,
+    running = serve_search(store, job_runner(store, tmp_path), tokens=TOKENS,
                            max_message_bytes=64 * 1024)
     try:
         with grpc.insecure_channel(running.address) as channel:  # no token
@@ -265,7 +266,7 @@ def test_health_stays_open_and_an_oversized_request_is_resource_exhausted(tmp_pa
 
 def test_calls_beyond_max_concurrent_rpcs_are_resource_exhausted(tmp_path: Path) -> None:
     store = InMemoryJobStore()
-    running = serve_search(store, JobRunner(store, tmp_path), max_concurrent_rpcs=1)
+    running = serve_search(store, job_runner(store, tmp_path), max_concurrent_rpcs=1)
     requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = queue.Queue()
     try:
         with grpc.insecure_channel(running.address) as channel, \
@@ -311,7 +312,7 @@ def test_tls_and_mutual_tls(tmp_path: Path, certificate: tuple[Path, Path],
     store = InMemoryJobStore()
     for mutual in (False, True):
         tls = ServerTls.from_files(cert, key, client_ca=cert if mutual else None)
-        running = serve_search(store, JobRunner(store, tmp_path), tokens=TOKENS, tls=tls)
+        running = serve_search(store, job_runner(store, tmp_path), tokens=TOKENS, tls=tls)
         try:
             with SearchClient(running.address, timeout=10, token="s-beta", tls_ca=pem,
                               tls_cert=pem if mutual else None,
@@ -337,19 +338,13 @@ def test_tls_and_mutual_tls(tmp_path: Path, certificate: tuple[Path, Path],
         ServerTls.from_files(cert, not_pem)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 REDIS_PASSWORD = "pw-for-tests"
 
 
 @pytest.fixture(scope="module")
 def redis_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server that requires REDIS_PASSWORD; its URL (no password in it)."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),
                                "--bind", "127.0.0.1", "--requirepass", REDIS_PASSWORD, "--save",
                                "", "--appendonly", "no", "--dir",
@@ -379,7 +374,8 @@ def test_the_job_store_takes_a_redis_password_and_a_wrong_one_exits_2(
     for password in ("wrong", None):
         with pytest.raises(ServeOptionError, match=r"--redis-password: .* refused"):
             connect_redis(url, password)
-    assert commands.serve_main(["--port", "0", "--redis", url, "--redis-password", "nope"]) == 2
+    assert serve_search_command.main(["--port", "0", "--redis", url, "--redis-password",
+                                      "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--redis-password or $NAS_REDIS_PASSWORD" in err
 
@@ -388,15 +384,15 @@ def test_serve_search_exits_2_naming_a_bad_token_file_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("root:admin\n# readers\nalice:reeder:acme\n")
-    assert commands.serve_main(["--port", "0", "--tokens-file", str(tokens)]) == 2
+    assert serve_search_command.main(["--port", "0", "--tokens-file", str(tokens)]) == 2
     assert f"{tokens}:3: role 'reeder' is not one of reader, submitter, admin" in \
         capsys.readouterr().err
-    assert commands.serve_main(["--port", "0", "--tokens-file", str(tmp_path / "no")]) == 2
+    assert serve_search_command.main(["--port", "0", "--tokens-file", str(tmp_path / "no")]) == 2
     assert "--tokens-file: cannot read" in capsys.readouterr().err
 
 
 def _serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "serve", "search", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port",
                              "0", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None

@@ -9,15 +9,14 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from controller.config import ConfigError
 from nas.deploy import compose
 from nas.deploy.local import CLUSTER_FILE, LocalCluster, UpError, start_time
+from protos.signals import StopOnSignal
 
 DEFAULT_DIR = Path("runs/cluster")
 DOWN_GRACE_S = 30.0
@@ -95,31 +94,25 @@ def up(args: argparse.Namespace) -> int:
     if previous and _alive(previous["pid"], previous.get("start", "")):
         raise ConfigError(f"--dir: a cluster already runs in {args.dir} (pid {previous['pid']}); "
                           f"`nas down --dir {args.dir}` first")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    cluster = LocalCluster(args.dir, args.shards, args.workers, args.prometheus)
-    try:
-        cluster.up()
-    except UpError as exc:
-        print(f"nas up: error: {exc}", file=sys.stderr)
-        return 1
-    _print_endpoints(cluster, args.dir)
-    rc = 0
-    try:
-        while not stop.wait(0.5):
-            dead = cluster.dead()
-            if dead is not None:
-                print(f"nas up: {dead.name} exited with {dead.proc.returncode}; stopping the "
-                      f"cluster:\n{dead.tail()}", file=sys.stderr)
-                rc = 1
-                break
-    finally:
-        cluster.down()
+    with StopOnSignal() as stop:
+        cluster = LocalCluster(args.dir, args.shards, args.workers, args.prometheus)
+        try:
+            cluster.up()
+        except UpError as exc:
+            print(f"nas up: error: {exc}", file=sys.stderr)
+            return 1
+        _print_endpoints(cluster, args.dir)
+        rc = 0
+        try:
+            while not stop.wait(0.5):
+                dead = cluster.dead()
+                if dead is not None:
+                    print(f"nas up: {dead.name} exited with {dead.proc.returncode}; stopping "
+                          f"the cluster:\n{dead.tail()}", file=sys.stderr)
+                    rc = 1
+                    break
+        finally:
+            cluster.down()
     print("cluster stopped", flush=True)
     return rc
 
