@@ -6,13 +6,13 @@ gets the stored result for free. A failed child gets ``failure_reward`` (and cos
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.budget import BudgetLedger
 from controller.cache import CachedEvaluation, EvaluationCache, InMemoryCache
 from controller.evaluators.base import EvaluationFailed, Evaluator
 from controller.objectives import RewardShaper
@@ -169,7 +169,7 @@ def run_search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, bud
         raise ValueError("budget must be >= 1")
     cache = cache if cache is not None else InMemoryCache()
     outcome = SearchOutcome(budget=budget)
-    local = _LocalBudget(budget)
+    local = BudgetLedger(budget)
     claim, refund = (hooks.claim, hooks.refund) if hooks.claim else (local.claim, local.refund)
 
     def run(t: Trial) -> tuple[HistoryEntry, TrialResult, float] | None:
@@ -231,27 +231,6 @@ def _take_batch(trials: list[Trial],
         if hooks.on_progress is not None:
             hooks.on_progress(outcome, strategy)
     return idle, spent
-
-
-class _LocalBudget:
-    """claim() for a search alone on its budget (thread-safe for parallel evaluation)."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.claimed = 0.0
-        self.lock = threading.Lock()
-
-    def claim(self) -> bool:
-        with self.lock:
-            if self.claimed + 1 > self.budget + 1e-9:
-                return False
-            self.claimed += 1
-            return True
-
-    def refund(self, unused: float) -> None:
-        """Give back the part of a claimed training that was not trained."""
-        with self.lock:
-            self.claimed -= unused
 
 
 def run_trial(trial: Trial, space: SearchSpace, evaluator: Evaluator, cache: EvaluationCache,

@@ -13,13 +13,13 @@ from prometheus_client import ProcessCollector, start_http_server
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
 from paramserver.shard import warm_up
-from protos.server import RunningServer, service_name, start_server
+from protos.server import RunningServer, ServedBy, service_name, start_server
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
 
 
 @dataclass
-class RunningShard:
+class RunningShard(ServedBy):
     """A started shard server: where it listens, and how to stop it."""
 
     shard: int
@@ -30,26 +30,6 @@ class RunningShard:
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def server(self) -> grpc.Server:
-        """The gRPC server."""
-        return self.served.server
-
-    @property
-    def host(self) -> str:
-        """The address it listens on."""
-        return self.served.host
-
-    @property
-    def port(self) -> int:
-        """The gRPC port (the real one when started with 0)."""
-        return self.served.port
-
-    @property
-    def address(self) -> str:
-        """``host:port`` for a client channel."""
-        return self.served.address
 
     def stop(self, grace: float | None = 2.0) -> None:
         """Checkpoint every layout, then stop serving (waiting up to ``grace`` seconds for

@@ -72,6 +72,33 @@ class RunningServer:
         return self.server.wait_for_termination(timeout)
 
 
+class ServedBy:
+    """``server``, ``host``, ``port`` and ``address`` of the ``served`` server, for the handle
+    of a service that wraps one (a dataclass with a ``served: RunningServer`` field)."""
+
+    served: RunningServer
+
+    @property
+    def server(self) -> grpc.Server:
+        """The gRPC server."""
+        return self.served.server
+
+    @property
+    def host(self) -> str:
+        """The address it listens on."""
+        return self.served.host
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the real one when started with 0)."""
+        return self.served.port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for a client channel."""
+        return self.served.address
+
+
 def start_server(services: Mapping[str, Register], host: str = "127.0.0.1", port: int = 0, *,
                  credentials: grpc.ServerCredentials | None = None,
                  interceptors: Sequence[grpc.ServerInterceptor] = (),

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from controller.budget import BudgetLedger
 from controller.jobs.store import JobStore
 from controller.search import HistoryEntry, SearchHooks, SearchOutcome
-from controller.service.budget import BudgetLedger
 from controller.service.search_metrics import SearchCounters
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from controller.budget import BudgetLedger
 from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, SearchConfig, build_config
 from controller.distributed.remote import ReplicaStats
@@ -42,7 +43,6 @@ from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
 from controller.parts import Parts
 from controller.search import SearchOutcome, run_search, run_trial
-from controller.service.budget import BudgetLedger
 from controller.service.recorder import JobRecorder
 from controller.service.replicas import ReplicaGroup
 from controller.service.resources import JobCluster

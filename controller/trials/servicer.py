@@ -15,7 +15,7 @@ from controller.trials.board import Ack, TrialBoard
 from protos import codec
 from protos.errors import InvalidArgumentError
 from protos.rpc import servicer_method
-from protos.server import RunningServer, service_name, start_server
+from protos.server import RunningServer, ServedBy, service_name, start_server
 from protos.types import TrialStatus
 from protos.v1 import worker_pb2 as wk
 from protos.v1 import worker_pb2_grpc as wk_grpc
@@ -149,31 +149,11 @@ class TrialReportServicer(wk_grpc.TrialReportServicer):
 
 
 @dataclass
-class RunningTrialReport:
+class RunningTrialReport(ServedBy):
     """A started TrialReport server."""
 
     servicer: TrialReportServicer
     served: RunningServer
-
-    @property
-    def server(self) -> grpc.Server:
-        """The gRPC server."""
-        return self.served.server
-
-    @property
-    def host(self) -> str:
-        """The address it listens on."""
-        return self.served.host
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (the real one when started with 0)."""
-        return self.served.port
-
-    @property
-    def address(self) -> str:
-        """``host:port`` for workers."""
-        return self.served.address
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving (calls in flight get ``grace`` seconds)."""

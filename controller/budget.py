@@ -1,4 +1,5 @@
-"""A job's budget of child trainings, shared by its replicas and its parallel children."""
+"""A search's budget of child trainings: a job's is shared by its replicas and its parallel
+children."""
 
 from __future__ import annotations
 
