@@ -1,6 +1,8 @@
-"""The Grafana dashboards against real services: every metric a panel's PromQL names is exported
-by a running cluster (`nas serve search` with a shard and a Ray worker, a REINFORCE job running),
-and a real Prometheus scraping that cluster answers every panel's query with data."""
+"""The Grafana dashboards: the committed JSON is exactly what nas/deploy/dashboards.py builds with
+Grafana's typed builders (no drift, stable uids), and against real services every metric a
+panel's PromQL names is exported by a running cluster (`nas serve search` with a shard and a Ray
+worker, a REINFORCE job running), and a real Prometheus scraping that cluster answers every
+panel's query with data."""
 
 from __future__ import annotations
 
@@ -25,13 +27,17 @@ from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.service.client import SearchClient
+from nas.deploy import dashboards
 from protos.errors import NotFoundError
 from protos.v1 import common_pb2 as pb
 from protos.v1 import search_pb2 as sp
 from worker.scheduler import RAY_LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
+DASHBOARDS = ROOT / dashboards.DASHBOARD_DIR
+# Grafana links and bookmarks name a dashboard by uid: renaming one breaks them
+UIDS = {"search-overview.json": "nas-search-overview", "system-health.json": "nas-system-health",
+        "job-drilldown.json": "nas-job-drilldown"}
 START_S = 90.0
 # exported only where a GPU is (never a fake zero on a CPU machine)
 GPU_ONLY = {"nas_worker_gpu_utilization_ratio"}
@@ -102,6 +108,55 @@ def test_dashboards_are_grafana_importable() -> None:
                 assert used <= variables, f"{name}: {panel['title']} uses {used - variables}"
     drill = json.loads((DASHBOARDS / "job-drilldown.json").read_text())
     assert all('job_id="$job"' in t["expr"] for p in drill["panels"] for t in p["targets"])
+
+
+def test_the_committed_dashboards_are_the_generators_output() -> None:
+    # Act
+    stale = dashboards.drifted(ROOT)
+    # Assert
+    assert stale == [], f"{stale} differ: run `python -m nas.deploy.dashboards --write`"
+    assert {spec.file for spec in dashboards.DASHBOARDS} == set(UIDS)
+
+
+def test_dashboard_uids_and_panel_ids_are_stable() -> None:
+    # Act
+    docs = {name: json.loads((DASHBOARDS / name).read_text()) for name in UIDS}
+    # Assert: the uids, and panels numbered 1.. in table order (rows included)
+    assert {name: doc["uid"] for name, doc in docs.items()} == UIDS
+    for name, doc in docs.items():
+        assert [p["id"] for p in doc["panels"]] == list(range(1, len(doc["panels"]) + 1)), name
+    assert [p["title"] for p in docs["system-health.json"]["panels"] if p["type"] == "row"] == [
+        "RPC (every gRPC server)", "Parameter servers", "Trials and workers", "Processes"]
+
+
+def test_the_generator_command_names_a_drifted_file_and_rewrites_it(tmp_path: Path) -> None:
+    # Arrange: a copy of the dashboards with one panel's query edited by hand
+    copy = tmp_path / dashboards.DASHBOARD_DIR
+    shutil.copytree(DASHBOARDS, copy)
+    edited = copy / "job-drilldown.json"
+    edited.write_text(edited.read_text().replace("nas_search_policy_entropy", "nas_entropy"))
+    command = [sys.executable, "-m", "nas.deploy.dashboards", "--root", str(tmp_path)]
+    # Act
+    check = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    write = subprocess.run([*command, "--write"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    # Assert
+    assert check.returncode == 1, check.stderr
+    assert check.stderr.splitlines() == [
+        f"{edited}: differs from nas/deploy/dashboards.py; run "
+        f"`python -m nas.deploy.dashboards --write`"]
+    assert write.returncode == 0, write.stderr
+    assert edited.read_text() == (DASHBOARDS / "job-drilldown.json").read_text()
+    assert dashboards.drifted(tmp_path) == []
+
+
+def test_a_panel_kind_the_builder_lacks_is_an_error_naming_the_panel() -> None:
+    # Arrange
+    spec = dashboards.Dashboard("x.json", "x", "X", "x", (dashboards.Panel(
+        "Pie", "a pie", (("up", "up"),), kind="piechart"),))
+    # Act / Assert
+    with pytest.raises(ValueError, match="kind: 'piechart' of panel 'Pie'"):
+        dashboards.build(spec)
 
 
 @dataclass
