@@ -113,7 +113,8 @@ def program(service: Service) -> list[str]:
 def redis_config(args: list[str]) -> str:
     """redis-server's ``--name value ...`` options as redis.conf lines (values quoted)."""
     lines: list[str] = []
-    name, values = "", []
+    values: list[str] = []
+    name = ""
     for arg in [*args, "--"]:
         if arg.startswith("--"):
             if name:
