@@ -147,7 +147,7 @@ def test_a_token_file_must_be_private_to_its_owner(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(f"{TOKEN}\n")
     path.chmod(0o644)
-    with pytest.raises(ClusterAuthError, match=r"--cluster-token-file: .* chmod 600"):
+    with pytest.raises(ClusterAuthError, match=r"--cluster-token-file: .*chmod 600"):
         read_token_file(path)
     path.chmod(0o600)
     assert read_token_file(path) == TOKEN

@@ -17,6 +17,7 @@ from pathlib import Path
 from conftest import cmdlines, descendants
 
 from controller.distributed.processes import start_private_redis, stop
+from controller.distributed.shards import split_password
 from controller.service.client import SearchClient
 from protos.cluster_auth import TOKEN_ENV
 from protos.v1 import common_pb2 as pb
@@ -184,3 +185,11 @@ def test_a_relative_work_dir_keeps_its_store_there(tmp_path: Path) -> None:
     assert proc.wait(60) == 0
     assert line.startswith("search service listening on "), line + proc.stdout.read()
     assert (tmp_path / "runs" / "service" / "store" / "appendonlydir").is_dir()
+
+
+def test_a_password_is_taken_out_of_a_redis_url_for_the_environment() -> None:
+    assert split_password("unix:///run/redis.sock") == ("unix:///run/redis.sock", None)
+    assert split_password("unix:///run/redis.sock?password=a%20b&db=1") == (
+        "unix:///run/redis.sock?db=1", "a b")
+    assert split_password("redis://:p%40w@db:6379/0") == ("redis://db:6379/0", "p@w")
+    assert split_password("redis://user:pw@db:6379/0") == ("redis://user@db:6379/0", "pw")

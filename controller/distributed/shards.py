@@ -31,17 +31,19 @@ PASSWORD_ENV = "NAS_REDIS_PASSWORD"
 
 def split_password(url: str) -> tuple[str, str | None]:
     """``url`` without its password (``redis://:PW@host`` or ``?password=PW``), and the
-    password (None: it had none)."""
+    password (None: it had none, and ``url`` is returned as it is)."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     password = next((v for k, v in query if k == "password"), None)
     netloc = parts.netloc
     if parts.password is not None:
         password = urllib.parse.unquote(parts.password)
-        user = parts.username or ""
-        netloc = f"{user}@{netloc.rsplit('@', 1)[1]}" if user else netloc.rsplit("@", 1)[1]
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    if password is None:
+        return url, None
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "password"])
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=rest)), password or None
+    return f"{parts.scheme}://{netloc}{parts.path}{'?' + rest if rest else ''}", password or None
 
 
 @dataclass
