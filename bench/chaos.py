@@ -38,6 +38,7 @@ import inspect
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -164,7 +165,9 @@ class Cluster:
         self.heartbeat_timeout = heartbeat_timeout
         (run_dir / "logs").mkdir(parents=True)
         (run_dir / "redis").mkdir()
-        self.env = {**os.environ, **RAY_ENV, "PYTHONUNBUFFERED": "1"}
+        # the shards and the service share one cluster token, in the environment
+        self.env = {**os.environ, **RAY_ENV, "PYTHONUNBUFFERED": "1",
+                    "NAS_CLUSTER_TOKEN": secrets.token_urlsafe(32)}
         home = Path(self.env.get("HOME", ""))
         if not (home / "ray_bootstrap_config.yaml").is_file():  # never a real Ray cluster
             home = run_dir / "home"

@@ -64,6 +64,8 @@ from protos.v1 import worker_pb2 as wk
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN, READER = "load-admin-token", "load-reader-token"
+CLUSTER = "load-cluster-token"  # the service's shards and TrialReport server require it
+CLUSTER_MD = (("authorization", f"Bearer {CLUSTER}"),)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # every server's receive limit (protos.rpc)
 FUZZ_DEADLINE_S = 3.0
 FUZZ_CONCURRENCY = 8  # fuzz calls in flight at once
@@ -130,7 +132,8 @@ def start_services(work: Path, redis_url: str, workers: int, max_running: int) -
     log = work / "service.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                env={**os.environ, "NAS_CLUSTER_TOKEN": CLUSTER})
     banner = _wait_for_banner(proc, log, workers)
     # a runaway request (a job asking for billions of threads) ends in a MemoryError of the
     # service instead of starving this shared machine: cap the address space from here on
@@ -732,10 +735,11 @@ def health_checks(services: Services, targets: list[Target], job_id: str,
                 elif t.name == "paramserver":
                     _raw(channel, f"/{t.service.full_name}/ShardStatus")(
                         ps.ShardStatusRequest(layout_id=layout_id).SerializeToString(),
-                        timeout=10)
+                        metadata=t.metadata, timeout=10)
                 else:
                     _raw(channel, f"/{t.service.full_name}/LeaseTrials")(
-                        wk.LeaseRequest(worker_id="check").SerializeToString(), timeout=10)
+                        wk.LeaseRequest(worker_id="check").SerializeToString(),
+                        metadata=t.metadata, timeout=10)
             out[t.name] = "OK"
         except (grpc.RpcError, RuntimeError) as exc:
             out[t.name] = f"{_code(exc) if isinstance(exc, grpc.RpcError) else exc}"
@@ -881,21 +885,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with grpc.insecure_channel(services.shard) as channel:  # a layout to push to
                 _raw(channel, "/nas.v1.ParameterServer/RegisterLayout")(
                     paramserver_valid(layout_id)["RegisterLayout"].SerializeToString(),
-                    timeout=30)
+                    metadata=CLUSTER_MD, timeout=30)
             started = shard_start_time(services)
             targets = [
                 Target("search", services.search, sp.DESCRIPTOR.services_by_name[
                     "SearchService"], search_valid(job_ids[0]),
                        (("authorization", f"Bearer {ADMIN}"),), True),
                 Target("paramserver", services.shard, ps.DESCRIPTOR.services_by_name[
-                    "ParameterServer"], paramserver_valid(layout_id)),
+                    "ParameterServer"], paramserver_valid(layout_id), CLUSTER_MD, True),
                 Target("trials (seeded board)", trial_server.address,
                        wk.DESCRIPTOR.services_by_name["TrialReport"],
                        trials_valid(trial_ids[0]))]
             if services.trials:
                 targets.append(Target("trials (service's)", services.trials,
                                       wk.DESCRIPTOR.services_by_name["TrialReport"],
-                                      trials_valid(trial_ids[0])))
+                                      trials_valid(trial_ids[0]), CLUSTER_MD, True))
             fuzz_rec = Recorder()
             ids = [*job_ids[:4], *trial_ids[:4], layout_id]
             fuzz_seconds = fuzz_targets(targets, args.fuzz_requests, args.seed, ids, fuzz_rec)

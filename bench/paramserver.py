@@ -65,7 +65,8 @@ def latency(cluster: ShardProcesses, prefix: str, n: int) -> dict[str, dict[str,
     """Push + pull of the policy vector on one shard vs an echo of the same bytes."""
     layout = LayoutSpec(layout_id=f"lat-{uuid.uuid4().hex[:6]}", total_size=POLICY_SIZE,
                         num_shards=1, checkpoint_every=0)
-    client = ShardedParameterClient([cluster.start_shard(0, 1, REDIS, prefix)], layout)
+    client = ShardedParameterClient([cluster.start_shard(0, 1, REDIS, prefix)], layout,
+                                    auth=cluster.auth)
     client.register(np.zeros(POLICY_SIZE, dtype=np.float32))
     server, address = _echo_server()
     channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -110,12 +111,13 @@ def _throughput(cluster: ShardProcesses, shards: int, replicas: int, seconds: fl
     layout = LayoutSpec(layout_id=f"tp-{uuid.uuid4().hex[:6]}", total_size=POLICY_SIZE,
                         num_shards=shards, staleness=10**6, checkpoint_every=0)
     addresses = cluster.shard_addresses[:shards]
-    ShardedParameterClient(addresses, layout).register(np.zeros(POLICY_SIZE, dtype=np.float32))
+    ShardedParameterClient(addresses, layout, auth=cluster.auth).register(
+        np.zeros(POLICY_SIZE, dtype=np.float32))
     count = [0] * replicas
     stop = time.monotonic() + seconds
 
     def replica(k: int) -> None:
-        client = ShardedParameterClient(addresses, layout)
+        client = ShardedParameterClient(addresses, layout, auth=cluster.auth)
         grad = np.full(POLICY_SIZE, 1e-3, dtype=np.float32)
         _, versions = client.pull()
         while time.monotonic() < stop:

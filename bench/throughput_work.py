@@ -28,9 +28,10 @@ def lookup(actions: list[int], dataset: str = DATASET) -> float:
     return table(dataset)[space.to_string(space.decode(actions))][0]
 
 
-def lookup_attempt(task_bytes: bytes, controller: str) -> dict[str, Any]:
+def lookup_attempt(task_bytes: bytes, controller: str, auth: Any = None) -> dict[str, Any]:
     """A Ray task: one attempt of one trial, as ``worker.task.run_attempt`` runs it (start and
-    result reported to the controller over gRPC), with a table lookup as its work."""
+    result reported to the controller over gRPC with ``auth``'s cluster token), with a table
+    lookup as its work."""
     from protos import codec
     from protos.types import TrialResult, TrialStatus
     from protos.v1 import worker_pb2 as wk
@@ -42,7 +43,7 @@ def lookup_attempt(task_bytes: bytes, controller: str) -> dict[str, Any]:
     dataset = codec.workload_from_proto(task.workload).dataset.removeprefix(LOOKUP_PREFIX)
     tid, attempt = trial.trial_id, trial.attempt
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    reporter = shared_reporter(controller)  # as run_attempt: one channel per process
+    reporter = shared_reporter(controller, auth)  # as run_attempt: one channel per process
     if reporter.start(tid, attempt, worker, "cpu").superseded:
         return {"trial_id": tid, "attempt": attempt, "outcome": "superseded", "worker": worker,
                 "seconds": time.perf_counter() - began}

@@ -12,6 +12,10 @@ shards and a pool of Ray workers, shared by every job of the service:
 
 Without shards a job runs one replica with an in-process policy; without workers children are
 trained by the job's thread, one at a time.
+
+Every internal RPC carries the cluster token (``protos.cluster_auth``): the one the options give
+(``$NAS_CLUSTER_TOKEN``), else a random one generated here, handed to the shard processes in
+their environment and to the Ray tasks with each attempt.
 """
 
 from __future__ import annotations
@@ -19,11 +23,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
@@ -40,7 +43,7 @@ from controller.trials.servicer import TrialMetrics
 from nas.local_training import TrainEvaluator
 from nas.ray_training import RayWorkerPool
 from nas.wiring import PARTS
-from protos.rpc import CHANNEL_OPTIONS
+from protos.cluster_auth import ClusterAuth, generate_token
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
@@ -69,6 +72,8 @@ class ClusterOptions:
     metrics_port: int | None = None       # serve /metrics here (0: a free port)
     metrics_host: str = "127.0.0.1"       # ... on this interface (0.0.0.0 in a container)
     log_dir: Path = Path("runs/service/logs")
+    auth: ClusterAuth | None = None       # the cluster token and TLS (None: a random token)
+    redis_password: str | None = field(default=None, repr=False)  # of redis_url
 
     @classmethod
     def for_search(cls, cfg: SearchConfig, log_dir: Path, redis_prefix: str) -> ClusterOptions:
@@ -102,7 +107,12 @@ class ServiceCluster:
     def __init__(self, options: ClusterOptions) -> None:
         options.check()
         self.options = options
-        self._processes = ShardProcesses(options.log_dir)
+        given = options.auth or ClusterAuth(None)
+        self.token_generated = not given.token
+        # the token every internal call carries; the CA (TLS) for running shards and workers
+        self.auth = given if given.token else replace(given, token=generate_token())
+        self._processes = ShardProcesses(options.log_dir, token=self.auth.token,
+                                         redis_password=options.redis_password)
         self._redis_url = options.redis_url
         self._prefix = f"{options.redis_prefix}:ps"
         self.addresses = list(options.paramservers)
@@ -124,7 +134,7 @@ class ServiceCluster:
                     options.gpus_per_child, options.max_attempts, options.heartbeat_seconds,
                     options.heartbeat_timeout, options.stopper,
                     report_host=options.report_host, report_port=options.report_port,
-                    registry=self.registry)
+                    registry=self.registry, auth=self.auth)
                 self.registry.register(TrialMetrics(self.workers.board))
             if options.metrics_port is not None:
                 self._http, _ = start_http_server(options.metrics_port,
@@ -166,15 +176,21 @@ class ServiceCluster:
         """Whether jobs' policies live on parameter servers."""
         return bool(self.addresses)
 
+    @property
+    def _shard_auth(self) -> ClusterAuth:
+        """How the shards are called: shards started here on loopback in plaintext, running
+        ones (--paramservers) over TLS when the options give a CA."""
+        return ClusterAuth(self.auth.token) if self.options.shards else self.auth.for_clients()
+
     def parameter_client(self, layout: LayoutSpec) -> ShardedParameterClient:
         """A client of the shards for one job's layout."""
-        return ShardedParameterClient(self.addresses, layout)
+        return ShardedParameterClient(self.addresses, layout, auth=self._shard_auth)
 
     def shard_status(self, job_id: str) -> list[ps.ShardStatusResponse]:
         """Each shard's status of a job's policy (its version: updates applied)."""
         statuses = []
         for address in self.addresses:
-            with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            with self._shard_auth.channel(address) as channel:
                 statuses.append(ps_grpc.ParameterServerStub(channel).ShardStatus(
                     ps.ShardStatusRequest(layout_id=job_id), timeout=10.0))
         return statuses

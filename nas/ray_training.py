@@ -19,6 +19,7 @@ from controller.trials.board import TrialBoard
 from controller.trials.evaluator import DispatchEvaluator
 from controller.trials.servicer import serve_trial_reports
 from nas.local_training import TrainEvaluator
+from protos.cluster_auth import ClusterAuth
 from protos.types import Resources, Workload
 from worker.metrics import WorkerCollector
 from worker.scheduler import InfeasibleResources, RayScheduler
@@ -45,11 +46,12 @@ class RayWorkerPool:
                  max_attempts: int = 3, heartbeat_seconds: float = 5.0,
                  heartbeat_timeout: float = 60.0, stopper: EarlyStopper | None = None,
                  report_host: str = "127.0.0.1", report_port: int = 0,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 auth: ClusterAuth | None = None) -> None:
         self.board = TrialBoard(max_attempts=max_attempts, heartbeat_seconds=heartbeat_seconds,
                                 heartbeat_timeout=heartbeat_timeout, stopper=stopper)
         self.server = serve_trial_reports(self.board, report_host, report_port,
-                                          registry=registry)
+                                          registry=registry, auth=auth)
         self.scheduler: RayScheduler | None = None
         self.service: WorkerService | None = None
         try:
@@ -69,7 +71,7 @@ class RayWorkerPool:
             except InfeasibleResources as exc:
                 raise ConfigError(str(exc)) from None
             self.service = WorkerService(self.scheduler, self.server.address,
-                                         max_slots=workers).start()
+                                         max_slots=workers, auth=auth).start()
             if registry is not None:  # nas_worker_*: busy slots, GPU utilisation
                 registry.register(WorkerCollector(self.service))
         except BaseException:

@@ -1,21 +1,32 @@
 """``nas serve search``: the search service, on the cluster its flags describe, until SIGTERM
-or Ctrl-C."""
+or Ctrl-C.
+
+Its jobs survive its restart by default: without ``--redis`` they are kept by a private
+redis-server with an append-only file in ``--work-dir`` (``store/``, a unix socket, no TCP
+port), started and stopped with the service; only ``--in-memory`` keeps them in memory (and
+says so). One service per work dir: a second one is refused."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError
+from controller.distributed.processes import Child, ProcessError, start_private_redis, stop
 from controller.jobs.store import InMemoryJobStore, JobStore
 from controller.service import serve_options
 from controller.service.runner import JobRunner
 from controller.service.serve_options import ServeOptionError
 from controller.settings import DEFAULT_GPU_SHARE
 from nas.cluster import ClusterOptions, ServiceCluster, job_runner
+from protos.cluster_auth import ClusterAuth
 from protos.signals import StopOnSignal
 
 PROG = "nas serve search"
@@ -27,8 +38,11 @@ def parser() -> argparse.ArgumentParser:
                                 "the standard health and reflection services).")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=50070, help="gRPC port (50070; 0: a free one)")
-    p.add_argument("--redis", help="Redis URL for the job store (default: in memory, lost on "
-                                   "exit)")
+    p.add_argument("--redis", help="Redis URL for the job store (default: a private "
+                                   "redis-server with an append-only file in --work-dir, so "
+                                   "jobs survive a restart)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="keep jobs in memory instead: lost when the service stops")
     p.add_argument("--redis-prefix", default="nas", help="key prefix in Redis (nas)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/service"),
                    help="children's files, one folder per job (runs/service)")
@@ -42,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
                         "tenant with the fewest running jobs")
     serve_options.add_arguments(p)
     _cluster_arguments(p)
+    serve_options.add_cluster_arguments(p)
     return p
 
 
@@ -93,22 +108,25 @@ def main(argv: list[str]) -> int:
         import torch  # run faster on one thread
 
         torch.set_num_threads(1)
-    try:  # everything that can be refused is checked before any process starts
-        security = serve_options.security_from_args(args)
-        store = _store(args)
-    except ServeOptionError as exc:
-        return _refuse(str(exc))
-    _log_jobs()
-    try:
-        cluster = ServiceCluster(_cluster_options(args))
-    except ConfigError as exc:
-        field, _, rest = str(exc).partition(":")
-        return _refuse(f"--{field.replace('_', '-')}:{rest}")
-    try:
+    args.work_dir = args.work_dir.resolve()
+    with contextlib.ExitStack() as stack:
+        try:  # everything that can be refused is checked before any process starts
+            security = serve_options.security_from_args(args)
+            auth = serve_options.cluster_auth_from_args(args)
+            stack.enter_context(_work_dir_lock(args.work_dir))
+            store, private_url = _store(args, stack)
+        except ServeOptionError as exc:
+            return _refuse(str(exc))
+        _log_jobs()
+        try:
+            cluster = ServiceCluster(_cluster_options(args, auth, private_url))
+        except ConfigError as exc:
+            field, _, rest = str(exc).partition(":")
+            return _refuse(f"--{field.replace('_', '-')}:{rest}")
+        stack.callback(cluster.close)
         return _serve(args, store, job_runner(store, args.work_dir, args.max_running, cluster),
                       security, cluster)
-    finally:
-        cluster.close()
+    return 2  # unreachable: for mypy (ExitStack may swallow exceptions)
 
 
 def _refuse(why: str) -> int:
@@ -116,16 +134,55 @@ def _refuse(why: str) -> int:
     return 2
 
 
-def _store(args: argparse.Namespace) -> JobStore:
-    keep = args.journal_keep or None
-    if args.redis:
-        from controller.jobs.redis_store import RedisJobStore
+@contextlib.contextmanager
+def _work_dir_lock(work_dir: Path) -> Iterator[None]:
+    """Hold ``work_dir/service.lock`` while serving: a second service on the same work dir
+    (and its private store) is refused; the kernel frees it when this process dies."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ServeOptionError(f"--work-dir: {work_dir} is in use by another `{PROG}` "
+                                   f"(pid {holder}); stop it or choose another") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
-        return RedisJobStore(serve_options.connect_redis(args.redis, args.redis_password),
-                             args.redis_prefix, journal_keep=keep)
-    if args.redis_password:
+
+def _store(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[JobStore, str | None]:
+    """The job store, and the URL of the private redis-server started for it (None: none)."""
+    keep = args.journal_keep or None
+    if args.in_memory and (args.redis or args.redis_password):
+        raise ServeOptionError("--in-memory: not with --redis or --redis-password")
+    if args.in_memory:
+        print("warning: --in-memory: jobs are kept in memory only and lost when the service "
+              "stops", file=sys.stderr, flush=True)
+        return InMemoryJobStore(journal_keep=keep), None
+    if args.redis_password and not args.redis:
         raise ServeOptionError("--redis-password: needs --redis URL")
-    return InMemoryJobStore(journal_keep=keep)
+    from controller.jobs.redis_store import RedisJobStore
+
+    url, private = args.redis, None
+    if not url:
+        try:
+            child, url = start_private_redis(args.work_dir / "store", args.work_dir / "logs",
+                                             durable=True)
+        except ProcessError as exc:
+            raise ServeOptionError(f"--redis: the private job store did not start ({exc}); "
+                                   f"give --redis URL or --in-memory") from None
+        stack.callback(_stop_private, child)
+        private = url
+    return RedisJobStore(serve_options.connect_redis(url, args.redis_password),
+                         args.redis_prefix, journal_keep=keep), private
+
+
+def _stop_private(child: Child) -> None:
+    stop([child])
 
 
 def _log_jobs() -> None:
@@ -136,10 +193,11 @@ def _log_jobs() -> None:
     logging.getLogger("controller.service").setLevel(logging.INFO)
 
 
-def _cluster_options(args: argparse.Namespace) -> ClusterOptions:
+def _cluster_options(args: argparse.Namespace, auth: ClusterAuth,
+                     private_url: str | None) -> ClusterOptions:
     return ClusterOptions(
         shards=args.shards, paramservers=[a for a in args.paramservers.split(",") if a],
-        redis_url=serve_options.url_with_password(args.redis, args.redis_password),
+        redis_url=args.redis or private_url, redis_password=args.redis_password, auth=auth,
         workers=args.workers, ray_address=args.ray_address,
         cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
         max_attempts=args.max_attempts, heartbeat_timeout=args.heartbeat_timeout,
@@ -182,6 +240,14 @@ def _banner(cluster: ServiceCluster, open_service: bool) -> None:
     if ends["trial_reports"]:
         print(f"workers report to {ends['trial_reports']} ({ends['workers']} Ray workers)",
               flush=True)
+        if cluster.token_generated:
+            print("note: no $NAS_CLUSTER_TOKEN or --cluster-token-file: a random cluster token "
+                  "was generated for this service's own workers; `nas serve worker` joins "
+                  "only with the same token, so give both one", flush=True)
+    if cluster.token_generated and cluster.options.paramservers:
+        print("warning: --paramservers without $NAS_CLUSTER_TOKEN or --cluster-token-file: "
+              "running shards that require the cluster token refuse this service's calls",
+              file=sys.stderr, flush=True)
     if open_service:
         print("warning: no --tokens-file or $NAS_TOKENS: the service is open, every caller is "
               "admin of tenant 'default'", file=sys.stderr, flush=True)

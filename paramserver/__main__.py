@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis
 
 from paramserver.checkpoint import RedisCheckpointStore
+from protos.cluster_auth import ClusterAuth, ClusterAuthError, add_token_argument, server_auth
 from protos.signals import StopOnSignal
+
+PASSWORD_ENV = "NAS_REDIS_PASSWORD"
 
 
 def _port(text: str) -> int:
@@ -47,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of shards S (layouts must use the same)")
     parser.add_argument("--port", type=_port, required=True, help="gRPC port (0: any free one)")
     parser.add_argument("--redis", required=True, metavar="URL",
-                        help="Redis URL for checkpoints, e.g. redis://127.0.0.1:6379/0")
+                        help="Redis URL for checkpoints, e.g. redis://127.0.0.1:6379/0 (its "
+                             f"password: ${PASSWORD_ENV}, never on the command line)")
     parser.add_argument("--redis-prefix", default="nas",
                         help="key prefix in Redis (default: nas)")
     parser.add_argument("--metrics-port", type=_port, default=None,
@@ -56,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds in-flight calls get on shutdown (default: 5)")
+    add_token_argument(parser, server=True)
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     return parser
+
+
+def _auth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClusterAuth:
+    """The cluster token (and TLS) the shard checks; exits 2 naming the flag without one."""
+    try:
+        auth = server_auth(args, args.tls_cert, args.tls_key)
+    except ClusterAuthError as exc:  # one line naming the flag, exit 2
+        print(f"paramserver: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if auth.token is None:
+        print("paramserver: warning: --insecure-no-token: anyone who reaches the port may push "
+              "gradients", file=sys.stderr, flush=True)
+    return auth
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,10 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.shard < args.num_shards:
         parser.error(f"--shard: must be in [0, {args.num_shards}) for --num-shards "
                      f"{args.num_shards}, got {args.shard}")
+    auth = _auth(parser, args)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        store = RedisCheckpointStore(args.redis, prefix=args.redis_prefix)
+        store = RedisCheckpointStore(args.redis, prefix=args.redis_prefix,
+                                     password=os.environ.get(PASSWORD_ENV) or None)
         store.ping()
     except ValueError as exc:
         parser.error(f"--redis: {exc}")
@@ -81,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with StopOnSignal() as stop:  # from here: a signal during start-up is not lost
         try:
             running = serve(args.shard, args.num_shards, store, host=args.host,
-                            port=args.port, metrics_port=args.metrics_port)
+                            port=args.port, metrics_port=args.metrics_port,
+                            credentials=auth.server_credentials(),
+                            interceptors=auth.interceptors())
         except (OSError, redis.RedisError) as exc:
             print(f"paramserver: error: {exc}", file=sys.stderr)
             return 2

@@ -66,10 +66,12 @@ class RedisCheckpointStore(CheckpointStore):
     """One Redis hash per shard, ``{prefix}:ps:shard:{shard}of{num_shards}``, field = layout id,
     value = blob; HSET replaces one field atomically."""
 
-    def __init__(self, url: str, prefix: str = "nas", timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, prefix: str = "nas", timeout_s: float = 5.0,
+                 password: str | None = None) -> None:
         self.prefix = prefix
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s)
+                                           socket_connect_timeout=timeout_s,
+                                           **({"password": password} if password else {}))
 
     def key(self, shard: int, num_shards: int) -> str:
         """The Redis key holding this shard's checkpoints."""

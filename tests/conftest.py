@@ -143,3 +143,31 @@ def assert_unparsable_requests_are_invalid_argument(address: str, service: str,
                     raw(payload, timeout=10)
                 assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "request: not a valid nas.v1." in str(info.value.details())
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdlines(pids: list[int]) -> list[str]:
+    """The command lines of ``pids`` (those still running), arguments joined by spaces."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue  # exited meanwhile
+    return out

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import cmdlines, descendants
 
 from controller.service.client import SearchClient
 from nas.deploy.compose import (
@@ -75,7 +76,8 @@ def test_committed_compose_and_prometheus_files_are_generated_from_the_topology(
 
 def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
     # Arrange
-    env = {**os.environ, "NAS_REDIS_PASSWORD": "0123abcd", "NAS_RAY_TOKEN": "4567ef"}
+    env = {**os.environ, "NAS_REDIS_PASSWORD": "0123abcd", "NAS_RAY_TOKEN": "4567ef",
+           "NAS_CLUSTER_TOKEN": "89abcdef"}
     env.pop("NAS_DATA_DIR", None)
     # Act
     ok = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
@@ -92,6 +94,13 @@ def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
     no_token = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
     assert no_token.returncode != 0 and "set NAS_RAY_TOKEN" in no_token.stderr
+    env.update(NAS_RAY_TOKEN="4567ef")
+    env.pop("NAS_CLUSTER_TOKEN")
+    no_cluster_token = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True,
+                                      timeout=60)
+    assert no_cluster_token.returncode != 0
+    assert "set NAS_CLUSTER_TOKEN" in no_cluster_token.stderr
 
 
 def test_promtool_accepts_the_compose_prometheus_config() -> None:
@@ -148,14 +157,17 @@ def _prometheus_up(url: str, expected: int) -> list[dict[str, Any]]:
 
 def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
         tmp_path: Path, nb201_csv: Path) -> None:
-    # Arrange
-    run = tmp_path / "cluster"
-    env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
+    # Arrange: a relative --dir, as the README writes it
+    run = tmp_path / "runs" / "cluster"
+    env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get(
+               "PYTHONPATH")])])}
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     up = subprocess.Popen([sys.executable, "-m", "nas", "up", "--shards", "2",
-                           "--workers", "0", "--dir", str(run), "--prometheus"], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           "--workers", "0", "--dir", "runs/cluster", "--prometheus"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
     try:
         # Act
         lines = _read_until_up(up)
@@ -165,6 +177,7 @@ def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
         prometheus = re.search(r"^prometheus\s+http (http://127\.0\.0\.1:\d+)$", text, re.M)
         assert endpoint and prometheus, text
         cluster = json.loads((run / "cluster.json").read_text())
+        commands = cmdlines(descendants(up.pid))
         again = _nas("up", "--dir", str(run), env=env)
         submitted = _nas("submit", str(spec), "--endpoint", endpoint.group(1), env=env)
         assert submitted.returncode == 0, submitted.stderr
@@ -181,6 +194,8 @@ def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
     assert set(cluster["services"]) | set(cluster["skipped"]) == {s.name for s in
                                                                   services(2, 0)}
     assert set(cluster["skipped"]) == {"grafana"}
+    secrets = (cluster["redis_password"], cluster["cluster_token"])
+    assert len(commands) >= 5 and not [c for c in commands if any(s in c for s in secrets)]
     assert len(metrics) == 3  # two shards and the search service
     assert again.returncode == 2 and "--dir: a cluster already runs" in again.stderr
     assert status.stdout.startswith("SUCCEEDED\n  trainings 8/8"), status.stdout + status.stderr

@@ -68,7 +68,7 @@ def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[ShardProcesses,
     initial = nn.utils.parameters_to_vector(strategy.policy.parameters()).detach().numpy()
     layout = _layout(initial.size, 3, policy=UpdatePolicy.SYNC, sync_pushes=1,
                      learning_rate=0.01)
-    client = ShardedParameterClient(_shards(c, prefix, 3), layout)
+    client = ShardedParameterClient(_shards(c, prefix, 3), layout, auth=c.auth)
     client.register(initial)
     remote = ReinforceStrategy(space, seed=5, batch_size=4, learner=config,
                                updater=lambda p: RemoteUpdater(list(p.parameters()), client, "r0"),
@@ -102,7 +102,7 @@ def test_sync_shards_equal_an_in_process_adam_run(cluster: tuple[ShardProcesses,
 def test_a_replayed_push_is_applied_once(cluster: tuple[ShardProcesses, str]) -> None:
     c, prefix = cluster
     layout = _layout(10, 2, learning_rate=0.1)
-    client = ShardedParameterClient(_shards(c, prefix, 2), layout)
+    client = ShardedParameterClient(_shards(c, prefix, 2), layout, auth=c.auth)
     client.register(np.zeros(10, dtype=np.float32))
     grad = np.ones(10, dtype=np.float32)
     first = client.push("r0", 1, [0, 0], grad)
@@ -120,7 +120,7 @@ def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
     # Arrange: async with staleness bound 2; replica A pulls, B pushes three updates.
     c, prefix = cluster
     layout = _layout(6, 2, staleness=2, learning_rate=0.1)
-    client = ShardedParameterClient(_shards(c, prefix, 2), layout)
+    client = ShardedParameterClient(_shards(c, prefix, 2), layout, auth=c.auth)
     client.register(np.zeros(6, dtype=np.float32))
     params_a = [nn.Parameter(torch.zeros(6))]
     a = RemoteUpdater(params_a, client, "A")
@@ -144,7 +144,7 @@ def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
 def test_replica_metrics_are_served(cluster: tuple[ShardProcesses, str]) -> None:
     c, prefix = cluster
     layout = _layout(4, 1)
-    client = ShardedParameterClient(_shards(c, prefix, 1), layout)
+    client = ShardedParameterClient(_shards(c, prefix, 1), layout, auth=c.auth)
     client.register(np.zeros(4, dtype=np.float32))
     server = ReplicaMetricsServer(port=0)
     updater = RemoteUpdater([nn.Parameter(torch.zeros(4))], client, "r", metrics=server.replica(3))

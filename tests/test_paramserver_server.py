@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from paramserver.checkpoint import InMemoryCheckpointStore, RedisCheckpointStore
 from paramserver.server import RunningShard, serve
 from paramserver.shard import ShardState
 from protos import codec
+from protos.cluster_auth import TOKEN_ENV, ClusterAuth
 from protos.rpc import CHANNEL_OPTIONS
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
@@ -32,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = LayoutSpec("policy", 10, 2, staleness=1, learning_rate=0.1, checkpoint_every=1)
 INITIAL = np.linspace(-1, 1, 10, dtype=np.float32)
 REDIS_URL = "redis://127.0.0.1:6379/0"
+TOKEN = "test-paramserver-token"  # the shard processes require it ($NAS_CLUSTER_TOKEN)
+AUTH = ClusterAuth(TOKEN)
 READY = re.compile(r"^paramserver shard (\d+)/(\d+) listening on ([\d.]+):(\d+)"
                    r"(?: metrics http://[\d.]+:(\d+)/metrics)?$")
 
@@ -168,7 +172,8 @@ def start_process(prefix: str, log: Path, *extra: str) -> tuple[subprocess.Popen
     proc = subprocess.Popen(
         [sys.executable, "-m", "paramserver", "--shard", "1", "--num-shards", "2", "--port", "0",
          "--redis", REDIS_URL, "--redis-prefix", prefix, *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("ab"), text=True,
+        env={**os.environ, TOKEN_ENV: TOKEN})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()))  # type: ignore[union-attr]
     reader.start()
@@ -190,7 +195,7 @@ def prefix() -> Iterator[str]:
 def test_sigterm_checkpoints_and_exits_0(prefix: str, tmp_path: Path) -> None:
     layout = LayoutSpec("policy", 10, 2, checkpoint_every=0)
     proc, address = start_process(prefix, tmp_path / "ps.log", "--metrics-port", "0")
-    with grpc.insecure_channel(address) as channel:
+    with AUTH.channel(address) as channel:
         stub = ps_grpc.ParameterServerStub(channel)
         register(stub, layout)
         push(stub, 0, 0, np.ones(5, np.float32))
@@ -205,7 +210,7 @@ def test_sigkill_then_restart_restores_exactly(prefix: str, tmp_path: Path) -> N
     reference = ShardState(LAYOUT, 1, INITIAL[5:])
     grads = [np.random.default_rng(s).standard_normal(5).astype(np.float32) for s in range(4)]
     proc, address = start_process(prefix, tmp_path / "ps.log")
-    with grpc.insecure_channel(address) as channel:
+    with AUTH.channel(address) as channel:
         stub = ps_grpc.ParameterServerStub(channel)
         register(stub)
         for seq in range(3):
@@ -217,7 +222,7 @@ def test_sigkill_then_restart_restores_exactly(prefix: str, tmp_path: Path) -> N
     proc.wait(timeout=30)
     proc, address = start_process(prefix, tmp_path / "ps.log")
     try:
-        with grpc.insecure_channel(address) as channel:
+        with AUTH.channel(address) as channel:
             stub = ps_grpc.ParameterServerStub(channel)
             after = pull(stub)
             again = register(stub)
@@ -246,6 +251,6 @@ def test_help_and_bad_arguments() -> None:
     assert bad.returncode == 2 and "--shard" in bad.stderr
     down = subprocess.run([*run, "--shard", "0", "--num-shards", "1", "--port", "0", "--redis",
                            "redis://127.0.0.1:1/0"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, env={**os.environ, TOKEN_ENV: TOKEN})
     assert down.returncode == 2 and "cannot reach Redis" in down.stderr
     assert "Traceback" not in down.stderr

@@ -25,6 +25,7 @@ from controller.spaces import create_space
 from controller.trials.board import TrialBoard, TrialOutcome
 from controller.trials.servicer import RunningTrialReport, serve_trial_reports
 from nas.cluster import ClusterOptions, ServiceCluster
+from protos.cluster_auth import TOKEN_ENV, ClusterAuth
 from protos.types import Resources, SearchSpaceSpec, Trial, TrialStatus, Workload
 from worker.reporting import TrialReporter
 from worker.scheduler import RAY_LOOPBACK_ENV, InfeasibleResources, RayScheduler
@@ -38,6 +39,7 @@ SPACE = create_space(SearchSpaceSpec("nb201"))
 RECIPE = dataclasses.asdict(TrainRecipe(epochs=1, batch_size=32, learning_rate=0.1, seed=0,
                                       device="cpu"))
 MODEL = {"cells": 1, "filters": 4, "drop_path": 0.0, "aux_head": False}
+AUTH = ClusterAuth("test-ray-workers-token")  # the TrialReport servers require it
 WAIT_S = 180.0  # every wait on Ray is bounded
 
 
@@ -110,9 +112,9 @@ def rig(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     board = TrialBoard(max_attempts=3, heartbeat_seconds=0.5,
                        heartbeat_timeout=options.get("heartbeat_timeout", 30.0),
                        start_timeout=120.0, stopper=stopper)
-    server = serve_trial_reports(board)
+    server = serve_trial_reports(board, auth=AUTH)  # as the service runs it: with a token
     scheduler = RayScheduler()
-    service = WorkerService(scheduler, server.address, poll_seconds=0.2).start()
+    service = WorkerService(scheduler, server.address, poll_seconds=0.2, auth=AUTH).start()
     try:
         yield Rig(board, server, scheduler, service, tmp_path / "weights")
     finally:
@@ -135,7 +137,7 @@ def test_two_children_train_in_parallel_and_report_over_grpc(rig: Rig) -> None:
     assert a.started_at < b.finished_at and b.started_at < a.finished_at  # overlapping
     assert all(Path(o.artifacts["weights"]).is_file() for o in outcomes)
     # A replayed result (an acknowledgement lost on the way back) changes nothing.
-    reporter = TrialReporter(rig.server.address)
+    reporter = TrialReporter(rig.server.address, auth=AUTH)
     try:
         replay = reporter.result("a", 1, a.result, a.artifacts)
     finally:
@@ -295,11 +297,12 @@ def test_nas_search_refuses_workers_without_training(tmp_path: Path) -> None:
 def test_nas_serve_worker_trains_a_controllers_trials_and_stops_cleanly(
         tmp_path: Path, fashion_mnist_installed: Path) -> None:
     board = TrialBoard(heartbeat_seconds=0.5, heartbeat_timeout=60.0)
-    server = serve_trial_reports(board)
+    server = serve_trial_reports(board, auth=AUTH)  # the worker and its Ray tasks: the token
     proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "worker",
                              "--controller", server.address, "--num-cpus", "2"],
-                            env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            env={**_env(tmp_path), TOKEN_ENV: AUTH.token or ""}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         workload = Workload("fashion-mnist", MODEL, RECIPE,
                             str(tmp_path / "w"), train_subset=512, val_subset=256)

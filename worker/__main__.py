@@ -3,6 +3,9 @@
     nas serve worker --controller 10.0.0.2:50061 --ray-address 10.0.0.5:6380
     nas serve worker --controller 127.0.0.1:50061 --num-cpus 4     # a private local Ray
 
+The cluster token the controller checks comes from $NAS_CLUSTER_TOKEN or --cluster-token-file
+(mode 0600), never the command line; Ray tasks get it with each attempt.
+
 Runs until SIGTERM or Ctrl-C; attempts still running are cancelled (the controller retries them
 elsewhere after its heartbeat timeout).
 """
@@ -13,7 +16,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from protos.cluster_auth import (
+    ClusterAuth,
+    ClusterAuthError,
+    add_token_argument,
+    read_pem,
+    resolve_token,
+)
 from protos.signals import StopOnSignal
 
 
@@ -35,7 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics (nas_worker_*: busy slots, GPU utilisation "
                         "when a GPU is present) at http://0.0.0.0:PORT/metrics (0: a free "
                         "port; default: none)")
+    add_token_argument(p, server=False)
+    p.add_argument("--tls-ca", type=Path,
+                   help="dial the controller over TLS, trusting the certificate this PEM CA "
+                        "signed (default: plaintext)")
     return p
+
+
+def _auth(args: argparse.Namespace) -> ClusterAuth:
+    """The token and CA the worker (and its Ray tasks) call the controller with."""
+    token = resolve_token(args.cluster_token_file)
+    if token is None:
+        print("nas serve worker: warning: no cluster token ($NAS_CLUSTER_TOKEN or "
+              "--cluster-token-file): a controller that requires one refuses this worker",
+              file=sys.stderr, flush=True)
+    return ClusterAuth(token, read_pem(args.tls_ca, "--tls-ca") if args.tls_ca else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nas serve worker: error: --{name.replace('_', '-')}: got {value}",
                   file=sys.stderr)
             return 2
+    try:
+        auth = _auth(args)
+    except ClusterAuthError as exc:
+        print(f"nas serve worker: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from worker.metrics import serve_metrics
     from worker.scheduler import RayScheduler
@@ -65,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # after ray.init, which installs handlers of its own that exit at once
     with StopOnSignal() as stop:
         service = WorkerService(scheduler, args.controller, worker_id=args.worker_id,
-                                max_slots=args.slots).start()
+                                max_slots=args.slots, auth=auth).start()
         print(f"worker service {service.worker_id} serving controller {args.controller} "
               f"(Ray: {args.ray_address or 'local'})", flush=True)
         rc = 0

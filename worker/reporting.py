@@ -13,11 +13,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import grpc
-
 from protos import codec
+from protos.cluster_auth import ClusterAuth, open_channel
 from protos.errors import DeadlineExceededError, UnavailableError
-from protos.rpc import CHANNEL_OPTIONS, call_with_retry
+from protos.rpc import call_with_retry
 from protos.types import TrialResult
 from protos.v1 import worker_pb2 as wk
 from protos.v1 import worker_pb2_grpc as wk_grpc
@@ -27,15 +26,16 @@ RETRYABLE = (UnavailableError, DeadlineExceededError)
 
 
 class TrialReporter:
-    """Reports one process's attempts to the controller at ``address`` (``host:port``)."""
+    """Reports one process's attempts to the controller at ``address`` (``host:port``), with
+    ``auth``'s cluster token (and TLS when it has a CA)."""
 
     def __init__(self, address: str, timeout: float = 10.0, retry_for: float = 60.0,
-                 result_retry_for: float = 600.0) -> None:
+                 result_retry_for: float = 600.0, auth: ClusterAuth | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.retry_for = retry_for
         self.result_retry_for = result_retry_for
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(address, auth)
         self._stub = wk_grpc.TrialReportStub(self._channel)
 
     def close(self) -> None:
@@ -95,20 +95,21 @@ class TrialReporter:
 
 
 _SHARED_MAX = 8
-_shared: OrderedDict[str, TrialReporter] = OrderedDict()
+_shared: OrderedDict[tuple[str, ClusterAuth | None], TrialReporter] = OrderedDict()
 _shared_lock = threading.Lock()
 
 
-def shared_reporter(address: str) -> TrialReporter:
+def shared_reporter(address: str, auth: ClusterAuth | None = None) -> TrialReporter:
     """This process's reporter to the controller at ``address``, kept for every attempt the
     process runs (a Ray worker process runs many: a channel of its own per attempt paid a
     connection set-up each time). gRPC reconnects it when the controller comes back; the
     least recently used of more than a few controllers' reporters is closed."""
+    key = (address, auth)
     with _shared_lock:
-        reporter = _shared.get(address)
+        reporter = _shared.get(key)
         if reporter is None:
-            reporter = _shared[address] = TrialReporter(address)
+            reporter = _shared[key] = TrialReporter(address, auth=auth)
             while len(_shared) > _SHARED_MAX:
                 _shared.popitem(last=False)[1].close()
-        _shared.move_to_end(address)
+        _shared.move_to_end(key)
         return reporter

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from protos import codec
+from protos.cluster_auth import ClusterAuth
 from protos.types import Resources
 from protos.v1 import worker_pb2 as wk
 
@@ -60,8 +61,10 @@ class Scheduler(ABC):
         """How many children of this size fit on the cluster at once."""
 
     @abstractmethod
-    def submit(self, task: wk.TrialTask, controller: str) -> None:
-        """Start one attempt; it reports to the controller at ``controller`` (host:port)."""
+    def submit(self, task: wk.TrialTask, controller: str,
+               auth: ClusterAuth | None = None) -> None:
+        """Start one attempt; it reports to the controller at ``controller`` (host:port), with
+        ``auth``'s cluster token."""
 
     @abstractmethod
     def wait(self, timeout: float) -> list[Finished]:
@@ -79,12 +82,13 @@ class Scheduler(ABC):
         """Release the scheduler's resources."""
 
 
-def _ray_entry(task_bytes: bytes, controller: str) -> dict[str, Any]:
+def _ray_entry(task_bytes: bytes, controller: str,
+               auth: ClusterAuth | None = None) -> dict[str, Any]:
     """The Ray task: decode and run one attempt (imports stay inside: a fresh worker process)."""
     from worker.task import run_attempt
 
     start = time.perf_counter()
-    summary = run_attempt(wk.TrialTask.FromString(task_bytes), controller)
+    summary = run_attempt(wk.TrialTask.FromString(task_bytes), controller, auth)
     return {"trial_id": summary.trial_id, "attempt": summary.attempt,
             "outcome": summary.outcome, "worker": summary.worker,
             "seconds": time.perf_counter() - start}
@@ -170,12 +174,13 @@ class RayScheduler(Scheduler):
             total += min(fits) if fits else 0
         return total
 
-    def submit(self, task: wk.TrialTask, controller: str) -> None:
+    def submit(self, task: wk.TrialTask, controller: str,
+               auth: ClusterAuth | None = None) -> None:
         res = codec.resources_from_proto(task.resources)
         key = (task.trial.trial_id, task.trial.attempt)
         ref = self._remote.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                    name=f"trial {key[0]} attempt {key[1]}").remote(
-            task.SerializeToString(), controller)
+            task.SerializeToString(), controller, auth)
         with self._lock:
             self._refs[ref] = key
 

@@ -22,6 +22,7 @@ import threading
 from collections import deque
 
 from protos import codec
+from protos.cluster_auth import ClusterAuth
 from protos.errors import NasError
 from protos.types import Resources
 from worker.reporting import TrialReporter
@@ -31,11 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class WorkerService:
-    """Feeds ``scheduler`` with trials of the controller at ``controller`` (host:port)."""
+    """Feeds ``scheduler`` with trials of the controller at ``controller`` (host:port); the
+    service and its attempts call it with ``auth``'s cluster token (and TLS when it has a CA)."""
 
     def __init__(self, scheduler: Scheduler, controller: str, worker_id: str | None = None,
                  poll_seconds: float = 0.5, max_slots: int | None = None,
-                 prefetch_below_s: float = 1.0) -> None:
+                 prefetch_below_s: float = 1.0, auth: ClusterAuth | None = None) -> None:
         self.scheduler = scheduler
         self.controller = controller
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -43,7 +45,8 @@ class WorkerService:
         self.max_slots = max_slots
         self.prefetch_below_s = prefetch_below_s
         self._durations: deque[float] = deque(maxlen=8)  # the last attempts' run times
-        self.reporter = TrialReporter(controller)
+        self.auth = auth.for_clients() if auth is not None else None
+        self.reporter = TrialReporter(controller, auth=self.auth)
         self.lost_reported = 0
         self._last_resources = Resources()
         self._thread: threading.Thread | None = None
@@ -105,7 +108,7 @@ class WorkerService:
                 self._report_lost(task.trial.trial_id, task.trial.attempt, str(exc),
                                   retryable=False)
                 continue
-            self.scheduler.submit(task, self.controller)
+            self.scheduler.submit(task, self.controller, self.auth)
         # full: wait for an attempt to end; else the lease's long poll already waited
         for ended in self.scheduler.wait(0.0 if free else self.poll_seconds):
             if ended.seconds is not None:

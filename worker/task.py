@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from protos import codec
+from protos.cluster_auth import ClusterAuth
 from protos.types import Architecture, TrialResult, TrialStatus, Workload
 from protos.v1 import worker_pb2 as wk
 from worker.builders import ModelSpec
@@ -82,14 +83,16 @@ class _Heartbeat:
                 return
 
 
-def run_attempt(task: wk.TrialTask, controller: str) -> AttemptSummary:
-    """Train ``task``'s child and report to the controller at ``controller`` (host:port)."""
+def run_attempt(task: wk.TrialTask, controller: str,
+                auth: ClusterAuth | None = None) -> AttemptSummary:
+    """Train ``task``'s child and report to the controller at ``controller`` (host:port), with
+    ``auth``'s cluster token."""
     trial = codec.trial_from_proto(task.trial)
     workload = codec.workload_from_proto(task.workload)
     threads = max(1, int(task.resources.num_cpus))
     torch.set_num_threads(threads)
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    reporter = shared_reporter(controller)
+    reporter = shared_reporter(controller, auth)
     tid, attempt = trial.trial_id, trial.attempt
     if reporter.start(tid, attempt, worker, _device(workload)).superseded:
         return AttemptSummary(tid, attempt, "superseded", worker)

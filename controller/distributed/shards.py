@@ -1,9 +1,14 @@
 """Local parameter-server shard processes on loopback (with a private Redis for their
 checkpoints unless one is given); a shard that dies is restarted on its port, restoring its
-Redis checkpoint. The search service's cluster (``nas.cluster``) starts them."""
+Redis checkpoint. The search service's cluster (``nas.cluster``) starts them.
+
+Secrets travel in the shards' environment, never on their command lines: the cluster token
+(``$NAS_CLUSTER_TOKEN``, a fresh random one unless given) and the Redis password
+(``$NAS_REDIS_PASSWORD``, taken out of a URL that carries one)."""
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,17 +21,40 @@ from controller.distributed.processes import (
     stop,
     wait_for_line,
 )
+from protos.cluster_auth import INSECURE_FLAG, TOKEN_ENV, ClusterAuth, generate_token
 from protos.types import LayoutSpec, UpdatePolicy
 
 SHARD_READY = r"listening on (\S+:\d+)(?: metrics (\S+))?"
 MAX_RESTARTS = 5
+PASSWORD_ENV = "NAS_REDIS_PASSWORD"
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password (``redis://:PW@host`` or ``?password=PW``), and the
+    password (None: it had none, and ``url`` is returned as it is)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    password = next((v for k, v in query if k == "password"), None)
+    netloc = parts.netloc
+    if parts.password is not None:
+        password = urllib.parse.unquote(parts.password)
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    if password is None:
+        return url, None
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "password"])
+    return f"{parts.scheme}://{netloc}{parts.path}{'?' + rest if rest else ''}", password or None
 
 
 @dataclass
 class ShardProcesses:
-    """The shard processes (and a private redis-server) started here, stopped together."""
+    """The shard processes (and a private redis-server) started here, stopped together.
+    ``token``: the cluster token they require (None: none, ``--insecure-no-token``);
+    ``redis_password``: of their Redis, when its URL has none."""
 
     log_dir: Path
+    token: str | None = field(default_factory=generate_token, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
     children: list[Child] = field(default_factory=list)
     shards: list[Child] = field(default_factory=list)
     shard_addresses: list[str] = field(default_factory=list)
@@ -38,10 +66,14 @@ class ShardProcesses:
         """Start shard ``index`` and return its address once it listens."""
         old = self.metrics.get(f"shard{index}")  # a revived shard keeps its scrape target
         metrics_port = old.rsplit(":", 1)[1].split("/")[0] if old and port else "0"
+        url, password = split_password(redis_url)
+        password = password or self.redis_password
+        env = {**({TOKEN_ENV: self.token} if self.token else {}),
+               **({PASSWORD_ENV: password} if password else {})}
         child = spawn(f"shard{index}", python_module(
             "paramserver", "--shard", str(index), "--num-shards", str(num_shards), "--port",
-            str(port), "--redis", redis_url, "--redis-prefix", prefix, "--metrics-port",
-            metrics_port), self.log_dir)
+            str(port), "--redis", url, "--redis-prefix", prefix, "--metrics-port",
+            metrics_port, *([] if self.token else [INSECURE_FLAG])), self.log_dir, env)
         self.children.append(child)
         ready = wait_for_line(child, SHARD_READY)
         address = ready.group(1)
@@ -53,6 +85,11 @@ class ShardProcesses:
             self.shards.append(child)
             self.shard_addresses.append(address)
         return address
+
+    @property
+    def auth(self) -> ClusterAuth:
+        """What a client of these shards calls them with."""
+        return ClusterAuth(self.token)
 
     def revive_shards(self, num_shards: int, redis_url: str, prefix: str) -> None:
         """Restart any shard that died, on the same port, from its checkpoint."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import redis
 from controller.service.auth import TokenTable
 from controller.service.tenants import TenantBudgets
 from controller.service.tls import ServerTls
+from protos.cluster_auth import ClusterAuth, add_token_argument, read_pem, resolve_token
 
 
 class ServeOptionError(ValueError):
@@ -61,6 +61,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 4 x --max-workers)")
 
 
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """The internal endpoints' options: the cluster token, and TLS of the TrialReport server
+    and of running shards (--paramservers)."""
+    g = p.add_argument_group("cluster security", "Every internal call (to the parameter "
+                             "servers, to this service's TrialReport server) carries the "
+                             "cluster token; no or a wrong one is UNAUTHENTICATED. Without "
+                             "one given, a random token is generated for the shards and Ray "
+                             "workers started here (workers of `nas serve worker` then "
+                             "cannot join: give both the same $NAS_CLUSTER_TOKEN).")
+    add_token_argument(g, server=False)
+    g.add_argument("--cluster-tls-cert", type=Path,
+                   help="serve the TrialReport service over TLS with this PEM certificate")
+    g.add_argument("--cluster-tls-key", type=Path, help="the PEM key of --cluster-tls-cert")
+    g.add_argument("--cluster-tls-ca", type=Path,
+                   help="the PEM CA that signed the TrialReport and --paramservers "
+                        "certificates: this service's workers and its parameter-server "
+                        "client dial them over TLS trusting it")
+
+
+def cluster_auth_from_args(args: argparse.Namespace,
+                           environ: dict[str, str] | None = None) -> ClusterAuth:
+    """The cluster token ($NAS_CLUSTER_TOKEN or --cluster-token-file; None: one is generated)
+    and TLS; ServeOptionError names a bad option."""
+    cert, key, ca = args.cluster_tls_cert, args.cluster_tls_key, args.cluster_tls_ca
+    try:
+        token = resolve_token(args.cluster_token_file, environ)
+        if bool(cert) != bool(key):
+            raise ServeOptionError("--cluster-tls-cert, --cluster-tls-key: TLS needs both")
+        if cert and not ca:
+            raise ServeOptionError("--cluster-tls-ca: needed with --cluster-tls-cert (this "
+                                   "service's own workers dial its TrialReport server)")
+        return ClusterAuth(token, read_pem(ca, "--cluster-tls-ca") if ca else None,
+                           read_pem(cert, "--cluster-tls-cert") if cert else None,
+                           read_pem(key, "--cluster-tls-key") if key else None)
+    except ValueError as exc:  # a bad token file or PEM file
+        raise ServeOptionError(str(exc)) from None
+
+
 def _lines(path: Path, option: str) -> list[str]:
     try:
         return path.read_text().splitlines()
@@ -95,14 +133,6 @@ def security_from_args(args: argparse.Namespace,
     if args.max_workers < 1:
         raise ServeOptionError(f"--max-workers: must be >= 1, got {args.max_workers}")
     return ServeSecurity(tokens, budgets, tls, args.max_concurrent_rpcs, args.max_workers)
-
-
-def url_with_password(url: str | None, password: str | None) -> str | None:
-    """``url`` carrying ``password`` (as the ``password`` query parameter redis-py reads), for
-    processes that take a URL only (the parameter-server shards)."""
-    if not url or not password:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}password={urllib.parse.quote(password, safe='')}"
 
 
 def connect_redis(url: str, password: str | None) -> redis.Redis:

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import grpc
 
+from protos.cluster_auth import read_pem  # a ValueError naming the option
 
-def read_pem(path: Path, option: str) -> bytes:
-    """A PEM file's bytes; ValueError naming ``option`` when it cannot be read."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{option}: cannot read {path}: {exc.strerror}") from None
-    if b"-----BEGIN " not in data:
-        raise ValueError(f"{option}: {path} is not a PEM file")
-    return data
+__all__ = ["ServerTls", "client_credentials", "read_pem"]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from controller.trials.board import Ack, TrialBoard
 from protos import codec
+from protos.cluster_auth import ClusterAuth
 from protos.errors import InvalidArgumentError
 from protos.rpc import servicer_method
 from protos.server import RunningServer, ServedBy, service_name, start_server
@@ -163,12 +164,16 @@ class RunningTrialReport(ServedBy):
 def serve_trial_reports(board: TrialBoard, host: str = "127.0.0.1", port: int = 0,
                         max_workers: int = 32, registry: CollectorRegistry | None = None, *,
                         credentials: grpc.ServerCredentials | None = None,
-                        interceptors: Sequence[grpc.ServerInterceptor] = ()
-                        ) -> RunningTrialReport:
+                        interceptors: Sequence[grpc.ServerInterceptor] = (),
+                        auth: ClusterAuth | None = None) -> RunningTrialReport:
     """Serve ``board`` on ``host:port`` (0: a free port), with health and reflection; calls
     are timed on ``registry`` (``nas_rpc_server_*``) when given. ``credentials``: serve TLS
-    only; ``interceptors``: e.g. authentication, run before the decode guard. A port that
+    only; ``interceptors``: e.g. authentication, run before the decode guard; ``auth``: the
+    cluster token every call must carry (and TLS when it has a certificate). A port that
     cannot be bound raises :class:`protos.server.BindError` (an ``OSError``)."""
+    if auth is not None:
+        interceptors = [*auth.interceptors(), *interceptors]
+        credentials = credentials or auth.server_credentials()
     servicer = TrialReportServicer(board)
     served = start_server(
         {service_name(wk, "TrialReport"):

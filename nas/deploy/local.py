@@ -21,19 +21,23 @@ from controller.config import ConfigError
 from controller.distributed.processes import (
     Child,
     ProcessError,
+    redis_quote,
     redis_server_binary,
     spawn,
     stop,
     wait_for_line,
+    write_private_file,
 )
 from nas.deploy.probe import ProbeFailed, healthy
 from nas.deploy.topology import (
     METRICS,
     PASSWORD_ENV,
+    TOKEN_ENV,
     Service,
     prometheus_config,
     services,
 )
+from protos.cluster_auth import generate_token
 
 CLUSTER_FILE = "cluster.json"
 READY_TIMEOUT_S = 120.0
@@ -106,6 +110,21 @@ def program(service: Service) -> list[str]:
     return [found]
 
 
+def redis_config(args: list[str]) -> str:
+    """redis-server's ``--name value ...`` options as redis.conf lines (values quoted)."""
+    lines: list[str] = []
+    values: list[str] = []
+    name = ""
+    for arg in [*args, "--"]:
+        if arg.startswith("--"):
+            if name:
+                lines.append(" ".join([name, *map(redis_quote, values)]))
+            name, values = arg[2:], []
+        else:
+            values.append(arg)
+    return "".join(f"{line}\n" for line in lines)
+
+
 def start_time(pid: int) -> str:
     """The kernel's start time of ``pid`` ("" if gone or a zombie): a reused pid differs."""
     try:
@@ -125,14 +144,19 @@ class LocalCluster:
     workers: int = 0
     prometheus: bool = False
     password: str = field(default_factory=lambda: secrets.token_hex(16))
+    token: str = field(default_factory=generate_token, repr=False)
     target: LocalTarget = field(init=False)
     children: list[Child] = field(default_factory=list)
     endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # absolute: redis-server chdirs to its --dir, and a relative unix socket path (the
+        # README's `--dir runs/cluster`) would then point nowhere
+        self.run_dir = Path(self.run_dir).resolve()
         self.target = LocalTarget(self.run_dir)
-        self.values = {PASSWORD_ENV: self.password, "NAS_WORKERS": str(self.workers)}
+        self.values = {PASSWORD_ENV: self.password, TOKEN_ENV: self.token,
+                       "NAS_WORKERS": str(self.workers)}
 
     def up(self) -> None:
         """Start every service in order and wait until each is healthy; UpError (after
@@ -161,6 +185,9 @@ class LocalCluster:
             config = prometheus_config(started, self.target, SCRAPE_INTERVAL_S, False)
             (self.run_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         argv = program(service) + [expand(a, self.values) for a in service.args(self.target)]
+        if service.program == "redis-server":  # its options (the password) in a 0600 file
+            argv = [argv[0], str(write_private_file(self.run_dir / "redis.conf",
+                                                    redis_config(argv[1:])))]
         env = {k: expand(v, self.values) for k, v in service.env.items()}
         child = spawn(service.name, argv, self.run_dir / "logs", env)
         self.children.append(child)
@@ -209,7 +236,7 @@ class LocalCluster:
     def save(self) -> None:
         """Write RUN_DIR/cluster.json: this process, each service's pid, command, endpoints."""
         doc = {"pid": os.getpid(), "start": start_time(os.getpid()),
-               "redis_password": self.password,
+               "redis_password": self.password, "cluster_token": self.token,
                "services": {c.name: {"pid": c.proc.pid, "start": start_time(c.proc.pid),
                                      "argv": c.args,
                                      "endpoints": self.endpoints.get(c.name, {}),

@@ -85,6 +85,9 @@ GRAFANA_IMAGE = "grafana/grafana-oss:11.1.0"
 # compose-style variables: compose interpolates them, ``nas up`` substitutes its own values
 PASSWORD = "${NAS_REDIS_PASSWORD:?set NAS_REDIS_PASSWORD (README: Cluster)}"
 PASSWORD_ENV = "NAS_REDIS_PASSWORD"
+# the cluster token every internal RPC carries (shards, TrialReport); in the environment only
+TOKEN = "${NAS_CLUSTER_TOKEN:?set NAS_CLUSTER_TOKEN (README: Cluster)}"
+TOKEN_ENV = "NAS_CLUSTER_TOKEN"
 
 SHARD_READY = r"listening on (\S+:\d+)"
 SHARD_METRICS_READY = r"listening on \S+ metrics https?://(\S+:\d+)/metrics"
@@ -114,14 +117,15 @@ def _shard(index: int, shards: int) -> Callable[[Target], list[str]]:
         return ["serve", "paramserver", "--shard", str(index), "--num-shards", str(shards),
                 "--host", t.host, "--port", str(t.port(name, GRPC)),
                 "--metrics-port", str(t.port(name, METRICS)),
-                "--redis", f"{t.redis_url()}?password={PASSWORD}",  # takes a URL only
+                "--redis", t.redis_url(),  # its password: $NAS_REDIS_PASSWORD (Service.env)
                 "--redis-prefix", SHARD_PREFIX]
     return args
 
 
 def _search(shards: int, workers: int) -> Callable[[Target], list[str]]:
     def args(t: Target) -> list[str]:
-        # the password comes from $NAS_REDIS_PASSWORD (Service.env), not the command line
+        # the password and the cluster token come from the environment (Service.env), not
+        # the command line
         argv = ["serve", "search", "--host", t.host, "--port", str(t.port("search", GRPC)),
                 "--redis", t.redis_url(), "--redis-prefix", REDIS_PREFIX,
                 "--work-dir", t.path("work"),
@@ -175,7 +179,8 @@ def services(shards: int = 2, workers: int = 4) -> list[Service]:
                         Probe("ray", RAY), depends_on=("ray-head",), local=no_ray)]
     out += [Service(shard_name(i), "nas", NAS_IMAGE, {GRPC: 50051, METRICS: 9100},
                     _shard(i, shards), Probe("metrics", METRICS), depends_on=("redis",),
-                    ready={GRPC: SHARD_READY, METRICS: SHARD_METRICS_READY})
+                    ready={GRPC: SHARD_READY, METRICS: SHARD_METRICS_READY},
+                    env={PASSWORD_ENV: PASSWORD, TOKEN_ENV: TOKEN})
             for i in range(shards)]
     search_ports = {GRPC: 50070, METRICS: 9108} | ({TRIALS: 50071} if workers else {})
     out += [Service("search", "nas", NAS_IMAGE, search_ports, _search(shards, workers),
@@ -185,7 +190,8 @@ def services(shards: int = 2, workers: int = 4) -> list[Service]:
                     ready={GRPC: r"search service listening on (\S+:\d+)",
                            METRICS: r"^metrics https?://(\S+:\d+)/metrics"}
                     | ({TRIALS: r"workers report to (\S+:\d+)"} if workers else {}),
-                    env={PASSWORD_ENV: PASSWORD}, published=(GRPC,), joins_ray=bool(workers)),
+                    env={PASSWORD_ENV: PASSWORD, TOKEN_ENV: TOKEN}, published=(GRPC,),
+                    joins_ray=bool(workers)),
             Service("prometheus", "prometheus", PROMETHEUS_IMAGE, {HTTP: 9090}, _prometheus,
                     Probe("http", HTTP, "/-/ready"),
                     depends_on=("search", *(shard_name(i) for i in range(shards))),
