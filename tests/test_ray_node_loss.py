@@ -9,6 +9,7 @@ Processes are found through /proc (the process tree under the search)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from controller.trials.evaluator import DispatchEvaluator
 from nas.ray_training import RayWorkerPool
 from protos.types import Resources, SearchSpaceSpec, Trial, TrialStatus, Workload
 from worker.scheduler import RAY_LOOPBACK_ENV
+from worker.trainer import TrainRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_TIMEOUT = 5.0
@@ -121,8 +123,10 @@ def test_a_killed_ray_agent_restarts_the_private_ray_and_the_search_completes(
         # Act: SIGKILL the agent; the raylet fate-shares and exits
         os.kill(agent, signal.SIGKILL)
         wait_for(lambda: raylet not in descendants(proc.pid), 30, "the raylet outlived its agent")
-        noticed = wait_for(lambda: "restarted it" in log.read_text() and time.monotonic(),
+        noticed = wait_for(lambda: "restarting it" in log.read_text() and time.monotonic(),
                            HEARTBEAT_TIMEOUT + MARGIN, "the lost Ray was not noticed")
+        restarted = wait_for(lambda: "restarted it" in log.read_text() and time.monotonic(),
+                             HEARTBEAT_TIMEOUT + MARGIN, "the lost Ray was not restarted")
         cpu1 = cpu_seconds(proc.pid)
         rc = proc.wait(timeout=300)
     finally:
@@ -130,12 +134,15 @@ def test_a_killed_ray_agent_restarts_the_private_ray_and_the_search_completes(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     text = log.read_text()
-    print(f"kill -> restarted: {noticed - t0:.1f} s; search CPU meanwhile "
-          f"{cpu1 - cpu0:.2f} s of {noticed - t0:.1f} s")
-    # Assert: noticed and restarted in time, without spinning; the search finished its budget
+    down = restarted - t0
+    print(f"kill -> noticed {noticed - t0:.1f} s, restarted {down:.1f} s; search CPU "
+          f"meanwhile {cpu1 - cpu0:.2f} s")
+    # Assert: noticed within the heartbeat timeout and restarted in time, without spinning;
+    # the search finished its budget
     assert rc == 0, text[-3000:]
-    assert noticed - t0 < HEARTBEAT_TIMEOUT + MARGIN
-    assert (cpu1 - cpu0) < 0.8 * (noticed - t0) + 1.0, "the search spun while Ray was down"
+    assert noticed - t0 < HEARTBEAT_TIMEOUT
+    assert down < HEARTBEAT_TIMEOUT + MARGIN
+    assert (cpu1 - cpu0) < 0.5 * down, "the search spun while Ray was down"
     doc = json.loads((out / "result.json").read_text())
     assert doc["trainings"] == 6 == doc["workers"]["succeeded"]
     assert doc["workers"]["retried_lost"] + doc["workers"]["retried_timeout"] >= 1
@@ -162,14 +169,14 @@ def test_a_ray_that_cannot_restart_fails_the_trials_with_the_reason_and_does_not
     space = create_space(SearchSpaceSpec("nb201"))
     workload = Workload("fashion-mnist", {"cells": 1, "filters": 4, "drop_path": 0.0,
                                           "aux_head": False},
-                        {"epochs": 20, "batch_size": 32, "learning_rate": 0.1, "seed": 0,
-                         "device": "cpu"}, str(tmp_path / "w"), train_subset=1024,
-                        val_subset=256)
+                        dataclasses.asdict(TrainRecipe(epochs=20, batch_size=32, learning_rate=0.1,
+                                                       seed=0, device="cpu")),
+                        str(tmp_path / "w"), train_subset=1024, val_subset=256)
     try:
         handles = [pool.board.submit(Trial(f"t{i}", space.from_string(GOOD), (), ""),
                                      workload, Resources(1.0, 0.0)) for i in range(2)]
         me = os.getpid()
-        wait_for(lambda: len(find(me, "ray::trial")) == 2, 240, "the children did not start")
+        wait_for(lambda: len(find(me, "ray::trial")) == 2, 120, "the children did not start")
         agent = find(me, "ray::DashboardAgent")[0]
         t0 = time.monotonic()
         os.kill(agent, signal.SIGKILL)

@@ -210,6 +210,7 @@ class RayScheduler(Scheduler):
         return None
 
     def _restart(self, reason: str) -> None:
+        log.warning("%s: the private local Ray is lost; restarting it", reason)
         start = time.monotonic()
         started = threading.Event()
         error: list[Exception] = []
