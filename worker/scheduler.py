@@ -204,9 +204,9 @@ class RayScheduler(Scheduler):
                 code = info.process.poll()
                 if code is not None:
                     return f"Ray's {kind} (pid {info.process.pid}) exited with code {code}"
-        if not self._node_alive:  # as of the last node table (NODE_TABLE_TTL_S)
-            return (f"Ray's GCS reports this process's node "
-                    f"{self._ray.get_runtime_context().get_node_id()[:12]} dead")
+        if not self._node_alive:  # an attempt's error, or the last node table (NODE_TABLE_TTL_S)
+            return (f"Ray reports this process's node "
+                    f"{self._ray.get_runtime_context().get_node_id()[:12]} (its raylet) dead")
         return None
 
     def _restart(self, reason: str) -> None:
@@ -304,6 +304,9 @@ class RayScheduler(Scheduler):
             return Finished(*key, lost=True, reason=f"the attempt raised: "
                                                     f"{str(exc.cause or exc).splitlines()[0]}")
         except exceptions.RayError as exc:  # worker or node died, out of memory, ...
+            if isinstance(exc, exceptions.NodeDiedError | exceptions.LocalRayletDiedError) and \
+                    self._owns and not self.address:  # a private Ray's one node: restart it
+                self._node_alive = False  # before the next lease puts an attempt on it
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Finished(*key, lost=True, reason=f"{type(exc).__name__}: {first}")
         seconds = summary.get("seconds") if isinstance(summary, dict) else None
