@@ -39,7 +39,9 @@ def workload_of(local: TrainEvaluator) -> Workload:
 class RayWorkerPool:
     """The trial board, its ``TrialReport`` server, Ray and one worker service: the workers
     every job of a process shares. ``dispatcher(local)`` gives a job its evaluator; trials of
-    all jobs queue on the one board (``group``: the job's tenant, for fair leasing)."""
+    all jobs queue on the one board (``group``: the job's tenant, for fair leasing). A private
+    local Ray whose node dies is restarted (``ray_restarts`` times at most) and its trials
+    retried; a Ray lost for good fails every job's trials, and the jobs, with the reason."""
 
     def __init__(self, workers: int, ray_address: str | None = None,
                  cpus_per_child: float = 1.0, gpus_per_child: float | None = None,
@@ -47,7 +49,7 @@ class RayWorkerPool:
                  heartbeat_timeout: float = 60.0, stopper: EarlyStopper | None = None,
                  report_host: str = "127.0.0.1", report_port: int = 0,
                  registry: CollectorRegistry | None = None,
-                 auth: ClusterAuth | None = None) -> None:
+                 auth: ClusterAuth | None = None, ray_restarts: int = 3) -> None:
         self.board = TrialBoard(max_attempts=max_attempts, heartbeat_seconds=heartbeat_seconds,
                                 heartbeat_timeout=heartbeat_timeout, stopper=stopper)
         self.server = serve_trial_reports(self.board, report_host, report_port,
@@ -61,7 +63,7 @@ class RayWorkerPool:
                 self.scheduler = RayScheduler(
                     num_cpus=math.ceil(workers * cpus_per_child),
                     num_gpus=None if gpus_per_child is None
-                    else math.ceil(workers * gpus_per_child))
+                    else math.ceil(workers * gpus_per_child), max_restarts=ray_restarts)
             gpus = gpus_per_child
             if gpus is None:
                 gpus = DEFAULT_GPU_SHARE if self.scheduler.capacity(Resources(0.0, 1.0)) else 0.0
@@ -71,12 +73,18 @@ class RayWorkerPool:
             except InfeasibleResources as exc:
                 raise ConfigError(str(exc)) from None
             self.service = WorkerService(self.scheduler, self.server.address,
-                                         max_slots=workers, auth=auth).start()
+                                         max_slots=workers, auth=auth,
+                                         on_unavailable=self._lost).start()
             if registry is not None:  # nas_worker_*: busy slots, GPU utilisation
                 registry.register(WorkerCollector(self.service))
         except BaseException:
             self.close()
             raise
+
+    def _lost(self, reason: str) -> None:
+        """Ray is lost for good (not restartable, or restarted too often): every job's trials
+        fail with the reason, and the jobs with them."""
+        self.board.close(f"the workers' Ray is lost: {reason}", broken=True)
 
     @property
     def report_address(self) -> str:

@@ -93,9 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scheduler = RayScheduler(address=args.ray_address, num_cpus=args.num_cpus,
                              num_gpus=args.num_gpus)
     # after ray.init, which installs handlers of its own that exit at once
+    lost: list[str] = []
+
     with StopOnSignal() as stop:
+        def unavailable(reason: str) -> None:  # Ray is gone for good: exit 1 with the reason
+            lost.append(reason)
+            stop.set()
+
         service = WorkerService(scheduler, args.controller, worker_id=args.worker_id,
-                                max_slots=args.slots, auth=auth).start()
+                                max_slots=args.slots, auth=auth,
+                                on_unavailable=unavailable).start()
         print(f"worker service {service.worker_id} serving controller {args.controller} "
               f"(Ray: {args.ray_address or 'local'})", flush=True)
         rc = 0
@@ -111,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             service.stop()
             scheduler.close()
+    if lost:
+        print(f"nas serve worker: error: Ray is unavailable: {lost[0]}", file=sys.stderr)
+        return 1
     print("worker service stopped", flush=True)
     return rc
 

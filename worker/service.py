@@ -11,6 +11,12 @@ in the scheduler, so a slot starts its next attempt the moment the last ends ins
 this loop's collect and lease round trip (which cost more than such an attempt itself). Long
 attempts are never prefetched (one among the last 8 turns it off): a trial queued behind an
 hour-long training here could have started on another worker meanwhile.
+
+A round that can do nothing (no free slot and nothing running: the cluster lost its nodes) or
+that fails backs off, doubling up to ``MAX_BACKOFF_S``: never a busy loop. Each round first
+asks the scheduler to ``check`` its cluster: a private local Ray that died is restarted there
+(its attempts come back lost and are retried); one lost for good ends the loop, its attempts
+reported lost and ``on_unavailable`` told why.
 """
 
 from __future__ import annotations
@@ -20,15 +26,17 @@ import os
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from protos import codec
 from protos.cluster_auth import ClusterAuth
 from protos.errors import NasError
 from protos.types import Resources
 from worker.reporting import TrialReporter
-from worker.scheduler import InfeasibleResources, Scheduler
+from worker.scheduler import InfeasibleResources, RayUnavailable, Scheduler
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 5.0  # the longest pause of an idle or failing loop
 
 
 class WorkerService:
@@ -37,7 +45,8 @@ class WorkerService:
 
     def __init__(self, scheduler: Scheduler, controller: str, worker_id: str | None = None,
                  poll_seconds: float = 0.5, max_slots: int | None = None,
-                 prefetch_below_s: float = 1.0, auth: ClusterAuth | None = None) -> None:
+                 prefetch_below_s: float = 1.0, auth: ClusterAuth | None = None,
+                 on_unavailable: Callable[[str], None] | None = None) -> None:
         self.scheduler = scheduler
         self.controller = controller
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -51,6 +60,8 @@ class WorkerService:
         self._last_resources = Resources()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.on_unavailable = on_unavailable  # told why, when the cluster is lost for good
+        self.failure: str | None = None  # that reason, once the loop ended on it
 
     def start(self) -> WorkerService:
         """Run the loop in a background thread."""
@@ -66,13 +77,32 @@ class WorkerService:
         self.reporter.close()
 
     def run(self) -> None:
-        """Serve until ``stop``."""
+        """Serve until ``stop``, or until the scheduler's cluster is lost for good."""
+        pause = 0.0
         while not self._stop.is_set():
             try:
-                self.step()
+                busy = self.step()
+                pause = 0.0 if busy else min(max(2 * pause, self.poll_seconds), MAX_BACKOFF_S)
+            except RayUnavailable as exc:
+                self._unavailable(str(exc))
+                return
             except NasError as exc:  # the controller is away or refused: wait and go on
                 log.warning("worker service: %s", exc)
-                self._stop.wait(1.0)
+                pause = 1.0
+            except Exception:  # Ray failed under us: say so, back off, go on
+                log.exception("worker service: a round failed")
+                pause = min(max(2 * pause, 1.0), MAX_BACKOFF_S)
+            if pause:
+                self._stop.wait(pause)
+
+    def _unavailable(self, reason: str) -> None:
+        log.error("worker service: %s; it stops leasing", reason)
+        self.failure = reason
+        for ended in self.scheduler.wait(0.0):  # the attempts the lost cluster took
+            if ended.lost:
+                self._report_lost(ended.trial_id, ended.attempt, ended.reason)
+        if self.on_unavailable is not None:
+            self.on_unavailable(reason)
 
     def slots(self) -> int:
         """How many attempts run here at once."""
@@ -92,9 +122,12 @@ class WorkerService:
         allowed = 2 * slots if self.prefetching() else slots
         return max(0, allowed - len(self.scheduler.running()))
 
-    def step(self) -> None:
-        """One lease, submit, collect round."""
+    def step(self) -> bool:
+        """One lease, submit, collect round; False when it could do nothing (no free slot,
+        nothing running): the caller backs off instead of spinning."""
+        self.scheduler.check()
         free = self.free_slots()
+        busy = bool(free or self.scheduler.running())
         lease = self.reporter.lease(self.worker_id, free, self.poll_seconds if free else 0.0,
                                     self.scheduler.running())
         for attempt in lease.cancel:
@@ -115,6 +148,7 @@ class WorkerService:
                 self._durations.append(ended.seconds)
             if ended.lost:
                 self._report_lost(ended.trial_id, ended.attempt, ended.reason)
+        return busy
 
     def _report_lost(self, trial_id: str, attempt: int, reason: str,
                      retryable: bool = True) -> None:

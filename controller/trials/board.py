@@ -198,6 +198,7 @@ class TrialBoard:
         self._recent_results: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
+        self.broken: str | None = None  # why the workers were lost for good (``close``)
 
     # -- the submitter's side ------------------------------------------------------------
 
@@ -207,7 +208,8 @@ class TrialBoard:
         again is an error (until ``forget_job`` dropped it)."""
         with self._cond:
             if self._closed:
-                raise FailedPreconditionError("the trial board is closed")
+                raise FailedPreconditionError("the trial board is closed" + (
+                    f": {self.broken}" if self.broken else ""))
             trial_id = trial.trial_id
             if trial_id in self._live or trial_id in self._tombs:
                 raise AlreadyExistsError(f"trial_id: {trial_id!r} was submitted before")
@@ -219,9 +221,12 @@ class TrialBoard:
             self._cond.notify_all()
         return TrialHandle(self, record)
 
-    def close(self, reason: str = "the search stopped") -> None:
-        """Fail every unfinished trial (its waiter returns) and refuse new submissions."""
+    def close(self, reason: str = "the search stopped", broken: bool = False) -> None:
+        """Fail every unfinished trial (its waiter returns) and refuse new submissions;
+        ``broken``: because the workers are lost for good (``broken`` keeps the reason)."""
         with self._cond:
+            if broken and not self._closed:
+                self.broken = reason
             self._closed = True
             self._queue.clear()
             for record in list(self._live.values()):

@@ -2,16 +2,19 @@
 
 ``evaluate_trial`` queues the trial, waits for its one result (however many attempts it took),
 and turns it into an Evaluation; a FAILED result becomes EvaluationFailed (the search gives it
-the failure reward). Cache key, description and test accuracy come from ``local``, the
-in-process evaluator of the same data and recipe, so results are shared with in-process runs.
+the failure reward); one failed because the workers were lost for good (the board is
+``broken``) fails the job with the reason: EvaluatorError. Cache key, description and test
+accuracy come from ``local``, the in-process evaluator of the same data and recipe, so results
+are shared with in-process runs.
 """
 
 from __future__ import annotations
 
 import itertools
 
-from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator
+from controller.evaluators.base import Evaluation, EvaluationFailed, Evaluator, EvaluatorError
 from controller.trials.board import TrialBoard
+from protos.errors import FailedPreconditionError
 from protos.types import Architecture, Resources, Trial, TrialStatus, Workload
 
 
@@ -36,11 +39,18 @@ class DispatchEvaluator(Evaluator):
         return self.evaluate_trial(Trial(f"direct{next(self._ids):06d}", arch, (), ""))
 
     def evaluate_trial(self, trial: Trial) -> Evaluation:
-        outcome = self.board.submit(trial, self.workload, self.resources,
-                                    group=self.group).wait()
+        try:
+            outcome = self.board.submit(trial, self.workload, self.resources,
+                                        group=self.group).wait()
+        except FailedPreconditionError:
+            if self.board.broken:  # the workers are lost for good: the job fails with why
+                raise EvaluatorError(f"workers: {self.board.broken}") from None
+            raise
         assert outcome is not None  # wait() without a timeout returns only with an outcome
         result = outcome.result
         attempts = f" ({outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+        if result.status is TrialStatus.FAILED and self.board.broken:
+            raise EvaluatorError(f"workers: {self.board.broken}")
         if result.status is TrialStatus.FAILED:
             raise EvaluationFailed(result.error + attempts)
         metrics = dict(result.metrics)
