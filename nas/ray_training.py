@@ -70,7 +70,7 @@ class RayWorkerPool:
                 raise ConfigError(str(exc)) from None
             self.service = WorkerService(self.scheduler, self.server.address,
                                          max_slots=workers).start()
-            if registry is not None:  # nas_worker_*: busy slots, GPU utilisation
+            if registry is not None:  # nas_worker_*: busy slots (GPUs: worker.exporter)
                 registry.register(WorkerCollector(self.service))
         except BaseException:
             self.close()
