@@ -172,7 +172,7 @@ def render_compose(shards: int = 2, workers: int = 4) -> str:
     ``workers`` children at once ($NAS_WORKERS overrides it at ``docker compose up``)."""
     cluster = services(shards, workers)
     target = ComposeTarget(cluster)
-    builders = {}  # image -> the first service using it, which builds it
+    builders: dict[str, str] = {}  # image -> the first service using it, which builds it
     for s in cluster:
         builders.setdefault(s.image, s.name)
     doc = {"services": {s.name: compose_service(s, target, builders[s.image] == s.name)
