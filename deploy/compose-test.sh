@@ -17,10 +17,10 @@ export DOCKER_HOST="unix://$D/docker.sock" DOCKER_CONFIG="$D/cfg" DOCKER_BUILDKI
 export NAS_DATA_DIR="${NAS_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 export RAY_USAGE_STATS_ENABLED=0 RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
 START=$(date +%s)
-step() {  # step NAME COMMAND...: run it, print how long it took
+step() {  # step NAME COMMAND...: run it, print how long it took (on stderr)
   local t0; t0=$(date +%s)
   "${@:2}"
-  echo "compose-test: $1: $(( $(date +%s) - t0 )) s"
+  echo "compose-test: $1: $(( $(date +%s) - t0 )) s" >&2
 }
 stop_engine() {
   local rc=$?
@@ -29,7 +29,7 @@ stop_engine() {
     kill "$(cat "$D/docker.pid")" 2>/dev/null || true
     for _ in $(seq 60); do [ -e "$D/docker.pid" ] || break; sleep 1; done
   fi
-  echo "compose-test: total $(( $(date +%s) - START )) s (rc $rc)"
+  echo "compose-test: total $(( $(date +%s) - START )) s (rc $rc)" >&2
 }
 trap stop_engine EXIT
 

@@ -202,7 +202,7 @@ def test_every_prometheus_target_is_up_each_worker_replica_included(cluster: Clu
         time.sleep(2)
     assert jobs == sorted(["paramserver"] * 2 + ["prometheus", "search"]
                           + ["worker"] * CPU_WORKERS), jobs
-    workers = _get("/api/v1/query", query='up{job="worker"}')
+    workers = _get("/api/v1/query", query='up{job="worker"} == 1')["result"]
     assert len({r["metric"]["instance"] for r in workers}) == CPU_WORKERS
 
 
