@@ -18,6 +18,7 @@ from nas.deploy.topology import (
     NAS_IMAGE,
     PASSWORD_ENV,
     RAY,
+    RAY_OBJECT_STORE,
     Probe,
     Service,
     prometheus_config,
@@ -128,7 +129,8 @@ def _command(service: Service, target: ComposeTarget) -> list[str] | None:
         return ["sh", "-c", f"python -m worker.exporter --port {port} & exec {shlex.join(argv)}"]
     if service.joins_ray and target.ray_address:  # a Ray driver must run on a Ray node
         return ["sh", "-c", f"ray start --address={target.ray_address} --num-cpus=0 "
-                            f"--num-gpus=0 --disable-usage-stats && exec {shlex.join(argv)}"]
+                            f"--num-gpus=0 {' '.join(RAY_OBJECT_STORE)} --disable-usage-stats "
+                            f"&& exec {shlex.join(argv)}"]
     return argv
 
 

@@ -149,15 +149,20 @@ def _prometheus(t: Target) -> list[str]:
             f"--web.listen-address={t.host}:{t.port('prometheus', HTTP)}"]
 
 
+# every Ray node's object store fits its 2 GB of shared memory (compose's shm_size): a larger
+# one (Ray's default: 30% of the host's memory) makes Ray fall back to /tmp
+RAY_OBJECT_STORE = ["--object-store-memory", "${NAS_RAY_OBJECT_STORE_BYTES:-1500000000}"]
+
+
 def _ray_head(t: Target) -> list[str]:
     return ["start", "--head", "--port", str(t.port("ray-head", RAY)), "--num-cpus",
-            "${RAY_HEAD_CPUS:-2}", "--include-dashboard", "false", "--disable-usage-stats",
-            "--block"]
+            "${RAY_HEAD_CPUS:-2}", *RAY_OBJECT_STORE, "--include-dashboard", "false",
+            "--disable-usage-stats", "--block"]
 
 
 def _ray_worker(t: Target) -> list[str]:
-    return ["start", "--address", t.address("ray-head", RAY), "--disable-usage-stats",
-            "--block"]
+    return ["start", "--address", t.address("ray-head", RAY), *RAY_OBJECT_STORE,
+            "--disable-usage-stats", "--block"]
 
 
 def services(shards: int = 2, workers: int = 4) -> list[Service]:

@@ -30,6 +30,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "nas-compose-test"
+LOGS = ROOT / "runs" / "compose-test" / "compose.log"  # the services' last lines, kept
 ENDPOINT, PROMETHEUS = "127.0.0.1:50070", "http://127.0.0.1:9090"
 CPU_WORKERS = 2
 GPU_ONLY = {"nas_worker_gpu_utilization_ratio", "nas_worker_gpu_memory_used_bytes"}
@@ -167,11 +168,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         print(f"\ncompose up --wait: {time.monotonic() - started:.0f} s", flush=True)
         yield running
     finally:
-        with (running.tmp / "compose.log").open("w") as log:
+        LOGS.parent.mkdir(parents=True, exist_ok=True)
+        with LOGS.open("w") as log:
             subprocess.run(["docker", "compose", "-p", PROJECT, "logs", "--no-color",
                             "--tail", "300"], cwd=ROOT, env=env, timeout=120, stdout=log,
                            stderr=subprocess.STDOUT)
-        print(f"compose logs: {running.tmp / 'compose.log'}")
+        print(f"compose logs: {LOGS}")
         running.compose("down", "-v", "--remove-orphans")
 
 
@@ -204,6 +206,9 @@ def test_every_prometheus_target_is_up_each_worker_replica_included(cluster: Clu
                           + ["worker"] * CPU_WORKERS), jobs
     workers = _get("/api/v1/query", query='up{job="worker"} == 1')["result"]
     assert len({r["metric"]["instance"] for r in workers}) == CPU_WORKERS
+    # every Ray node (the search service's too) keeps its object store in shared memory
+    logs = cluster.compose("logs", "--no-color", "ray-head", "ray-worker-cpu", "search")
+    assert "Ray runtime started" in logs and "instead of /dev/shm" not in logs
 
 
 def _panels(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
