@@ -188,6 +188,10 @@ def test_jobs_train_on_the_clusters_ray_and_read_the_table(cluster: Cluster) -> 
     # Assert
     assert table[:3] == ("SUCCEEDED", 30, 30), table
     assert train[:3] == ("SUCCEEDED", 6, 6), train
+    # without --profile gpu nothing built or started the CUDA worker
+    cuda = subprocess.run(["docker", "image", "inspect", "nas-service:cuda"], env=cluster.env,
+                          capture_output=True, timeout=60)
+    assert cuda.returncode != 0 and not cluster.compose("ps", "-q", "ray-worker-gpu").strip()
     trained, _ = _succeeded(cluster, "train")
     assert len(trained) == 6 and len(set(trained)) == 6, trained
 
