@@ -191,7 +191,10 @@ def test_jobs_train_on_the_clusters_ray_and_read_the_table(cluster: Cluster) -> 
     # without --profile gpu nothing built or started the CUDA worker
     cuda = subprocess.run(["docker", "image", "inspect", "nas-service:cuda"], env=cluster.env,
                           capture_output=True, timeout=60)
-    assert cuda.returncode != 0 and not cluster.compose("ps", "-q", "ray-worker-gpu").strip()
+    gpu = subprocess.run(["docker", "ps", "-aq", "--filter",
+                          "label=com.docker.compose.service=ray-worker-gpu"], env=cluster.env,
+                         capture_output=True, text=True, timeout=60)
+    assert cuda.returncode != 0 and gpu.returncode == 0 and not gpu.stdout.strip()
     trained, _ = _succeeded(cluster, "train")
     assert len(trained) == 6 and len(set(trained)) == 6, trained
 
