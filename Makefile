@@ -2,6 +2,8 @@
 #   make search   - set up .venv, run a real search on Fashion-MNIST (children trained for real)
 #                   and export the best child as a bundle
 #   make test     - set up .venv, lint, type-check and run the test suite
+#   make compose-test - the docker-compose cluster for real: a private Docker engine
+#                   (../shared/tools/docker-local.sh), local images, jobs, Prometheus, restarts
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ OUT ?= runs/quickstart
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install search search-nb201 test lint bench protos clean
+.PHONY: install search search-nb201 test compose-test lint bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,9 @@ lint: $(STAMP)
 
 test: lint $(FMNIST)
 	$(BIN)/python -m pytest -q
+
+compose-test: $(STAMP)
+	deploy/compose-test.sh $(BIN)/python
 
 bench: $(STAMP)
 	$(BIN)/python -m bench all

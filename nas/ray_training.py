@@ -75,7 +75,7 @@ class RayWorkerPool:
             self.service = WorkerService(self.scheduler, self.server.address,
                                          max_slots=workers, auth=auth,
                                          on_unavailable=self._lost).start()
-            if registry is not None:  # nas_worker_*: busy slots, GPU utilisation
+            if registry is not None:  # nas_worker_*: busy slots (GPUs: worker.exporter)
                 registry.register(WorkerCollector(self.service))
         except BaseException:
             self.close()

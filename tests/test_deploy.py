@@ -27,7 +27,7 @@ from nas.deploy.compose import (
 )
 from nas.deploy.local import UpError, expand, start_time
 from nas.deploy.probe import metrics_text
-from nas.deploy.topology import services
+from nas.deploy.topology import PROMETHEUS_IMAGE, REDIS_IMAGE, services
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 150.0
@@ -63,15 +63,51 @@ def test_committed_compose_and_prometheus_files_are_generated_from_the_topology(
         assert entry["healthcheck"]["test"], name
         for dep, cond in entry.get("depends_on", {}).items():
             assert cond == {"condition": "service_healthy"}, (name, dep)
-    assert doc["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0][
-        "capabilities"] == ["gpu"]
     search = " ".join(doc["search"]["command"])
     assert "--paramservers paramserver-0:50051,paramserver-1:50051" in search
     assert "--metrics-port 9108" in search and "--ray-address ray-head:6379" in search
     scraped = yaml.safe_load(prometheus)["scrape_configs"]
-    assert {j["job_name"]: j["static_configs"][0]["targets"] for j in scraped} == {
+    assert {j["job_name"]: j["static_configs"][0]["targets"] for j in scraped[:-1]} == {
         "paramserver": ["paramserver-0:9100", "paramserver-1:9100"],
         "search": ["search:9108"], "prometheus": ["prometheus:9090"]}
+
+
+def test_gpu_workers_are_opt_in_and_every_worker_container_exports_its_node() -> None:
+    # Arrange / Act
+    doc = yaml.safe_load(render_compose())["services"]
+    scraped = yaml.safe_load(render_prometheus())["scrape_configs"]
+    # Assert: the GPU worker (Dockerfile.cuda) only with --profile gpu; a CPU worker by default
+    gpu, cpu = doc["ray-worker-gpu"], doc["ray-worker-cpu"]
+    assert gpu["profiles"] == ["gpu"] and "profiles" not in cpu
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "deploy" not in cpu and cpu["image"] == "nas-service:cpu"
+    assert [n for n, e in doc.items() if e.get("profiles")] == ["ray-worker-gpu"]
+    # each image is built by one service only, from build arguments (base image, torch)
+    builders = {e["image"]: n for n, e in doc.items() if "build" in e}
+    assert builders == {"nas-service:cpu": "ray-head", "nas-service:cuda": "ray-worker-gpu"}
+    assert set(doc["ray-head"]["build"]["args"]) == {"BASE_IMAGE", "TORCH_SOURCE",
+                                                     "TORCH_INDEX"}
+    # the node exporter runs beside the Ray node; Prometheus finds every replica by DNS
+    for entry in (gpu, cpu):
+        assert entry["command"][:2] == ["sh", "-c"]
+        assert entry["command"][2].startswith("python -m worker.exporter --port 9200 & exec "
+                                              "ray start --address ray-head:6379")
+    worker = scraped[-1]
+    assert worker == {"job_name": "worker", "dns_sd_configs": [
+        {"names": [name], "type": "A", "port": 9200, "refresh_interval": "15s"}
+        for name in ("ray-worker-cpu", "ray-worker-gpu")]}
+    # every Ray node has shared memory for its object store, the search service's too
+    assert all(doc[n]["shm_size"] == "2gb" for n in ("ray-head", "ray-worker-cpu",
+                                                      "ray-worker-gpu", "search"))
+
+
+def test_the_compose_test_builds_stand_ins_under_the_compose_files_image_names() -> None:
+    script = (ROOT / "deploy" / "compose-test.sh").read_text()
+    images = {e["image"] for e in yaml.safe_load(render_compose())["services"].values()}
+    assert {REDIS_IMAGE, PROMETHEUS_IMAGE} <= images
+    assert f"standin {REDIS_IMAGE} redis" in script
+    assert f"standin {PROMETHEUS_IMAGE} prometheus" in script
+    assert "make compose-test" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
@@ -82,11 +118,15 @@ def test_compose_file_validates_offline_and_needs_the_redis_password() -> None:
     # Act
     ok = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=60)
+    profiles = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "--profiles"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     env.pop("NAS_REDIS_PASSWORD")
     refused = subprocess.run(["docker-compose", "-f", COMPOSE_FILE, "config", "-q"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=60)
     # Assert
     assert ok.returncode == 0, ok.stderr
+    # one opt-in profile (the GPU workers: test above); without it `up` builds no CUDA image
+    assert profiles.stdout.split() == ["gpu"], profiles.stdout + profiles.stderr
     assert refused.returncode != 0
     assert "set NAS_REDIS_PASSWORD" in refused.stderr
     env.update(NAS_REDIS_PASSWORD="0123abcd")

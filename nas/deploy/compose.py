@@ -11,10 +11,14 @@ from typing import Any
 import yaml
 
 from nas.deploy.topology import (
+    CPU_WORKER,
+    GPU_WORKER,
+    METRICS,
     NAS_CUDA_IMAGE,
     NAS_IMAGE,
     PASSWORD_ENV,
     RAY,
+    RAY_OBJECT_STORE,
     Probe,
     Service,
     prometheus_config,
@@ -29,10 +33,21 @@ HEADER = ("# Generated from nas/deploy/topology.py by `nas deploy compose --writ
 PATHS = {"work": "/app/runs/service", "prometheus.yml": "/etc/prometheus/prometheus.yml",
          "prometheus-data": "/prometheus", "redis-data": "/data"}
 DOCKERFILES = {NAS_IMAGE: "deploy/Dockerfile", NAS_CUDA_IMAGE: "deploy/Dockerfile.cuda"}
+# what the images are built from: a base image and where torch comes from (a requirement, or a
+# wheel copied into deploy/wheels/, as `make compose-test` does, with an empty index)
+BUILD_ARGS = {
+    NAS_IMAGE: {"BASE_IMAGE": "${NAS_BASE_IMAGE:-python:3.12-slim-bookworm}",
+                "TORCH_SOURCE": "${NAS_TORCH_SOURCE:-torch==2.13.0}",
+                "TORCH_INDEX": "${NAS_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"},
+    NAS_CUDA_IMAGE: {
+        "TORCH_SOURCE": "${NAS_CUDA_TORCH_SOURCE:-torch==2.13.0}",
+        "TORCH_INDEX": "${NAS_CUDA_TORCH_INDEX-https://download.pytorch.org/whl/cu126}"},
+}
 VOLUMES = {
     "redis": ["redis-data:/data"],
     "ray-head": ["runs:/app/runs"],
-    "ray-worker": ["runs:/app/runs"],  # children's weights go where the search service reads
+    CPU_WORKER: ["runs:/app/runs"],  # children's weights go where the search service reads
+    GPU_WORKER: ["runs:/app/runs"],
     "search": ["runs:/app/runs", "${NAS_DATA_DIR:-../shared/data}:/app/data:ro"],
     "prometheus": [f"./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro",
                    "prometheus-data:/prometheus"],
@@ -109,17 +124,26 @@ def _command(service: Service, target: ComposeTarget) -> list[str] | None:
     if service.program == "prometheus":  # the image's entrypoint is prometheus
         return args
     argv = [service.program, *args]
+    if service.exporter:  # the node's exporter lives as long as the container
+        port = target.port(service.name, METRICS)
+        return ["sh", "-c", f"python -m worker.exporter --port {port} & exec {shlex.join(argv)}"]
     if service.joins_ray and target.ray_address:  # a Ray driver must run on a Ray node
         return ["sh", "-c", f"ray start --address={target.ray_address} --num-cpus=0 "
-                            f"--num-gpus=0 --disable-usage-stats && exec {shlex.join(argv)}"]
+                            f"--num-gpus=0 {' '.join(RAY_OBJECT_STORE)} --disable-usage-stats "
+                            f"&& exec {shlex.join(argv)}"]
     return argv
 
 
-def compose_service(service: Service, target: ComposeTarget) -> dict[str, Any]:
-    """One service's compose entry."""
+def compose_service(service: Service, target: ComposeTarget,
+                    builds: bool = True) -> dict[str, Any]:
+    """One service's compose entry; ``builds``: it builds its image (one service per image
+    does, the others use the image it built)."""
     entry: dict[str, Any] = {"image": service.image}
-    if service.image in DOCKERFILES:
-        entry["build"] = {"context": ".", "dockerfile": DOCKERFILES[service.image]}
+    if service.profile:
+        entry["profiles"] = [service.profile]
+    if service.image in DOCKERFILES and builds:
+        entry["build"] = {"context": ".", "dockerfile": DOCKERFILES[service.image],
+                          "args": BUILD_ARGS[service.image]}
     command = _command(service, target)
     if command is not None:
         entry["command"] = command
@@ -134,9 +158,9 @@ def compose_service(service: Service, target: ComposeTarget) -> dict[str, Any]:
         entry["ports"] = [f"{service.ports[p]}:{service.ports[p]}" for p in service.published]
     if service.name in VOLUMES:
         entry["volumes"] = VOLUMES[service.name]
-    if service.program == "ray":
+    if service.program == "ray" or service.joins_ray:
         entry["shm_size"] = "2gb"  # Ray's object store lives in /dev/shm
-    if service.name == "ray-worker":
+    if service.image == NAS_CUDA_IMAGE:
         entry["deploy"] = GPU_RESERVATION
     entry["healthcheck"] = healthcheck(service, target)
     if service.depends_on:
@@ -150,7 +174,11 @@ def render_compose(shards: int = 2, workers: int = 4) -> str:
     ``workers`` children at once ($NAS_WORKERS overrides it at ``docker compose up``)."""
     cluster = services(shards, workers)
     target = ComposeTarget(cluster)
-    doc = {"services": {s.name: compose_service(s, target) for s in cluster},
+    builders: dict[str, str] = {}  # image -> the first service using it, which builds it
+    for s in cluster:
+        builders.setdefault(s.image, s.name)
+    doc = {"services": {s.name: compose_service(s, target, builders[s.image] == s.name)
+                        for s in cluster},
            "volumes": {"redis-data": {}, "runs": {}, "prometheus-data": {},
                        "grafana-data": {}}}
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)

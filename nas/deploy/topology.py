@@ -75,9 +75,14 @@ class Service:
     local: str | None = None
     published: tuple[str, ...] = ()  # ports compose maps to the host (the user's entry points)
     joins_ray: bool = False  # in compose, joins the Ray cluster as a node (a Ray driver must)
+    scalable: bool = False  # compose may run many replicas (Prometheus finds them by DNS)
+    profile: str = ""  # compose starts it only with ``--profile PROFILE`` (opt-in)
+    exporter: bool = False  # runs ``python -m worker.exporter`` on its METRICS port beside it
 
 
 NAS_IMAGE, NAS_CUDA_IMAGE = "nas-service:cpu", "nas-service:cuda"
+CPU_WORKER, GPU_WORKER, GPU_PROFILE = "ray-worker-cpu", "ray-worker-gpu", "gpu"
+EXPORTER_PORT = 9200  # every worker container's node exporter (GPU or process metrics)
 REDIS_IMAGE = "redis:7-alpine"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 GRAFANA_IMAGE = "grafana/grafana-oss:11.1.0"
@@ -148,21 +153,27 @@ def _prometheus(t: Target) -> list[str]:
             f"--web.listen-address={t.host}:{t.port('prometheus', HTTP)}"]
 
 
+# every Ray node's object store fits its 2 GB of shared memory (compose's shm_size): a larger
+# one (Ray's default: 30% of the host's memory) makes Ray fall back to /tmp
+RAY_OBJECT_STORE = ["--object-store-memory", "${NAS_RAY_OBJECT_STORE_BYTES:-1500000000}"]
+
+
 def _ray_head(t: Target) -> list[str]:
     return ["start", "--head", "--port", str(t.port("ray-head", RAY)), "--num-cpus",
-            "${RAY_HEAD_CPUS:-2}", "--include-dashboard", "false", "--disable-usage-stats",
-            "--block"]
+            "${RAY_HEAD_CPUS:-2}", *RAY_OBJECT_STORE, "--include-dashboard", "false",
+            "--disable-usage-stats", "--block"]
 
 
 def _ray_worker(t: Target) -> list[str]:
-    return ["start", "--address", t.address("ray-head", RAY), "--disable-usage-stats",
-            "--block"]
+    return ["start", "--address", t.address("ray-head", RAY), *RAY_OBJECT_STORE,
+            "--disable-usage-stats", "--block"]
 
 
 def services(shards: int = 2, workers: int = 4) -> list[Service]:
     """The cluster: Redis, ``shards`` parameter servers, the search service, Prometheus and
-    Grafana, plus a Ray head and scalable GPU Ray workers when ``workers`` > 0; in start order
-    (every service after what it depends on)."""
+    Grafana, plus a Ray head, scalable CPU Ray workers and (opt-in: the ``gpu`` profile)
+    scalable GPU Ray workers when ``workers`` > 0, each worker with its node exporter; in start
+    order (every service after what it depends on)."""
     if shards < 1:
         raise ValueError(f"shards: must be >= 1, got {shards}")
     if workers < 0:
@@ -175,8 +186,11 @@ def services(shards: int = 2, workers: int = 4) -> list[Service]:
     if workers:
         out += [Service("ray-head", "ray", NAS_IMAGE, {RAY: 6379}, _ray_head, Probe("ray", RAY),
                         local=no_ray),
-                Service("ray-worker", "ray", NAS_CUDA_IMAGE, {}, _ray_worker,
-                        Probe("ray", RAY), depends_on=("ray-head",), local=no_ray)]
+                *(Service(name, "ray", image, {METRICS: EXPORTER_PORT}, _ray_worker,
+                          Probe("ray", RAY), depends_on=("ray-head",), local=no_ray,
+                          scalable=True, profile=profile, exporter=True)
+                  for name, image, profile in ((CPU_WORKER, NAS_IMAGE, ""),
+                                               (GPU_WORKER, NAS_CUDA_IMAGE, GPU_PROFILE)))]
     out += [Service(shard_name(i), "nas", NAS_IMAGE, {GRPC: 50051, METRICS: 9100},
                     _shard(i, shards), Probe("metrics", METRICS), depends_on=("redis",),
                     ready={GRPC: SHARD_READY, METRICS: SHARD_METRICS_READY},
@@ -206,9 +220,12 @@ def services(shards: int = 2, workers: int = 4) -> list[Service]:
 def metrics_targets(cluster: list[Service], t: Target,
                     self_scrape: bool = True) -> dict[str, list[str]]:
     """Prometheus scrape jobs: every service's metrics endpoint, grouped by kind of service
-    (``paramserver``, ``search``), plus Prometheus itself when ``self_scrape``."""
+    (``paramserver``, ``search``), plus Prometheus itself when ``self_scrape``; scalable
+    services are not here (``dns_targets``)."""
     jobs: dict[str, list[str]] = {}
     for s in cluster:
+        if s.scalable:
+            continue
         if METRICS in s.ports:
             jobs.setdefault(s.name.split("-")[0], []).append(t.address(s.name, METRICS))
         elif s.program == "prometheus" and self_scrape:
@@ -216,11 +233,24 @@ def metrics_targets(cluster: list[Service], t: Target,
     return jobs
 
 
+def dns_targets(cluster: list[Service], t: Target) -> list[dict[str, object]]:
+    """The ``worker`` job's DNS discovery: every replica of each scalable service with a
+    metrics port (compose's DNS answers a service name with every replica's address), one
+    discovery per service so that a service not running (an unused profile) hides no other."""
+    return [{"names": [t.hostname(s.name)], "type": "A", "port": t.port(s.name, METRICS),
+             "refresh_interval": "15s"}
+            for s in cluster if s.scalable and METRICS in s.ports]
+
+
 def prometheus_config(cluster: list[Service], t: Target, interval_s: int = 15,
                       self_scrape: bool = True) -> dict[str, object]:
     """The Prometheus configuration scraping every metrics endpoint of ``cluster``."""
     jobs = metrics_targets(cluster, t, self_scrape)
+    scrape: list[dict[str, object]] = [
+        {"job_name": job, "static_configs": [{"targets": targets}]}
+        for job, targets in jobs.items()]
+    if dns := dns_targets(cluster, t):
+        scrape.append({"job_name": "worker", "dns_sd_configs": dns})
     return {"global": {"scrape_interval": f"{interval_s}s",
                        "evaluation_interval": f"{interval_s}s"},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
-                               for job, targets in jobs.items()]}
+            "scrape_configs": scrape}
