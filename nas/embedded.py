@@ -92,9 +92,10 @@ class EmbeddedSearch:
         view = self.store.get(self.job_id)
         if view.state != "SUCCEEDED":
             raise RuntimeError(f"the search ended {view.state}: {view.reason}")
-        if len(result.outcomes) == 1:
+        if len(result.outcomes) == 1 and result.outcomes[0].distinct == view.finished:
             outcome = result.outcomes[0]
-        else:  # replicas: one history, in the order the trials started
+        else:  # replicas, or a run that took up an earlier one's trials (re-queued ones too):
+            # the whole job's history, in the order the trials started
             outcome = self.recorded()
             reasons = {o.stopped_reason for o in result.outcomes}
             outcome.stopped_reason = "budget" if outcome.trainings >= self.cfg.budget or \

@@ -64,6 +64,10 @@ class Change:
     reserved: int = 0  # tenant usage: budget of unfinished jobs
     used: int = 0  # tenant usage: trainings of ended jobs
     cache: tuple[str, dict[str, Any]] | None = None  # a training for the shared cache
+    # the job's checkpoint (the policy's learner state) replaced with this append; dropped when
+    # the job ends
+    checkpoint: dict[str, Any] | None = None
+    drop_checkpoint: bool = False
 
 
 def arch_key(arch: str) -> str:
@@ -91,6 +95,7 @@ def plan(summary: JobSummary, entry: Mapping[str, Any], reader: Reader) -> Chang
         change.state = (before.state, entry["state"])
         if entry["state"] in ENDED and before.state not in ENDED:
             change.reserved, change.used = -before.budget, before.trainings
+            change.drop_checkpoint = True
     elif op == "note" and entry["kind"] == "resumed":
         stamped["lost"] = dict(before.running)
         change.dropped = [r for r in map(reader.trial, before.running) if r is not None]

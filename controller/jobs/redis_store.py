@@ -11,7 +11,8 @@ Keys (``P`` is the prefix):
   on; ``:basesummary`` is the summary as of that position), ``:trials`` (hash: trial id -> JSON
   ``TrialRecord``), ``:order`` and ``:st:STATUS`` (sorted sets of trial ids by start index),
   ``:best`` (sorted set by -reward, members ``INDEX|ID``), ``:trained`` (the trained
-  architectures indexed there), ``:fronts`` (JSON Pareto fronts).
+  architectures indexed there), ``:fronts`` (JSON Pareto fronts), ``:checkpoint`` (JSON: the
+  policy's learner state, replaced with each ``policy`` note, deleted when the job ends).
 
 Each append is one MULTI/EXEC guarded by WATCH on the job's summary, so concurrent writers are
 serialised, a reader never sees half a write, and the summary and indexes always agree with the
@@ -104,13 +105,14 @@ class RedisJobStore(JournalJobStore):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _write(self, job_id: str, make: Any) -> Any:
+    def _write(self, job_id: str, make: Any, checkpoint: Any = None) -> Any:
         """This process's writers of a job take turns: racing each other to WATCH only made
         the losers re-read and retry; writers in other processes still conflict and retry."""
         with self._lock:
             writer = self._writers.setdefault(job_id, threading.Lock())
         with writer:
-            return self._retrying(lambda: super(RedisJobStore, self)._write(job_id, make))
+            return self._retrying(lambda: super(RedisJobStore, self)._write(job_id, make,
+                                                                             checkpoint))
 
     @contextlib.contextmanager
     def _transaction(self, job_id: str) -> Iterator[Txn]:
@@ -226,6 +228,18 @@ class RedisJobStore(JournalJobStore):
             raise NotFoundError(f"job_id: no job {job_id!r}")
         return [r for r in self._records(job_id, [_text(i) for i in ids]) if r is not None]
 
+    def checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        def read() -> list[Any]:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.exists(self._key(job_id, "summary"))
+                pipe.get(self._key(job_id, "checkpoint"))
+                return list(pipe.execute())
+
+        exists, raw = self._retrying(read)
+        if not exists:
+            raise NotFoundError(f"job_id: no job {job_id!r}")
+        return json.loads(raw) if raw is not None else None
+
     def best(self, job_id: str, k: int) -> list[TrialRecord]:
         self.get(job_id)
         members: list[Any] = list(self._retrying(lambda: self.client.zrange(
@@ -315,6 +329,10 @@ class _RedisTxn:
             if change.cache is not None:
                 pipe.hsetnx(f"{self.store.prefix}:cache", change.cache[0],
                             json.dumps(change.cache[1]))
+            if change.checkpoint is not None:
+                pipe.set(self.key(job, "checkpoint"), json.dumps(change.checkpoint))
+            elif change.drop_checkpoint:
+                pipe.delete(self.key(job, "checkpoint"))
             if compaction is not None:
                 base, cut = compaction
                 pipe.set(self.key(job, "basesummary"), json.dumps(base.to_json()))

@@ -21,6 +21,9 @@ Contract (every backend runs ``tests/test_job_store.py``):
   its base, the oldest are folded into the base summary and removed, keeping the last
   ``journal_keep``; reading before the base raises CompactedError. The summary always equals
   the base summary with the journal folded in.
+- A job may keep one checkpoint (``note(..., checkpoint=)``: a JSON document, e.g. the policy's
+  learner state beside a ``policy`` note), replaced in the same atomic write as that note's
+  append, read by ``checkpoint``, and dropped when the job ends.
 """
 
 from __future__ import annotations
@@ -147,11 +150,17 @@ class JobStore(ABC):
         naming an unknown or repeated metric."""
 
     @abstractmethod
-    def note(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
+    def note(self, job_id: str, kind: str, data: Mapping[str, Any],
+             checkpoint: Mapping[str, Any] | None = None) -> None:
         """Journal a fact about the job (``kind`` in NOTE_KINDS: policy statistics after an
         update, the evaluator's description, a resume); the summary keeps the last of each
         kind, and a ``resumed`` note drops the trials still running (lost with the old
-        service)."""
+        service). ``checkpoint`` (JSON) replaces the job's checkpoint in the same write; it is
+        not journalled."""
+
+    @abstractmethod
+    def checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        """The job's last checkpoint (None: none, or the job has ended)."""
 
     @abstractmethod
     def journal(self, job_id: str, offset: int = 0, wait: float = 0.0,
@@ -257,15 +266,19 @@ class JournalJobStore(JobStore):
             raise AlreadyExistsError(f"job_id: {job_id!r} exists") from None
 
     def _write(self, job_id: str, make: Callable[[JobSummary, Reader],
-                                                  tuple[dict[str, Any] | None, Any]]) -> Any:
+                                                  tuple[dict[str, Any] | None, Any]],
+               checkpoint: Mapping[str, Any] | None = None) -> Any:
         """Read, decide with ``make(summary, reader) -> (entry | None, answer)``, append with
-        its plan; retried when another writer got in between."""
+        its plan (and ``checkpoint``, unless the job has ended); retried when another writer
+        got in between."""
         for _ in range(self.retries):
             with self._transaction(job_id) as txn:
                 entry, answer = make(txn.summary, txn)
                 if entry is None:
                     return answer
                 change = plan(txn.summary, {**entry, "at": time.time()}, txn)
+                if checkpoint is not None and txn.summary.state not in ENDED:
+                    change.checkpoint = dict(checkpoint)
                 try:
                     txn.commit(change, self._compaction(txn, change.summary))
                 except ConflictError:
@@ -331,11 +344,13 @@ class JournalJobStore(JobStore):
 
         return bool(self._write(job_id, make))
 
-    def note(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
+    def note(self, job_id: str, kind: str, data: Mapping[str, Any],
+             checkpoint: Mapping[str, Any] | None = None) -> None:
         if kind not in NOTE_KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(NOTE_KINDS)}")
         self._write(job_id, lambda summary, reader: (
-            {"op": "note", "kind": kind, "data": copy.deepcopy(dict(data))}, None))
+            {"op": "note", "kind": kind, "data": copy.deepcopy(dict(data))}, None),
+            checkpoint)
 
     def journal(self, job_id: str, offset: int = 0, wait: float = 0.0,
                 limit: int | None = None) -> list[dict[str, Any]]:
@@ -437,6 +452,7 @@ class _Job:
     best: list[tuple[tuple[float, int], str]] = field(default_factory=list)
     trained: set[str] = field(default_factory=set)
     fronts: Fronts = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
 
 
 class _MemoryTxn:
@@ -489,6 +505,10 @@ class _MemoryTxn:
         self.store._indexed(change.summary, change.state, change.reserved, change.used)
         if change.cache is not None:
             self.store._cache.setdefault(*change.cache)
+        if change.checkpoint is not None:
+            job.checkpoint = copy.deepcopy(change.checkpoint)
+        elif change.drop_checkpoint:
+            job.checkpoint = None
 
 
 def _remove(items: list[tuple[Any, str]], item: tuple[Any, str]) -> None:
@@ -621,6 +641,10 @@ class InMemoryJobStore(JournalJobStore):
         with self._lock:
             job = self._job(job_id)
             return [_copied(r) if (r := job.records.get(t)) else None for t in trial_ids]
+
+    def checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._job(job_id).checkpoint)
 
 
 def _copied(record: TrialRecord) -> TrialRecord:

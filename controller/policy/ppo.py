@@ -70,9 +70,7 @@ class PPOLearner(ReinforceLearner):
         if missing:
             raise ValueError(f"PPO needs the log-prob each trial was sampled with; "
                              f"{missing[0]!r} has none")
-        rewards = self.transform([s.result.reward for s in batch])
-        base_before = self.baseline if self.baseline is not None else sum(rewards) / len(rewards)
-        adv = self.advantages(rewards)
+        rewards, base_before, adv = self.score([s.result.reward for s in batch])
         actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
         old = torch.tensor([float(s.log_prob or 0.0) for s in batch], dtype=torch.float64)
         return actions, old, adv, base_before, rewards

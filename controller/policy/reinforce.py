@@ -7,8 +7,6 @@ that pairs a reward with freshly sampled actions.
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +14,7 @@ import torch
 from torch import Tensor
 
 from controller.policy.lstm import LSTMPolicy, Masks
+from controller.policy.reward_stats import RewardStats
 from controller.policy.updaters import LocalAdam, ParameterUpdater
 from protos.types import Trial, TrialResult
 
@@ -23,8 +22,9 @@ REWARD_TRANSFORMS: dict[str, Callable[[float], float]] = {
     "identity": lambda r: r,
     "cubed": lambda r: r**3,  # Zoph & Le: sharpen differences between good accuracies
 }
-# "rank": the reward's quantile among all rewards the learner has seen (in [0, 1]); robust to
-# the heavy tail of broken children, like the tournaments of evolution.
+# "rank": the reward's quantile among all rewards the learner has seen (in [0, 1]; estimated from
+# a bounded uniform sample of them once there are many: ``RewardStats``); robust to the heavy
+# tail of broken children, like the tournaments of evolution.
 TRANSFORM_NAMES = (*REWARD_TRANSFORMS, "rank")
 
 
@@ -85,18 +85,27 @@ class UpdateStats:
 
 
 class ReinforceLearner:
-    """Owns the baseline and reward statistics; the ``updater`` owns the parameters' optimizer
-    state and version (local Adam by default, parameter-server shards in a replica)."""
+    """Owns the baseline and reward statistics (``stats``: a job's replicas may share one, and
+    a resumed job restores it); the ``updater`` owns the parameters' optimizer state and
+    version (local Adam by default, parameter-server shards in a replica)."""
 
     def __init__(self, policy: LSTMPolicy, config: ReinforceConfig | None = None,
-                 updater: ParameterUpdater | None = None) -> None:
+                 updater: ParameterUpdater | None = None,
+                 stats: RewardStats | None = None) -> None:
         self.policy = policy
         self.config = config or ReinforceConfig()
         self.updater = updater or LocalAdam(policy.parameters(), self.config.learning_rate,
                                             self.config.adam_betas)
-        self.baseline: float | None = None
-        self._sq_adv: float | None = None  # running mean of squared advantages
-        self._seen: list[float] = []  # sorted raw rewards, for the rank transform
+        self.stats = stats or RewardStats(self.config.baseline_decay)
+
+    @property
+    def baseline(self) -> float | None:
+        """The EMA baseline (None before the first update)."""
+        return self.stats.baseline
+
+    @baseline.setter
+    def baseline(self, value: float | None) -> None:
+        self.stats.baseline = value
 
     @property
     def version(self) -> int:
@@ -108,34 +117,25 @@ class ReinforceLearner:
         if self.config.reward_transform != "rank":
             fn = REWARD_TRANSFORMS[self.config.reward_transform]
             return [fn(r) for r in rewards]
-        for r in rewards:
-            bisect.insort(self._seen, r)
-        n = len(self._seen)
-        return [(bisect.bisect_left(self._seen, r) + bisect.bisect_right(self._seen, r)) / (2 * n)
-                for r in rewards]
+        return self.stats.rank(rewards)
 
     def advantages(self, rewards: Sequence[float]) -> Tensor:
         """Advantages against the baseline before this batch, then update the EMA baseline."""
-        if self.baseline is None:
-            self.baseline = sum(rewards) / len(rewards)
-        base = self.baseline
-        adv = torch.tensor([r - base for r in rewards], dtype=torch.float32)
-        decay = self.config.baseline_decay
-        for r in rewards:
-            self.baseline = decay * self.baseline + (1 - decay) * r
-        if self.config.normalize_advantages:
-            sq = float((adv**2).mean())
-            self._sq_adv = sq if self._sq_adv is None else decay * self._sq_adv + (1 - decay) * sq
-            adv = adv / (math.sqrt(self._sq_adv) + 1e-8)
-        return adv
+        return self.stats.advantages(rewards, self.config.normalize_advantages)[1]
+
+    def score(self, raw: Sequence[float]) -> tuple[list[float], float, Tensor]:
+        """A batch's transformed rewards, the baseline before it and the advantages, in one
+        step of the statistics (replicas sharing them take turns)."""
+        with self.stats.lock:
+            rewards = self.transform(raw)
+            base, adv = self.stats.advantages(rewards, self.config.normalize_advantages)
+        return rewards, base, adv
 
     def loss(self, batch: Sequence[ScoredTrial]) -> tuple[Tensor, UpdateStats]:
         """The surrogate loss whose gradient is the REINFORCE estimate for ``batch``."""
         if not batch:
             raise ValueError("an update needs at least one scored trial")
-        rewards = self.transform([s.result.reward for s in batch])
-        base_before = self.baseline if self.baseline is not None else sum(rewards) / len(rewards)
-        adv = self.advantages(rewards)
+        rewards, base_before, adv = self.score([s.result.reward for s in batch])
         actions = torch.tensor([s.trial.actions for s in batch], dtype=torch.long)
         out = self.policy.log_prob(actions, [s.masks for s in batch])
         seq_logp = out.log_probs.sum(dim=1)

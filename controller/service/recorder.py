@@ -1,6 +1,7 @@
 """What a running job writes to its journal: a trial as it starts and as it ends, repeats as a
-count, the policy's statistics each time it updates, and notes (the evaluator, a resumption,
-ENAS's supernet)."""
+count, the policy's statistics each time it updates (with, in the same write, the job's
+checkpoint of the REINFORCE learner: what a resumed run restores), and notes (the evaluator, a
+resumption, ENAS's supernet)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from controller.search import HistoryEntry, SearchHooks, SearchOutcome
 from controller.service.search_metrics import SearchCounters
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
+from controller.strategies.reinforce import ReinforceStrategy
 from protos.types import Trial
 
 
@@ -31,12 +33,15 @@ class JobRecorder:
         self.repeats = RepeatCounter(lambda count: self.note("repeats", {"count": count}),
                                      repeats)
         self.policy_version = 0.0  # the last policy statistics journalled (any replica's)
+        self._progress = threading.Lock()  # replicas' policy notes and checkpoints, in turn
 
-    def note(self, kind: str, doc: dict[str, Any]) -> None:
-        """A note in the job's journal (``policy`` notes move ``policy_version``)."""
+    def note(self, kind: str, doc: dict[str, Any],
+             checkpoint: dict[str, Any] | None = None) -> None:
+        """A note in the job's journal (``policy`` notes move ``policy_version``), and the
+        job's ``checkpoint`` replaced in the same write."""
         if kind == "policy":
             self.policy_version = float(doc.get("policy_version", self.policy_version))
-        self.store.note(self.job_id, kind, doc)
+        self.store.note(self.job_id, kind, doc, checkpoint)
 
     def started(self, trial: Trial, arch: str, requeues: str = "") -> None:
         """A trial handed to a training (or answered by the cache)."""
@@ -59,10 +64,15 @@ class JobRecorder:
         self.metrics.finished(entry.trial_id, entry.status, entry.reward, True)
 
     def progress(self, outcome: SearchOutcome, strategy: Strategy) -> None:
-        """One ``policy`` note each time the policy's version moves."""
-        stats = strategy.stats()
-        if stats.get("policy_version", self.policy_version) != self.policy_version:
-            self.note("policy", stats)
+        """One ``policy`` note each time the policy's version moves, with a REINFORCE
+        controller's checkpoint (``ReinforceStrategy.checkpoint``)."""
+        with self._progress:
+            stats = strategy.stats()
+            if stats.get("policy_version", self.policy_version) == self.policy_version:
+                return
+            checkpoint = strategy.checkpoint() if isinstance(strategy,
+                                                             ReinforceStrategy) else None
+            self.note("policy", stats, checkpoint)
 
     def hooks(self, ledger: BudgetLedger, stop: Callable[[], bool]) -> SearchHooks:
         """The search loop's hooks: the shared budget, this journal, the job's stop flag."""

@@ -1,11 +1,14 @@
 """A job's K controller replicas: REINFORCE searches (threads) that share one policy kept on
-the parameter-server shards, one set of drawn sequences and one surrogate."""
+the parameter-server shards, one set of drawn sequences, one surrogate and one learner state
+(the baseline and reward statistics, ``RewardStats``: one policy, so one estimate of its
+expected reward, over all the job's results rather than a K-th of them each)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -31,10 +34,12 @@ History = Sequence[tuple[Sequence[int], float]]
 class ReplicaGroup:
     """The replicas of one run of ``job_id`` (their ids name the run's ``tag``). The layout id
     is the job id: registering it again after a restart keeps what the shards hold (or
-    restored from their checkpoint), so a resumed job's policy goes on learning."""
+    restored from their checkpoint), so a resumed job's policy goes on learning; its learner
+    state comes back from the job's ``checkpoint`` (the job store keeps it with each policy
+    note: the shards keep flat parameter vectors only)."""
 
     def __init__(self, cluster: JobCluster, job_id: str, tag: str, cfg: SearchConfig,
-                 space: SearchSpace) -> None:
+                 space: SearchSpace, checkpoint: Mapping[str, Any] | None = None) -> None:
         self.cluster = cluster
         self.job_id, self.tag = job_id, tag
         self.cfg, self.space = cfg, space
@@ -44,6 +49,9 @@ class ReplicaGroup:
         seeded = build_reinforce(space, cfg)  # the initial policy of a new job
         self.initial = nn.utils.parameters_to_vector(seeded.policy.parameters()).detach()
         learner = seeded.learner.config
+        self.reward_stats = seeded.learner.stats  # the replicas' learner state, shared
+        if checkpoint is not None and "learner" in checkpoint:
+            self.reward_stats.restore(checkpoint["learner"])
         self.layout = layout_for(cfg, job_id, self.initial.numel(), learner.learning_rate,
                                  learner.adam_betas, num_shards=len(cluster.addresses))
         self.client: ShardedParameterClient = cluster.parameter_client(self.layout)
@@ -98,6 +106,7 @@ class ReplicaGroup:
                                        seed=self.cfg.seed + 7919 * (index + 1), updater=updater,
                                        novelty=self.novelty, ranker=self.ranker)
             strategy.job_id = name
+            strategy.learner.stats = self.reward_stats
             if index == 0:  # the draws and the surrogate are the replicas' shared ones
                 strategy.resume(history)
             outcome = search(strategy)

@@ -10,8 +10,11 @@ recorded there as it is journalled), so a restarted service (``resume``) never t
 any job trained before: a resumed job's finished trainings count against its budget and their
 architectures are free hits; its strategy takes up what it evaluated (``Strategy.resume``: the
 controller's record of draws and its surrogate; evolution's population; Optuna's study), and a
-REINFORCE policy is what the shards hold (afresh without shards). The trials the old service
-had handed out and not finished are dropped (a ``resumed`` note) and trained again first.
+REINFORCE controller goes on from the job's checkpoint (its learner state: baseline, reward
+statistics; without shards its parameters and Adam's state too; with shards those are what the
+shards hold). The trials the old service had handed out and not finished are dropped (a
+``resumed`` note) and trained again first, as many at once as the job's parallelism. The
+reason a job ends with counts the whole job (its summary), not only the last run's search.
 
 An ended job leaves nothing behind in this process (its thread, cancel flag and result, the
 trial board's records of its trials, the store's per-job state), unless ``keep_results`` (the
@@ -27,7 +30,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,21 +40,22 @@ from controller.budget import BudgetLedger
 from controller.cache import CachedEvaluation, InMemoryCache
 from controller.config import ConfigError, SearchConfig, build_config
 from controller.distributed.remote import ReplicaStats
-from controller.evaluators.base import Evaluator, EvaluatorError
+from controller.evaluators.base import EvaluatorError
 from controller.factory import build_space
 from controller.jobs.store import ENDED, JobStore, all_jobs
 from controller.objectives import RewardShaper
 from controller.parts import Parts
-from controller.search import SearchOutcome, run_search, run_trial
+from controller.search import SearchOutcome, run_search
 from controller.service.recorder import JobRecorder
 from controller.service.replicas import ReplicaGroup
+from controller.service.requeue import train_again
 from controller.service.resources import JobCluster
 from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
+from controller.strategies.reinforce import ReinforceStrategy
 from protos.errors import FailedPreconditionError
-from protos.types import Trial
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +240,8 @@ class JobRunner:
         ledger = BudgetLedger(cfg.budget, float(view.trainings), cancelled.is_set)
         hooks = recorder.hooks(ledger, cancelled.is_set)
         shaper = RewardShaper.from_settings(cfg.objectives)
-        self._requeue(lost, tag, space, evaluator, cfg, recorder, ledger, shaper)
+        train_again(lost, tag, space, evaluator, self.cache, cfg.failure_reward, recorder,
+                    ledger, shaper, parallel)
 
         def search(strategy: Strategy) -> SearchOutcome:
             return run_search(space, strategy, evaluator, cfg.budget, cache=self.cache,
@@ -246,38 +251,31 @@ class JobRunner:
                               keep_history=self.keep_results)
 
         history = self._history(job_id, space) if view.started else []
+        checkpoint = self.store.checkpoint(job_id) if view.started else None
         try:
             if cfg.strategy == "reinforce" and self.cluster.has_paramservers:
                 result.outcomes = self._replicas(job_id, tag, cfg, space, search, result,
-                                                 history)
+                                                 history, checkpoint)
             else:
                 strategy = self.parts.strategy(space, cfg)
                 strategy.job_id = tag
                 strategy.resume(history)
+                if checkpoint is not None and isinstance(strategy, ReinforceStrategy):
+                    strategy.restore(checkpoint)  # the learner goes on where it was
                 strategy.prepare(cancelled.is_set, recorder.note)
                 result.outcomes = [search(strategy)]
         finally:
             recorder.repeats.flush()
-        outcomes = result.outcomes
-        reasons = sorted({o.stopped_reason for o in outcomes})
-        return (f"{','.join(reasons)}: {sum(o.trainings for o in outcomes)} trainings, "
-                f"{sum(o.cache_hits for o in outcomes)} cache hits, "
-                f"{sum(o.distinct for o in outcomes)} distinct architectures")
+        return self._reason(job_id, result.outcomes)
 
-    def _requeue(self, lost: dict[str, str], tag: str, space: SearchSpace,
-                 evaluator: Evaluator, cfg: SearchConfig, recorder: JobRecorder,
-                 ledger: BudgetLedger, shaper: RewardShaper | None) -> None:
-        """Train again, each once and first, the trials a service that died had handed out
-        (they were dropped from the journal when this run started)."""
-        for n, (old, arch) in enumerate(lost.items()):
-            trial = Trial(f"{tag}-q{n + 1}", space.from_string(arch), (),
-                          space.canonical_hash(space.from_string(arch)), job_id=recorder.job_id)
-            done = run_trial(trial, space, evaluator, self.cache, cfg.failure_reward,
-                             ledger.claim, ledger.refund,
-                             functools.partial(recorder.started, requeues=old), shaper)
-            if done is None:
-                break
-            recorder.finished(done[0])
+    def _reason(self, job_id: str, outcomes: list[SearchOutcome]) -> str:
+        """Why the job ended, with the whole job's counts (its summary: every run of a
+        resumed job, and its re-queued trials), not only this run's search."""
+        view = self.store.get(job_id)
+        reasons = sorted({o.stopped_reason for o in outcomes}) or ["budget"]
+        return (f"{','.join(reasons)}: {view.trainings} trainings, "
+                f"{view.cache_hits + view.repeats} cache hits, "
+                f"{view.finished} distinct architectures")
 
     def _history(self, job_id: str, space: SearchSpace) -> list[tuple[tuple[int, ...], float]]:
         """What an earlier run of a resumed job evaluated, for its strategy to take up
@@ -293,9 +291,11 @@ class JobRunner:
 
     def _replicas(self, job_id: str, tag: str, cfg: SearchConfig, space: SearchSpace,
                   search: Callable[[Strategy], SearchOutcome], result: JobResult,
-                  history: list[tuple[tuple[int, ...], float]]) -> list[SearchOutcome]:
-        """K controller replicas sharing the policy on the parameter servers."""
-        group = ReplicaGroup(self.cluster, job_id, tag, cfg, space)
+                  history: list[tuple[tuple[int, ...], float]],
+                  checkpoint: Mapping[str, object] | None) -> list[SearchOutcome]:
+        """K controller replicas sharing the policy on the parameter servers (and the learner
+        state of the job's ``checkpoint``)."""
+        group = ReplicaGroup(self.cluster, job_id, tag, cfg, space, checkpoint)
         result.replicas, result.by_replica = group.stats, group.outcomes
         with self._lock:
             self._groups[job_id] = group

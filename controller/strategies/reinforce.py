@@ -25,7 +25,8 @@ proposal is an architecture the search has not proposed before:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ from controller.policy.novelty import NoveltyIndex
 from controller.policy.ppo import make_learner
 from controller.policy.ranking import OverlapGP
 from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStats
-from controller.policy.updaters import ParameterUpdater
+from controller.policy.updaters import LocalAdam, ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Architecture, Trial, TrialResult, TrialStatus
@@ -215,4 +216,26 @@ class ReinforceStrategy(Strategy):
         return {"baseline": self.last_update.baseline, "entropy": self.last_update.entropy,
                 "mean_reward": self.last_update.reward, "free_twins": float(self.free),
                 "explored": float(self.explored),
+                "rewards_seen": float(self.learner.stats.count),
                 "policy_version": float(self.learner.version)}
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a resumed run of the job needs to learn on where this one is (a JSON document,
+        bounded whatever the job's length): the learner's statistics (``RewardStats``) and,
+        when the policy's parameters live in this process (local Adam), those and Adam's
+        state; with parameter servers the shards checkpoint the parameters themselves."""
+        doc: dict[str, Any] = {"version": self.learner.version,
+                               "learner": self.learner.stats.state(),
+                               "free_twins": self.free, "explored": self.explored}
+        if isinstance(self.learner.updater, LocalAdam):
+            doc["policy"] = self.learner.updater.snapshot()
+        return doc
+
+    def restore(self, doc: Mapping[str, Any]) -> None:
+        """Take up a ``checkpoint`` (the parameters only when this strategy keeps them)."""
+        if "learner" in doc:
+            self.learner.stats.restore(doc["learner"])
+        self.free = int(doc.get("free_twins", self.free))
+        self.explored = int(doc.get("explored", self.explored))
+        if "policy" in doc and isinstance(self.learner.updater, LocalAdam):
+            self.learner.updater.load(doc["policy"])
