@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from conftest import cmdlines, descendants
+from ports import free_port
 
 from controller.service.client import SearchClient
 from nas.deploy.compose import (
@@ -57,8 +59,9 @@ def test_committed_compose_and_prometheus_files_are_generated_from_the_topology(
     assert (ROOT / PROMETHEUS_FILE).read_text() == prometheus, "prometheus.yml drifted"
     doc = yaml.safe_load(compose)["services"]
     assert list(doc) == [s.name for s in services()]
-    assert doc["redis"]["command"][1:3] == ["--appendonly", "yes"]
-    assert "--requirepass" in doc["redis"]["command"]
+    redis_command = doc["redis"]["command"]
+    assert redis_command[:2] == ["sh", "-c"] and "--appendonly yes" in redis_command[2]
+    assert "requirepass" in redis_command[2] and "--requirepass" not in redis_command[2]
     for name, entry in doc.items():
         assert entry["healthcheck"]["test"], name
         for dep, cond in entry.get("depends_on", {}).items():
@@ -249,3 +252,33 @@ def test_nas_up_runs_the_topology_a_job_and_nas_down_stops_every_process(
     pids = [cluster["pid"], *(s["pid"] for s in cluster["services"].values())]
     assert all(start_time(pid) == "" for pid in pids), "orphans left"
     assert not (run / "cluster.json").exists()
+
+
+def test_the_compose_redis_reads_its_password_from_the_environment_not_its_command_line(
+        tmp_path: Path) -> None:
+    """The compose file's redis command, run for real (paths and port moved to this test's):
+    the server asks for the password from $NAS_REDIS_PASSWORD and no command line holds it."""
+    command = yaml.safe_load(render_compose())["services"]["redis"]["command"]
+    port, password = free_port(), "pw-only-in-the-environment"
+    script = (command[2].replace("$$", "$").replace("/tmp/redis-auth.conf",
+                                                    str(tmp_path / "auth.conf"))
+              .replace("--dir /data", f"--dir {tmp_path}")
+              .replace("--port 6379 --bind 0.0.0.0", f"--port {port} --bind 127.0.0.1"))
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ,
+                                                       "NAS_REDIS_PASSWORD": password})
+    try:
+        client = redis.Redis(port=port, password=password, socket_timeout=5)
+        for _ in range(100):
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).get("x")
+        assert (tmp_path / "auth.conf").stat().st_mode & 0o077 == 0
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"redis-server" in cmdline and password.encode() not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

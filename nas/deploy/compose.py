@@ -102,8 +102,8 @@ def healthcheck(service: Service, target: ComposeTarget) -> dict[str, Any]:
         else ""
     test: list[str]
     if probe.kind == "redis":
-        test = ["CMD-SHELL", f'redis-cli -a "$${PASSWORD_ENV}" --no-auth-warning ping '
-                             "| grep -q PONG"]
+        # the password in redis-cli's environment (REDISCLI_AUTH), not on its command line
+        test = ["CMD-SHELL", f'REDISCLI_AUTH="$${PASSWORD_ENV}" redis-cli ping | grep -q PONG']
     elif probe.kind == "grpc":
         test = ["CMD", "python", "-m", "nas.deploy.probe", "grpc", local]
     elif probe.kind == "metrics":
@@ -117,12 +117,24 @@ def healthcheck(service: Service, target: ComposeTarget) -> dict[str, Any]:
             "start_period": "10s"}
 
 
+def _redis_command(args: list[str]) -> list[str]:
+    """redis-server with its password in a config file the container writes from its
+    environment (mode 0600, outside the data volume), so no command line holds it."""
+    at = args.index("--requirepass")
+    rest = args[:at] + args[at + 2:]
+    return ["sh", "-c", f"umask 077 && printf 'requirepass \"%s\"\\n' \"$${PASSWORD_ENV}\" "
+                        f"> /tmp/redis-auth.conf && exec redis-server /tmp/redis-auth.conf "
+                        f"{shlex.join(rest)}"]
+
+
 def _command(service: Service, target: ComposeTarget) -> list[str] | None:
     args = service.args(target)
     if not service.program:
         return None
     if service.program == "prometheus":  # the image's entrypoint is prometheus
         return args
+    if service.program == "redis-server":
+        return _redis_command(args)
     argv = [service.program, *args]
     if service.exporter:  # the node's exporter lives as long as the container
         port = target.port(service.name, METRICS)
