@@ -52,9 +52,9 @@ fi
 WHEEL=$(basename "$(ls deploy/wheels/torch-*.whl | head -1)")
 export NAS_BASE_IMAGE=pybase:bookworm NAS_TORCH_SOURCE="/wheels/$WHEEL" NAS_TORCH_INDEX=
 # compose interpolates the whole file even to build: these two must be set
-export NAS_REDIS_PASSWORD=build NAS_RAY_TOKEN=build
+export NAS_REDIS_PASSWORD=build NAS_RAY_TOKEN=build NAS_CLUSTER_TOKEN=build
 step "project image build (nas-service:cpu)" docker compose -p nas-compose-test build --quiet
-unset NAS_REDIS_PASSWORD NAS_RAY_TOKEN
+unset NAS_REDIS_PASSWORD NAS_RAY_TOKEN NAS_CLUSTER_TOKEN
 
 step "cluster checks" "$PY" -m pytest -q -p no:randomly -p no:cacheprovider -s \
   --durations=0 tests/compose/cluster_check.py
