@@ -162,7 +162,9 @@ def test_a_ray_that_cannot_restart_fails_the_trials_with_the_reason_and_does_not
 
     if ray.is_initialized():  # a module before this one left its Ray up: not this test's
         ray.shutdown()
-    for key, value in ray_env(tmp_path).items():
+    # not HOME: Ray's token loader keeps the first token it read for the whole process, so a
+    # later Ray of this process (another module's) must find its token under the same HOME
+    for key, value in RAY_LOOPBACK_ENV.items():
         monkeypatch.setenv(key, value)
     pool = RayWorkerPool(2, heartbeat_seconds=0.5, heartbeat_timeout=HEARTBEAT_TIMEOUT,
                          ray_restarts=0)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def _ray_env(home: Path) -> dict[str, str]:
     """Loopback-only Ray settings (DEVELOPERS.md), for this process and subprocesses."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text("{}\n")
+    # Ray's token loader keeps the first token this process read (an earlier module's Ray,
+    # under the old HOME): the new HOME must hold the same one, or the GCS started below finds
+    # none and aborts
+    token = Path(os.environ.get("HOME", "/")) / ".ray" / "auth_token"
+    if token.is_file() and not (home / ".ray" / "auth_token").exists():
+        (home / ".ray").mkdir(exist_ok=True)
+        shutil.copy(token, home / ".ray" / "auth_token")
     return {**RAY_LOOPBACK_ENV, "HOME": str(home)}
 
 
