@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError
-from controller.distributed.processes import Child, ProcessError, start_private_redis, stop
+from controller.distributed.processes import ProcessError, start_private_redis, stop
 from controller.jobs.store import InMemoryJobStore, JobStore
 from controller.service import serve_options
 from controller.service.runner import JobRunner
@@ -175,14 +175,10 @@ def _store(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[JobSt
         except ProcessError as exc:
             raise ServeOptionError(f"--redis: the private job store did not start ({exc}); "
                                    f"give --redis URL or --in-memory") from None
-        stack.callback(_stop_private, child)
+        stack.callback(stop, [child])
         private = url
     return RedisJobStore(serve_options.connect_redis(url, args.redis_password),
                          args.redis_prefix, journal_keep=keep), private
-
-
-def _stop_private(child: Child) -> None:
-    stop([child])
 
 
 def _log_jobs() -> None:

@@ -6,8 +6,9 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,22 @@ def cmdlines(pids: list[int]) -> list[str]:
         except OSError:
             continue  # exited meanwhile
     return out
+
+
+def serve_search_process(work: Path, redis_url: str, prefix: str, extra: Sequence[str] = (),
+                         env: Mapping[str, str] | None = None
+                         ) -> tuple[subprocess.Popen[str], str]:
+    """A real ``nas serve search`` on a free port with its jobs in ``redis_url`` under
+    ``prefix``, and its endpoint (read from its first line; the process is killed and the test
+    fails with its output when it does not start)."""
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port", "0",
+                             "--redis", redis_url, "--redis-prefix", prefix, "--work-dir",
+                             str(work), *extra], cwd=ROOT,
+                            env=dict(os.environ if env is None else env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("search service listening on "):
+        proc.kill()  # never leave a service behind
+        raise AssertionError(f"the service did not start: {line}{proc.stdout.read()[-2000:]}")
+    return proc, line.split()[-1]

@@ -10,11 +10,9 @@ table evaluator."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 import torch
-from conftest import stored_trials
+from conftest import serve_search_process, stored_trials
 
 from controller.jobs.redis_store import RedisJobStore
 from controller.jobs.store import InMemoryJobStore, JobStore
@@ -179,18 +177,6 @@ def test_requeued_trials_train_as_many_at_once_as_the_job_s_parallelism(
     assert 2.0 <= span < 3.5, span  # one at a time: 6 s
 
 
-def _serve(work: Path, prefix: str, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port", "0",
-                             "--redis", REDIS_URL, "--redis-prefix", prefix, "--work-dir",
-                             str(work), *extra], cwd=ROOT, env=dict(os.environ), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("search service listening on "):
-        proc.kill()  # never leave a service behind
-        raise AssertionError(f"the service did not start: {line}{proc.stdout.read()[-2000:]}")
-    return proc, line.split()[-1]
-
 
 def _policy_notes(store: JobStore, job_id: str, offset: int) -> list[dict[str, float]]:
     return [e["data"] for e in store.journal(job_id, offset)
@@ -204,7 +190,7 @@ def test_a_sigkilled_service_resumes_the_learner_where_it_was(tmp_path: Path,
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore(db, prefix)
     extra = ["--shards", "2"] if layout == "shards" else []
-    first, endpoint = _serve(tmp_path / "work", prefix, extra)
+    first, endpoint = serve_search_process(tmp_path / "work", REDIS_URL, prefix, extra)
     second: subprocess.Popen[str] | None = None
     try:
         spec = sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
@@ -230,7 +216,7 @@ def test_a_sigkilled_service_resumes_the_learner_where_it_was(tmp_path: Path,
         assert saved is not None and saved["version"] == note["policy_version"]
         assert saved["learner"]["count"] == note["rewards_seen"] > 0
         assert ("policy" in saved) == (layout == "in-process")  # else the shards keep it
-        second, endpoint = _serve(tmp_path / "work", prefix, extra)
+        second, endpoint = serve_search_process(tmp_path / "work", REDIS_URL, prefix, extra)
         with SearchClient(endpoint) as client:
             job = client.wait(job_id, WAIT_S)
         done = store.get(job_id)

@@ -15,7 +15,7 @@ import grpc
 import pytest
 import redis
 import torch
-from conftest import stored_trials
+from conftest import serve_search_process, stored_trials
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -324,25 +324,13 @@ def test_the_cli_submits_watches_and_lists_jobs_of_a_served_service(tmp_path: Pa
     assert away.returncode == 1 and "nas serve search" in away.stderr
 
 
-def _serve(tmp_path: Path, prefix: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "serve", "search", "--port", "0",
-                             "--redis", REDIS_URL, "--redis-prefix", prefix, "--work-dir",
-                             str(tmp_path / "work")], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("search service listening on "):
-        proc.kill()  # never leave a service behind
-        raise AssertionError(f"the service did not start: {line}{proc.stdout.read()[-2000:]}")
-    return proc, line.split()[-1]
-
 
 def test_a_sigkilled_service_resumes_its_job_and_never_retrains(tmp_path: Path,
                                                                 nb201_csv: Path) -> None:
     env = {**os.environ, "NAS_NB201_CSV": str(nb201_csv)}
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     db = redis.Redis.from_url(REDIS_URL)
-    first, endpoint = _serve(tmp_path, prefix, env)
+    first, endpoint = serve_search_process(tmp_path / "work", REDIS_URL, prefix, env=env)
     second: subprocess.Popen[str] | None = None
     try:
         spec = nb201_spec(budget=2500)
@@ -360,7 +348,7 @@ def test_a_sigkilled_service_resumes_its_job_and_never_retrains(tmp_path: Path,
         finished_before = {k: t for k, t in stored_trials(store, job_id).items()
                            if t.status is TrialState.SUCCEEDED}
         assert 300 <= len(finished_before) < 2500
-        second, endpoint = _serve(tmp_path, prefix, env)
+        second, endpoint = serve_search_process(tmp_path / "work", REDIS_URL, prefix, env=env)
         with SearchClient(endpoint) as client:
             job = client.wait(job_id, WAIT_S)
         assert job.state == sp.JOB_STATE_SUCCEEDED and job.trainings == 2500

@@ -29,6 +29,14 @@ class ParameterUpdater(ABC):
     def apply(self, grads: Sequence[Tensor]) -> int:
         """Apply (or send) a gradient and refresh the local parameters; return the version."""
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """What a job's checkpoint must keep of the parameters; None (the default) when they
+        live, and are checkpointed, elsewhere (the parameter servers)."""
+        return None
+
+    def load(self, doc: Mapping[str, Any]) -> None:  # noqa: B027
+        """Take up a ``snapshot``; nothing by default."""
+
 
 class LocalAdam(ParameterUpdater):
     """Adam on the policy's own parameters."""

@@ -16,7 +16,6 @@ from controller.search import HistoryEntry, SearchHooks, SearchOutcome
 from controller.service.search_metrics import SearchCounters
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
-from controller.strategies.reinforce import ReinforceStrategy
 from protos.types import Trial
 
 
@@ -64,15 +63,13 @@ class JobRecorder:
         self.metrics.finished(entry.trial_id, entry.status, entry.reward, True)
 
     def progress(self, outcome: SearchOutcome, strategy: Strategy) -> None:
-        """One ``policy`` note each time the policy's version moves, with a REINFORCE
-        controller's checkpoint (``ReinforceStrategy.checkpoint``)."""
+        """One ``policy`` note each time the policy's version moves, with the strategy's
+        checkpoint (``Strategy.checkpoint``)."""
         with self._progress:
             stats = strategy.stats()
             if stats.get("policy_version", self.policy_version) == self.policy_version:
                 return
-            checkpoint = strategy.checkpoint() if isinstance(strategy,
-                                                             ReinforceStrategy) else None
-            self.note("policy", stats, checkpoint)
+            self.note("policy", stats, strategy.checkpoint())
 
     def hooks(self, ledger: BudgetLedger, stop: Callable[[], bool]) -> SearchHooks:
         """The search loop's hooks: the shared budget, this journal, the job's stop flag."""

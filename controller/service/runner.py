@@ -54,7 +54,6 @@ from controller.service.search_metrics import install as install_search_metrics
 from controller.service.tenants import FairSlots
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
-from controller.strategies.reinforce import ReinforceStrategy
 from protos.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
@@ -260,8 +259,8 @@ class JobRunner:
                 strategy = self.parts.strategy(space, cfg)
                 strategy.job_id = tag
                 strategy.resume(history)
-                if checkpoint is not None and isinstance(strategy, ReinforceStrategy):
-                    strategy.restore(checkpoint)  # the learner goes on where it was
+                if checkpoint is not None:
+                    strategy.restore(checkpoint)  # e.g. the learner goes on where it was
                 strategy.prepare(cancelled.is_set, recorder.note)
                 result.outcomes = [search(strategy)]
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from controller.spaces.base import SearchSpace
@@ -62,6 +62,15 @@ class Strategy(ABC):
     def stats(self) -> dict[str, float]:
         """Numbers worth showing while the search runs (policy entropy, baseline, ...)."""
         return {}
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """What a resumed run needs to learn on where this one is (a bounded JSON document,
+        kept by the job store with each policy note); None: nothing beyond ``resume``'s
+        history (the default)."""
+        return None
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:  # noqa: B027
+        """Take up what ``checkpoint()`` returned in an earlier run. Nothing by default."""
 
     def prepare(self, stop: Callable[[], bool],  # noqa: B027
                 note: Callable[[str, dict[str, Any]], None]) -> None:

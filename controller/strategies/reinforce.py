@@ -35,7 +35,7 @@ from controller.policy.novelty import NoveltyIndex
 from controller.policy.ppo import make_learner
 from controller.policy.ranking import OverlapGP
 from controller.policy.reinforce import ReinforceConfig, ScoredTrial, UpdateStats
-from controller.policy.updaters import LocalAdam, ParameterUpdater
+from controller.policy.updaters import ParameterUpdater
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos.types import Architecture, Trial, TrialResult, TrialStatus
@@ -227,8 +227,9 @@ class ReinforceStrategy(Strategy):
         doc: dict[str, Any] = {"version": self.learner.version,
                                "learner": self.learner.stats.state(),
                                "free_twins": self.free, "explored": self.explored}
-        if isinstance(self.learner.updater, LocalAdam):
-            doc["policy"] = self.learner.updater.snapshot()
+        policy = self.learner.updater.snapshot()
+        if policy is not None:
+            doc["policy"] = policy
         return doc
 
     def restore(self, doc: Mapping[str, Any]) -> None:
@@ -237,5 +238,5 @@ class ReinforceStrategy(Strategy):
             self.learner.stats.restore(doc["learner"])
         self.free = int(doc.get("free_twins", self.free))
         self.explored = int(doc.get("explored", self.explored))
-        if "policy" in doc and isinstance(self.learner.updater, LocalAdam):
+        if "policy" in doc:
             self.learner.updater.load(doc["policy"])
