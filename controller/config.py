@@ -99,6 +99,7 @@ class SearchConfig:
     # distributed layout (Zoph & Le): S parameter-server shards, K controller replicas
     shards: int = 1
     replicas: int = 1
+    replica_hosts: int = 1  # processes the replicas run in (1: this one)
     redis: str | None = None  # None: a private redis-server when the layout is distributed
     update_policy: str = "async"
     staleness: int = 4
@@ -137,6 +138,10 @@ class SearchConfig:
         if self.distributed and self.strategy != "reinforce":
             raise ConfigError(f"strategy: --shards/--replicas/--redis distribute the REINFORCE "
                               f"controller; {self.strategy!r} has no parameters to shard")
+        if self.replica_hosts > 1 and not self.distributed:
+            raise ConfigError(f"replica_hosts: {self.replica_hosts} replica-host processes run "
+                              f"replicas that share their policy on parameter servers; add "
+                              f"--replicas K (K > 1) or --shards S")
         self._check_evaluation()
 
     def _check_evaluation(self) -> None:

@@ -267,6 +267,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replicas", int, 1, LAYOUT, "controller replicas, K; > 1 or --shards > 1 starts "
             "shard processes on loopback, the replicas share the policy there", min=1,
             wire="execution.replicas", wire_max=256),
+    Setting("replica_hosts", int, 1, LAYOUT, "processes the K replicas run in, P: 1 runs them "
+            "as threads of the search process; P > 1 starts P `nas serve replica` processes "
+            "(replica i on host i mod P), each restarted if it dies, its replicas taken up "
+            "again with nothing lost", min=1),
     Setting("redis", str, None, LAYOUT, "Redis URL",
             default_text="with S or K > 1: a private redis-server"),
     Setting("update_policy", str, "async", LAYOUT, "async: apply each push, reject pushes older "

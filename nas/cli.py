@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from controller.config import ConfigError
 from controller.evaluators.base import EvaluatorError
 from controller.spaces.base import InvalidArchitecture
-from nas import bundle_command, plot_command, search_command, serve_search
+from nas import bundle_command, plot_command, search_command, serve_replica, serve_search
 from nas import serve_command as job_commands
 from nas.bundle import BundleError
 from nas.deploy import command as deploy_command
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(options: `nas serve worker --help`)")
     services.add_parser("search", help="the search service: jobs over gRPC (options: "
                         "`nas serve search --help`)")
+    services.add_parser("replica", help="a replica host: runs controller replicas for a search "
+                        "service (options: `nas serve replica --help`)")
     return parser
 
 
@@ -65,7 +67,7 @@ def _worker_main(argv: list[str]) -> int:
 
 
 SERVICES = {"paramserver": _paramserver_main, "worker": _worker_main,
-            "search": serve_search.main}
+            "search": serve_search.main, "replica": serve_replica.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

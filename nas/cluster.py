@@ -27,10 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from controller.config import ConfigError, SearchConfig
+from controller.distributed.hosts import ReplicaHostProcesses
 from controller.distributed.metrics import ReplicaMetricsServer
 from controller.distributed.processes import start_private_redis
 from controller.distributed.ps_client import ShardedParameterClient
@@ -57,6 +59,8 @@ class ClusterOptions:
 
     shards: int = 0                       # start this many local shard processes
     paramservers: list[str] = field(default_factory=list)  # or use these running shards
+    replica_hosts: int = 0                # start this many replica-host processes (0, 1: none)
+    replica_host_addresses: list[str] = field(default_factory=list)  # or use these running
     redis_url: str | None = None          # shards' checkpoints (None: a private redis-server)
     workers: int = 0                      # children trained at once on Ray (0: no Ray)
     ray_address: str | None = None
@@ -80,6 +84,7 @@ class ClusterOptions:
         """The cluster ``nas search`` embeds for ``cfg``: S local shards when the layout is
         distributed, a local Ray (or ``cfg.ray_address``) with ``cfg.workers`` slots."""
         return cls(shards=cfg.shards if cfg.distributed else 0, redis_url=cfg.redis,
+                   replica_hosts=cfg.replica_hosts if cfg.distributed else 0,
                    workers=cfg.workers, ray_address=cfg.ray_address,
                    cpus_per_child=cfg.cpus_per_child, gpus_per_child=cfg.gpus_per_child,
                    max_attempts=cfg.max_attempts, heartbeat_seconds=cfg.heartbeat_seconds,
@@ -91,11 +96,18 @@ class ClusterOptions:
 
     def check(self) -> None:
         """ConfigError naming the flag of an impossible combination."""
-        if self.shards < 0 or self.workers < 0:
-            raise ConfigError("shards/workers: must be >= 0")
+        if self.shards < 0 or self.workers < 0 or self.replica_hosts < 0:
+            raise ConfigError("shards/workers/replica_hosts: must be >= 0")
         if self.shards and self.paramservers:
             raise ConfigError("paramservers: give --shards S (started here) or --paramservers "
                               "HOST:PORT,... (running), not both")
+        if self.replica_hosts > 1 and self.replica_host_addresses:
+            raise ConfigError("replica_host_addresses: give --replica-hosts P (started here) or "
+                              "--replica-host-addresses HOST:PORT,... (running), not both")
+        if (self.replica_hosts > 1 or self.replica_host_addresses) and not (
+                self.shards or self.paramservers):
+            raise ConfigError("replica_hosts: replicas on replica hosts share their policy on "
+                              "parameter servers; add --shards S or --paramservers")
         if self.ray_address and not self.workers:
             raise ConfigError("workers: with --ray-address, say how many children to train at "
                               "once (--workers N)")
@@ -113,6 +125,8 @@ class ServiceCluster:
         self.auth = given if given.token else replace(given, token=generate_token())
         self._processes = ShardProcesses(options.log_dir, token=self.auth.token,
                                          redis_password=options.redis_password)
+        self._hosts = ReplicaHostProcesses(options.log_dir, token=self.auth.token)
+        self.replica_hosts = list(options.replica_host_addresses)
         self._redis_url = options.redis_url
         self._prefix = f"{options.redis_prefix}:ps"
         self.addresses = list(options.paramservers)
@@ -128,6 +142,12 @@ class ServiceCluster:
         try:
             if options.shards:
                 self._start_shards(options.shards)
+            if options.replica_hosts > 1:
+                self.replica_hosts = self._hosts.start(options.replica_hosts)
+            if options.shards or options.replica_hosts > 1:
+                self._monitor = threading.Thread(target=self._revive, name="process-monitor",
+                                                 daemon=True)
+                self._monitor.start()
             if options.workers:
                 self.workers = RayWorkerPool(
                     options.workers, options.ray_address, options.cpus_per_child,
@@ -153,18 +173,25 @@ class ServiceCluster:
         for index in range(count):
             self._processes.start_shard(index, count, self._redis_url, self._prefix)
         self.addresses = list(self._processes.shard_addresses)
-        self._monitor = threading.Thread(target=self._revive, name="shard-monitor", daemon=True)
-        self._monitor.start()
 
     def _revive(self) -> None:
-        """Restart a shard that died, on its port, from its checkpoint."""
-        while not self._stop.wait(0.5):
+        """Restart a shard that died, on its port, from its checkpoint; and a replica host
+        (its replicas are taken up again by the jobs that ran them)."""
+        shards, hosts = bool(self.options.shards), self.options.replica_hosts > 1
+        while (shards or hosts) and not self._stop.wait(0.5):
             try:
-                self._processes.revive_shards(self.options.shards, str(self._redis_url),
-                                              self._prefix)
+                if shards:
+                    self._processes.revive_shards(self.options.shards, str(self._redis_url),
+                                                  self._prefix)
             except Exception:  # given up on a shard: its jobs' pushes fail and say so
                 log.exception("a parameter-server shard cannot be restarted")
-                return
+                shards = False
+            try:
+                for name in self._hosts.revive() if hosts else []:
+                    log.warning("%s died and was restarted", name)
+            except Exception:  # given up: its replicas' calls fail and their jobs say so
+                log.exception("a replica host cannot be restarted")
+                hosts = False
 
     @property
     def worker_slots(self) -> int:
@@ -181,6 +208,13 @@ class ServiceCluster:
         """How the shards are called: shards started here on loopback in plaintext, running
         ones (--paramservers) over TLS when the options give a CA."""
         return ClusterAuth(self.auth.token) if self.options.shards else self.auth.for_clients()
+
+    def host_channel(self, address: str) -> grpc.Channel:
+        """A channel to a replica host: plaintext with the token to one started here, as
+        the options say (TLS with a CA) to a running one."""
+        auth = ClusterAuth(self.auth.token) if self.options.replica_hosts > 1 else \
+            self.auth.for_clients()
+        return auth.channel(address)
 
     def parameter_client(self, layout: LayoutSpec) -> ShardedParameterClient:
         """A client of the shards for one job's layout."""
@@ -225,7 +259,7 @@ class ServiceCluster:
 
     def describe(self) -> dict[str, object]:
         """Endpoints, for the start-up banner and tests."""
-        return {"paramservers": self.addresses,
+        return {"paramservers": self.addresses, "replica_hosts": self.replica_hosts,
                 "trial_reports": self.workers.report_address if self.workers else None,
                 "workers": self.options.workers}
 
@@ -237,7 +271,13 @@ class ServiceCluster:
             self._http.server_close()
         if self.workers is not None:
             self.workers.close()
+        self._hosts.stop()
         self._processes.stop()
+
+    @property
+    def hosts(self) -> ReplicaHostProcesses:
+        """The replica-host processes this cluster started."""
+        return self._hosts
 
     @property
     def processes(self) -> ShardProcesses:

@@ -54,7 +54,9 @@ class EmbeddedSearch:
     def describe(self) -> dict[str, Any]:
         """Every process started for the search and every endpoint (cluster.json)."""
         processes = self.cluster.processes
-        return {"processes": {c.name: c.proc.pid for c in processes.children},
+        return {"processes": {**{c.name: c.proc.pid for c in processes.children},
+                              **self.cluster.hosts.pids()},
+                "replica_hosts": self.cluster.replica_hosts,
                 "shards": self.cluster.addresses, "metrics": processes.metrics,
                 "trial_reports": self.cluster.workers.report_address
                 if self.cluster.workers else None}
@@ -156,7 +158,8 @@ class EmbeddedSearch:
                 "replicas": cfg.replicas, "shard_addresses": self.cluster.addresses,
                 "shard_versions": [int(s.version) for s in
                                    self.cluster.shard_status(self.job_id)],
-                "restarts": dict(self.cluster.processes.restarts),
+                "restarts": {**self.cluster.processes.restarts, **self.cluster.hosts.restarts},
+                "replica_hosts": len(self.cluster.replica_hosts),
                 "metrics": dict(self.cluster.processes.metrics),
                 "replica_reports": reports, **distributions}
 

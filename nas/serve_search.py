@@ -71,6 +71,13 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--paramservers", default="",
                    help="or use running shards: HOST:PORT,... in shard order "
                         "(`nas serve paramserver`)")
+    g.add_argument("--replica-hosts", type=int, default=1,
+                   help="run the replicas in P replica-host processes started here (replica i "
+                        "on host i mod P), each restarted if it dies with nothing lost (1: "
+                        "the replicas are threads of this service); needs shards")
+    g.add_argument("--replica-host-addresses", default="",
+                   help="or run them on running replica hosts: HOST:PORT,... "
+                        "(`nas serve replica` on other machines, with the cluster token)")
     g.add_argument("--workers", type=int, default=0,
                    help="children trained at once by Ray workers (0: each job trains its "
                         "children in this process, one at a time)")
@@ -193,6 +200,8 @@ def _cluster_options(args: argparse.Namespace, auth: ClusterAuth,
                      private_url: str | None) -> ClusterOptions:
     return ClusterOptions(
         shards=args.shards, paramservers=[a for a in args.paramservers.split(",") if a],
+        replica_hosts=args.replica_hosts,
+        replica_host_addresses=[a for a in args.replica_host_addresses.split(",") if a],
         redis_url=args.redis or private_url, redis_password=args.redis_password, auth=auth,
         workers=args.workers, ray_address=args.ray_address,
         cpus_per_child=args.cpus_per_child, gpus_per_child=args.gpus_per_child,
@@ -233,6 +242,8 @@ def _banner(cluster: ServiceCluster, open_service: bool) -> None:
     ends: dict[str, Any] = cluster.describe()
     if ends["paramservers"]:
         print(f"parameter servers {','.join(ends['paramservers'])}", flush=True)
+    if ends["replica_hosts"]:
+        print(f"replica hosts {','.join(ends['replica_hosts'])}", flush=True)
     if ends["trial_reports"]:
         print(f"workers report to {ends['trial_reports']} ({ends['workers']} Ray workers)",
               flush=True)

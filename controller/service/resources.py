@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from controller.config import SearchConfig
@@ -25,6 +26,7 @@ class JobCluster(Protocol):
     registry: CollectorRegistry              # the service's metrics
     replica_metrics: ReplicaMetricsServer    # the replicas' pushes, pulls and staleness
     addresses: list[str]                     # the parameter-server shards (none: in-process)
+    replica_hosts: list[str]                 # replica hosts (none: replicas are threads here)
 
     @property
     def has_paramservers(self) -> bool:
@@ -42,6 +44,9 @@ class JobCluster(Protocol):
 
     def parameter_client(self, layout: LayoutSpec) -> ShardedParameterClient:
         """A client of the shards for one job's layout."""
+
+    def host_channel(self, address: str) -> grpc.Channel:
+        """A channel to a replica host, carrying the cluster token."""
 
     def forget_job(self, job_id: str) -> int:
         """A job ended: drop what the workers keep of its trials; how many."""

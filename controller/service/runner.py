@@ -294,12 +294,13 @@ class JobRunner:
                   checkpoint: Mapping[str, object] | None) -> list[SearchOutcome]:
         """K controller replicas sharing the policy on the parameter servers (and the learner
         state of the job's ``checkpoint``)."""
-        group = ReplicaGroup(self.cluster, job_id, tag, cfg, space, checkpoint)
+        group = ReplicaGroup(self.cluster, job_id, tag, cfg, space, checkpoint,
+                             self.store.get(job_id).spec)
         result.replicas, result.by_replica = group.stats, group.outcomes
         with self._lock:
             self._groups[job_id] = group
         try:
-            return group.run(search, history)
+            return group.run(search, history, lambda: self._history(job_id, space))
         finally:
             with self._lock:
                 self._groups.pop(job_id, None)

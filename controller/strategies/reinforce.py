@@ -178,6 +178,23 @@ class ReinforceStrategy(Strategy):
                 return trial
         return None
 
+    def issued(self, trial_id: str) -> bool:
+        """Whether ``trial_id`` is a proposal of this strategy waiting for its result."""
+        return trial_id in self._pending
+
+    def adopt(self, trial_id: str, actions: Sequence[int]) -> None:
+        """Take a trial another strategy of the job proposed (a replica lost with its host)
+        as if it were this one's: its result, reported next, teaches this policy (the
+        gradient is computed on the actions, so a policy that never drew them learns the
+        same from them)."""
+        arch = self.space.decode(list(actions))
+        trial = Trial(trial_id, arch, tuple(actions), self.space.canonical_hash(arch),
+                      self.learner.version, self.job_id)
+        self._pending[trial_id] = trial
+        if self.novelty is not None:  # never proposed again
+            self.novelty.add(trial.actions)
+            self.novelty.claim(trial.arch_hash)
+
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
         _, log_prob, masks = self._drawn.pop(trial_id, (trial.actions, None, {}))
