@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import serve_search_process
 
 from controller.config import build_config
 from controller.distributed.host import settings_json
@@ -23,11 +24,14 @@ from controller.distributed.host_service import serve_replica_host
 from controller.distributed.ps_client import ShardedParameterClient
 from controller.distributed.shards import ShardProcesses
 from controller.factory import build_reinforce, build_space
+from controller.service.client import SearchClient
 from protos import codec
 from protos.cluster_auth import ClusterAuth, generate_token
 from protos.types import LayoutSpec
+from protos.v1 import common_pb2 as pb
 from protos.v1 import replica_pb2 as rp
 from protos.v1 import replica_pb2_grpc as rp_grpc
+from protos.v1 import search_pb2 as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,3 +206,40 @@ def test_cli_errors_are_one_line(args: list[str], field: str, tmp_path: Path) ->
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0], done.stderr
+
+
+def test_a_service_runs_its_replicas_on_running_replica_hosts(tmp_path: Path) -> None:
+    """`nas serve replica` processes started by hand (as on other machines), given to
+    `nas serve search --replica-host-addresses` with the cluster token: a job with two
+    replicas runs one on each and succeeds."""
+    token = generate_token()
+    env = {**os.environ, "NAS_CLUSTER_TOKEN": token}
+    hosts = [subprocess.Popen([sys.executable, "-m", "nas", "serve", "replica", "--port", "0"],
+                              cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for _ in range(2)]
+    service = None
+    try:
+        addresses = []
+        for proc in hosts:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("replica host listening on "), line
+            addresses.append(line.split()[-1])
+        service, endpoint = serve_search_process(
+            tmp_path / "work", "redis://127.0.0.1:6379/0", f"test-{os.getpid()}",
+            ["--shards", "1", "--replica-host-addresses", ",".join(addresses)], env=env)
+        spec = sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
+                             evaluation=sp.EvaluationSpec(evaluator="synthetic"),
+                             execution=sp.ExecutionSpec(replicas=2), budget=24, seed=1)
+        with SearchClient(endpoint) as client:
+            job = client.wait(client.submit(spec), 120)
+            trials = list(client.trials(job.job_id))
+        assert job.state == sp.JOB_STATE_SUCCEEDED, job.reason
+        assert {t.trial_id.split("-t")[0].rsplit("-", 1)[1] for t in trials} == {"r0", "r1"}
+    finally:
+        for proc in [*([service] if service else []), *hosts]:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    for index, proc in enumerate(hosts):  # each host ran one of the replicas
+        assert proc.stdout is not None
+        assert f"replica {job.job_id}-r{index} of job {job.job_id} started" in proc.stdout.read()

@@ -183,20 +183,26 @@ def _policy_notes(store: JobStore, job_id: str, offset: int) -> list[dict[str, f
             if e["op"] == "note" and e["kind"] == "policy"]
 
 
-@pytest.mark.parametrize("layout", ["in-process", "shards"])
+LAYOUTS = {"in-process": [], "shards": ["--shards", "2"],
+           # the replicas on two replica-host processes, which die with the service
+           "replica-hosts": ["--shards", "2", "--replica-hosts", "2"]}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_a_sigkilled_service_resumes_the_learner_where_it_was(tmp_path: Path,
                                                               layout: str) -> None:
     db = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore(db, prefix)
-    extra = ["--shards", "2"] if layout == "shards" else []
+    extra = LAYOUTS[layout]
     first, endpoint = serve_search_process(tmp_path / "work", REDIS_URL, prefix, extra)
     second: subprocess.Popen[str] | None = None
     try:
         spec = sp.SearchSpec(space=pb.SearchSpaceSpec(name="nb201"), strategy="reinforce",
                              evaluation=sp.EvaluationSpec(evaluator="nb201",
                                                           simulate_seconds=0.25),
-                             execution=sp.ExecutionSpec(parallel=4, replicas=1),
+                             execution=sp.ExecutionSpec(
+                                 parallel=4, replicas=2 if layout == "replica-hosts" else 1),
                              budget=40, seed=2)
         with SearchClient(endpoint) as client:
             job_id = client.submit(spec)

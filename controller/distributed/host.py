@@ -14,6 +14,7 @@ and hands them the results their predecessors had not pushed yet (``adopt``).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from protos.cluster_auth import ClusterAuth
 from protos.errors import InvalidArgumentError, NotFoundError
 from protos.types import LayoutSpec, Trial, TrialResult, TrialStatus
 
+log = logging.getLogger(__name__)
 REMEMBERED = 1024  # trial ids of results a replica remembers taking
 
 
@@ -126,6 +128,7 @@ class ReplicaHostState:
                 job.client.close()
                 return False
             self._jobs[job_id] = job
+        log.info("took up job %s (%d shards)", job_id, layout.num_shards)
         return True
 
     def load_history(self, job_id: str, entries: Sequence[tuple[Sequence[int], float]]) -> None:
@@ -157,6 +160,8 @@ class ReplicaHostState:
             history, job.history = job.history, []
             job.replicas[replica_id] = HostedReplica(strategy, made[0].stats)
         strategy.resume(history)  # the draws and the surrogate are the job's shared ones
+        log.info("replica %s of job %s started (incarnation %d, %d results taken up)",
+                 replica_id, job_id, incarnation, len(history))
 
     def suggest(self, job_id: str, replica_id: str, n: int) -> list[Trial]:
         """Up to ``n`` proposals of the replica."""

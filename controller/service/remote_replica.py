@@ -9,7 +9,9 @@ results wait here, and once the host answers again (restarted by the service's c
 whoever runs it) the replica is started there again: a new incarnation (``name.iN``: new trial
 ids, a new push id, so no push is ever applied twice) that takes up the job's history and
 learner checkpoint and gets the results its predecessor had not pushed yet, before any new
-one. No accepted result is lost and none is learned from twice.
+one. No accepted result is lost. One edge is left: a batch whose push reached the shards
+while its host died (the reply never came back) is pushed again by the next incarnation,
+under its own push id; at most one batch per replica of the dead host is learned from twice.
 """
 
 from __future__ import annotations
