@@ -125,13 +125,23 @@ class RemoteReplica(Strategy):
         self._checkpoint: dict[str, Any] | None = None
         self._unpushed: list[Unpushed] = []  # results the host has not pushed yet
         self._host_id: str | None = None
+        self._lost = False  # the host lost this incarnation: the next one starts first
         self._open()
 
     def _open(self) -> None:
-        self._host_id = self.link.ensure(self._host_id)
-        request = rp.OpenReplicaRequest(job_id=self.link.job_id, replica_id=self.replica_id,
-                                        index=self.index, incarnation=self.incarnation)
-        self.link.call(lambda: self.link.stub.OpenReplica(request, timeout=CALL_TIMEOUT))
+        """Start this incarnation on the host (beginning the job there first if the host is
+        new to it)."""
+        while True:
+            self._host_id = self.link.ensure(self._host_id)
+            request = rp.OpenReplicaRequest(job_id=self.link.job_id, replica_id=self.replica_id,
+                                            index=self.index, incarnation=self.incarnation)
+            try:
+                self.link.call(functools.partial(self.link.stub.OpenReplica, request,
+                                                 timeout=CALL_TIMEOUT))
+                return
+            except NotFoundError:  # the host restarted in between: begin the job again
+                if self.link.closed.is_set():
+                    raise
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on the host; when the host lost this replica (it restarted), start the
@@ -139,21 +149,29 @@ class RemoteReplica(Strategy):
         deadline = time.monotonic() + WAIT_FOR_HOST
         while True:
             try:
+                if self._lost:
+                    self._replace()
                 return self.link.call(fn)
             except NotFoundError:
                 if self.link.closed.is_set() or time.monotonic() > deadline:
                     raise
-            self._replace()
+                self._lost = True
 
     def _replace(self) -> None:
-        """The next incarnation, with the results its predecessor had not pushed."""
+        """The next incarnation, with the results its predecessor had not pushed (they stay
+        owed if the host is lost again meanwhile)."""
         self.incarnation += 1
         self.replica_id = f"{self.base_name}.i{self.incarnation}"
         self._open()
         owed, self._unpushed = self._unpushed, []
-        for item in owed:
+        for done, item in enumerate(owed):
             self._unpushed.append(item)
-            self._absorb(self.link.call(functools.partial(self._send, item)))
+            try:
+                self._absorb(self.link.call(functools.partial(self._send, item)))
+            except BaseException:
+                self._unpushed += owed[done + 1:]
+                raise
+        self._lost = False
 
     def suggest(self, n: int = 1) -> list[Trial]:
         reply = self._call(lambda: self.link.stub.Suggest(rp.SuggestRequest(
