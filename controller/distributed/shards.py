@@ -22,7 +22,7 @@ from controller.distributed.processes import (
     wait_for_line,
 )
 from protos.cluster_auth import INSECURE_FLAG, TOKEN_ENV, ClusterAuth, generate_token
-from protos.types import LayoutSpec, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
 
 SHARD_READY = r"listening on (\S+:\d+)(?: metrics (\S+))?"
 MAX_RESTARTS = 5
@@ -118,4 +118,5 @@ def layout_for(cfg: SearchConfig, job_id: str, size: int, lr: float,
                       num_shards=cfg.shards if num_shards is None else num_shards,
                       policy=UpdatePolicy(cfg.update_policy), staleness=cfg.staleness,
                       sync_pushes=cfg.sync_pushes or cfg.replicas, learning_rate=lr,
-                      beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every)
+                      beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every,
+                      staleness_rule=StalenessRule(cfg.staleness_rule), replicas=cfg.replicas)
