@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POLICY_SIZE = 20_550  # a policy of the size the bench measures
 MAX_RSS_MB = 120
-MAX_STARTUP_S = 5.0  # about 1 s on a loaded 2-core machine (3 to 5 s when shards imported torch)
+MAX_STARTUP_S = 5.0  # 0.3 to 1.1 s on a loaded 2-core machine; 2 to 5 s when shards had torch
 
 
 @pytest.fixture
