@@ -103,6 +103,7 @@ class SearchConfig:
     redis: str | None = None  # None: a private redis-server when the layout is distributed
     update_policy: str = "async"
     staleness: int = 4
+    staleness_rule: str = "scale"  # async: scale a stale push's learning rate, or reject it
     sync_pushes: int | None = None  # None: one push per replica (K)
     checkpoint_every: int = 10
     # Ray workers (evaluator "train"): children trained by Ray tasks, results over gRPC

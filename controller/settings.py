@@ -273,11 +273,16 @@ SETTINGS: tuple[Setting, ...] = (
             "again with nothing lost", min=1),
     Setting("redis", str, None, LAYOUT, "Redis URL",
             default_text="with S or K > 1: a private redis-server"),
-    Setting("update_policy", str, "async", LAYOUT, "async: apply each push, reject pushes older "
-            "than --staleness; sync: average --sync-pushes pushes per update",
+    Setting("update_policy", str, "async", LAYOUT, "async: apply each push as it comes, by "
+            "--staleness-rule; sync: average --sync-pushes pushes per update",
             choices=("async", "sync")),
-    Setting("staleness", int, 4, LAYOUT, "async: staleness bound tau in versions", min=0,
-            wire="execution.staleness"),
+    Setting("staleness", int, 4, LAYOUT, "async, --staleness-rule reject: the staleness bound "
+            "tau in versions", min=0, wire="execution.staleness"),
+    Setting("staleness_rule", str, "scale", LAYOUT, "async: a push s versions stale is applied "
+            "with the learning rate times min(1, K / s) (scale: with K replicas the mean "
+            "staleness is about K, Zhang et al. 2016, so only staler pushes are damped and none "
+            "is thrown away) or rejected when s > --staleness (reject: the replica re-pulls)",
+            choices=("scale", "reject"), wire="execution.staleness_rule"),
     Setting("sync_pushes", int, None, LAYOUT, "sync: pushes per update", min=1, default_text="K"),
     Setting("checkpoint_every", int, 10, LAYOUT, "shards checkpoint to Redis every N updates",
             min=0),

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m paramserver",
         description="Serve shard I of S of every registered parameter layout (gRPC nas.v1."
-                    "ParameterServer), with Adam, versions, bounded staleness and idempotent "
-                    "pushes. Layouts checkpointed in Redis for this shard are restored at start.",
+                    "ParameterServer), with Adam (numpy), versions, a staleness rule "
+                    "(scale stale pushes' learning rate, or reject them) and idempotent pushes. "
+                    "Layouts checkpointed in Redis for this shard are restored at start.",
         epilog="Once serving, one line is printed to stdout: 'paramserver shard I/S listening on "
                "HOST:PORT' (plus ' metrics http://HOST:MPORT/metrics' with --metrics-port). "
                "SIGTERM/SIGINT checkpoint every layout and exit 0.")
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"paramserver: error: cannot reach Redis at {args.redis}: {exc}", file=sys.stderr)
         return 2
-    from paramserver.server import serve  # here: --help and bad arguments skip loading torch
+    from paramserver.server import serve  # here: --help and bad arguments skip loading grpc
 
     with StopOnSignal() as stop:  # from here: a signal during start-up is not lost
         try:

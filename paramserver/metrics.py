@@ -31,6 +31,9 @@ class ShardMetrics:
                              buckets=buckets).labels(**label)
 
         self.pushes = counter("nas_ps_pushes_total", "Pushes accepted (applied or pending)")
+        self.scaled = counter("nas_ps_pushes_scaled_total",
+                              "Async pushes staler than K applied with a scaled-down learning "
+                              "rate (staleness rule scale)")
         rejected = Counter("nas_ps_push_rejected_total", "Pushes rejected, by reason",
                            ["shard", "reason"], registry=self.registry)
         self.rejected_stale = rejected.labels(reason="stale", **label)
@@ -55,6 +58,8 @@ class ShardMetrics:
         self.pushes.inc()
         if result.staleness is not None:
             self.staleness.observe(result.staleness)
+        if result.lr_scale < 1.0:
+            self.scaled.inc()
         if result.applied:
             self.version.set(result.version)
 

@@ -12,7 +12,6 @@ from prometheus_client import ProcessCollector, start_http_server
 
 from paramserver.checkpoint import CheckpointStore
 from paramserver.servicer import ParameterServerServicer
-from paramserver.shard import warm_up
 from protos.server import RunningServer, ServedBy, service_name, start_server
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
@@ -60,7 +59,6 @@ def serve(shard: int, num_shards: int, store: CheckpointStore, host: str = "127.
     ``http://host:metrics_port/metrics``. ``credentials``: serve TLS only; ``interceptors``:
     e.g. authentication, run before the decode guard. A port that cannot be bound raises
     :class:`protos.server.BindError` (an ``OSError``)."""
-    warm_up()  # before serving: the first registration must not wait for torch's imports
     servicer = ParameterServerServicer(shard, num_shards, store)
     registry = servicer.metrics.registry
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, memory

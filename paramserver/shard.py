@@ -1,8 +1,14 @@
 """One shard of a layout: its range of the flat vector, Adam state, version and push rules.
 
 Pure logic (no network): the servicer decodes requests and calls :class:`ShardState`. Adam is
-elementwise, so each shard applying ``torch.optim.Adam`` to its own range gives exactly what one
-Adam on the whole vector gives.
+elementwise, so each shard applying :class:`paramserver.adam.Adam` (numpy, torch's algorithm)
+to its own range gives what one Adam on the whole vector gives.
+
+An async push computed on version ``b`` while the shard is at ``v`` is ``s = v - b`` stale. The
+layout's :class:`StalenessRule` decides what happens to it: SCALE applies it with the learning
+rate times ``min(1, K / s)`` (K: the layout's replicas), REJECT refuses it when ``s`` exceeds
+the layout's ``staleness`` (tau). A push from the future (``b > v``, the shard restored an older
+checkpoint) is refused under both.
 """
 
 from __future__ import annotations
@@ -11,22 +17,24 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from paramserver import snapshot
+from paramserver.adam import Adam
 from protos.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from protos.types import LayoutSpec, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
 
 
 @dataclass(frozen=True)
 class PushResult:
     """What a push did: the version after it, whether it applied an update, whether it was a
-    duplicate, and (accepted async pushes) how many versions behind its base was."""
+    duplicate, (accepted async pushes) how many versions behind its base was, and the factor
+    its learning rate was scaled by (below 1: a push staler than K under the SCALE rule)."""
 
     version: int
     applied: bool
     duplicate: bool
     staleness: int | None = None
+    lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,14 +47,18 @@ class ShardStats:
     duplicates: int
 
 
-def warm_up() -> None:
-    """Build and step a throwaway Adam, once per process: a process's first ``torch.optim``
-    optimizer imports ``torch._dynamo`` (about a second, 1.5 s measured on a busy 2-core
-    machine), which the first job's registration would otherwise wait for."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    adam = torch.optim.Adam([param], foreach=False)
-    param.grad = torch.zeros(1)
-    adam.step()
+def lr_scale(layout: LayoutSpec, staleness: int) -> float:
+    """The factor of the learning rate of an async push ``staleness`` versions behind: under
+    SCALE ``min(1, K / staleness)`` (K: ``layout.replicas``), else 1.
+
+    Zhang et al. 2016 (Staleness-aware async-SGD, IJCAI) divide the learning rate by each
+    gradient's staleness and observe that with K learners the mean staleness is about K.
+    Normalising by K keeps the job's tuned rate for a typical push of a K-replica layout and
+    damps only the pushes staler than that (a slow, restarted or resumed replica); nothing is
+    thrown away."""
+    if layout.staleness_rule is not StalenessRule.SCALE or staleness <= layout.replicas:
+        return 1.0
+    return layout.replicas / staleness
 
 
 class ShardState:
@@ -62,10 +74,9 @@ class ShardState:
                                        f"holds {self.length} values, got {values.size}")
         if not np.all(np.isfinite(values)):
             raise InvalidArgumentError("initial.data: non-finite values")
-        self._param = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
-        self._adam = torch.optim.Adam([self._param], lr=layout.learning_rate,
-                                      betas=(layout.beta1, layout.beta2), eps=layout.eps,
-                                      foreach=False)
+        self._param = np.array(values, dtype=np.float32)
+        self._adam = Adam(self.length, layout.learning_rate, layout.beta1, layout.beta2,
+                          layout.eps)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closed = False
@@ -89,8 +100,8 @@ class ShardState:
             raise InvalidArgumentError(f"start: range [{start}, {start + length}) is outside "
                                        f"this shard's range [{self.start}, {end})")
         with self._lock:
-            flat = self._param.detach().numpy()
-            return self.version, flat[start - self.start:start - self.start + length].copy()
+            offset = start - self.start
+            return self.version, self._param[offset:offset + length].copy()
 
     def wait_for_version(self, min_version: int, timeout: float) -> bool:
         """Block until the version is >= ``min_version`` (True) or ``timeout`` seconds pass
@@ -118,8 +129,8 @@ class ShardState:
         """Apply (or, for SYNC, accumulate) a gradient of exactly this shard's range computed at
         ``base_version``. Idempotent by ``(replica_id, seq)``: a seq not above the replica's
         highest accepted one is a duplicate and changes nothing. Bad gradient:
-        InvalidArgumentError naming the field; too stale or from the future:
-        FailedPreconditionError (re-pull and recompute)."""
+        InvalidArgumentError naming the field; from the future, or too stale for the REJECT
+        rule or SYNC: FailedPreconditionError (re-pull and recompute)."""
         grad = self._check_gradient(start, gradient)
         with self._changed:
             if seq <= self._last_seq.get(replica_id, seq - 1):
@@ -130,9 +141,10 @@ class ShardState:
             self.pushes += 1
             if self.layout.policy is UpdatePolicy.ASYNC:
                 staleness = self.version - base_version
-                self._apply(grad.astype(np.float32))
+                scale = lr_scale(self.layout, staleness)
+                self._apply(grad.astype(np.float32), self.layout.learning_rate * scale)
                 return PushResult(self.version, applied=True, duplicate=False,
-                                  staleness=staleness)
+                                  staleness=staleness, lr_scale=scale)
             self._pending_sum += grad
             self._pending_count += 1
             if self._pending_count < self.layout.sync_pushes:
@@ -140,7 +152,7 @@ class ShardState:
             mean = (self._pending_sum / self._pending_count).astype(np.float32)
             self._pending_sum[:] = 0.0
             self._pending_count = 0
-            self._apply(mean)
+            self._apply(mean, self.layout.learning_rate)
             return PushResult(self.version, applied=True, duplicate=False)
 
     def _check_gradient(self, start: int, gradient: np.ndarray) -> np.ndarray:
@@ -164,7 +176,7 @@ class ShardState:
         elif self.layout.policy is UpdatePolicy.SYNC and base_version != version:
             message = (f"stale push: base_version {base_version} is not the current version "
                        f"{version} (sync); re-pull")
-        elif version - base_version > tau:
+        elif version - base_version > tau and self.layout.staleness_rule is StalenessRule.REJECT:
             message = (f"stale push: base_version {base_version} is {version - base_version} "
                        f"versions behind version {version} (staleness bound {tau}); re-pull")
         else:
@@ -172,10 +184,8 @@ class ShardState:
         self.rejected_stale += 1
         raise FailedPreconditionError(message)
 
-    def _apply(self, grad: np.ndarray) -> None:
-        self._param.grad = torch.from_numpy(grad)
-        self._adam.step()
-        self._param.grad = None
+    def _apply(self, grad: np.ndarray, lr: float) -> None:
+        self._adam.step(self._param, grad, lr)
         self.version += 1
         self._changed.notify_all()
 
@@ -185,7 +195,7 @@ class ShardState:
         with self._lock:
             return snapshot.encode(snapshot.ShardSnapshot(
                 layout=self.layout, shard=self.shard,
-                params=self._param.detach().numpy().copy(), adam=self._adam_state(),
+                params=self._param.copy(), adam=self._adam.state(),
                 version=self.version, counters=(self.pushes, self.rejected_stale,
                                                 self.duplicates),
                 last_seq=dict(self._last_seq), pending_sum=self._pending_sum.copy(),
@@ -202,16 +212,5 @@ class ShardState:
         state._pending_sum = snap.pending_sum.astype(np.float64)
         state._pending_count = snap.pending_count
         if snap.adam is not None:
-            step, exp_avg, exp_avg_sq = snap.adam
-            state._adam.state[state._param] = {
-                "step": torch.tensor(step, dtype=torch.float32),
-                "exp_avg": torch.tensor(exp_avg, dtype=torch.float32),
-                "exp_avg_sq": torch.tensor(exp_avg_sq, dtype=torch.float32)}
+            state._adam.load(*snap.adam)
         return state
-
-    def _adam_state(self) -> tuple[float, np.ndarray, np.ndarray] | None:
-        state = self._adam.state.get(self._param)
-        if not state:
-            return None
-        return (float(state["step"]), state["exp_avg"].detach().numpy().copy(),
-                state["exp_avg_sq"].detach().numpy().copy())

@@ -1,5 +1,9 @@
 """The checkpoint format of one shard: an uncompressed ``.npz`` archive (no pickle) holding the
-arrays and a JSON header with the scalars, so a blob is portable and safe to load."""
+arrays and a JSON header with the scalars, so a blob is portable and safe to load.
+
+The Adam state is torch's (step, exp_avg, exp_avg_sq), so blobs written while shards ran
+``torch.optim.Adam`` restore. A layout saved before it had ``staleness_rule`` and ``replicas``
+restores with their defaults (SCALE, 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protos.types import LayoutSpec, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
 
 FORMAT = "nas.paramserver.shard/1"
 
@@ -36,6 +40,7 @@ def encode(snap: ShardSnapshot) -> bytes:
     """Serialize a snapshot."""
     layout = dataclasses.asdict(snap.layout)
     layout["policy"] = snap.layout.policy.value
+    layout["staleness_rule"] = snap.layout.staleness_rule.value
     header = {"format": FORMAT, "layout": layout, "shard": snap.shard, "version": snap.version,
               "counters": list(snap.counters), "last_seq": dict(snap.last_seq),
               "pending_count": snap.pending_count,
@@ -60,6 +65,8 @@ def decode(data: bytes) -> ShardSnapshot:
             raise ValueError(f"unknown checkpoint format {header.get('format')!r}")
         layout_fields = dict(header["layout"])
         layout_fields["policy"] = UpdatePolicy(layout_fields["policy"])
+        if "staleness_rule" in layout_fields:
+            layout_fields["staleness_rule"] = StalenessRule(layout_fields["staleness_rule"])
         step = header["adam_step"]
         adam = None if step is None else (float(step), arrays["exp_avg"], arrays["exp_avg_sq"])
         return ShardSnapshot(

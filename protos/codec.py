@@ -94,6 +94,10 @@ T = TypeVar("T", bound=Message)
 _POLICY_TO_PB = {types.UpdatePolicy.ASYNC: ps.UPDATE_POLICY_ASYNC,
                  types.UpdatePolicy.SYNC: ps.UPDATE_POLICY_SYNC}
 _POLICY_FROM_PB = {v: k for k, v in _POLICY_TO_PB.items()}
+_RULE_TO_PB = {types.StalenessRule.SCALE: ps.STALENESS_RULE_SCALE,
+               types.StalenessRule.REJECT: ps.STALENESS_RULE_REJECT}
+_RULE_FROM_PB = {ps.STALENESS_RULE_UNSPECIFIED: types.StalenessRule.SCALE,
+                 **{v: k for k, v in _RULE_TO_PB.items()}}
 
 
 def layout_to_proto(spec: types.LayoutSpec) -> ps.Layout:
@@ -102,19 +106,24 @@ def layout_to_proto(spec: types.LayoutSpec) -> ps.Layout:
                      num_shards=spec.num_shards, policy=_POLICY_TO_PB[spec.policy],
                      staleness=spec.staleness, sync_pushes=spec.sync_pushes,
                      learning_rate=spec.learning_rate, beta1=spec.beta1, beta2=spec.beta2,
-                     eps=spec.eps, checkpoint_every=spec.checkpoint_every)
+                     eps=spec.eps, checkpoint_every=spec.checkpoint_every,
+                     staleness_rule=_RULE_TO_PB[spec.staleness_rule], replicas=spec.replicas)
 
 
 def layout_from_proto(msg: ps.Layout) -> types.LayoutSpec:
-    """Decode a layout; InvalidArgumentError names what is wrong."""
+    """Decode a layout (an unspecified staleness rule is SCALE, replicas 0 is 1: what an older
+    client meant); InvalidArgumentError names what is wrong."""
     if msg.policy not in _POLICY_FROM_PB:
         raise InvalidArgumentError("layout.policy: must be ASYNC or SYNC")
+    if msg.staleness_rule not in _RULE_FROM_PB:
+        raise InvalidArgumentError("layout.staleness_rule: must be SCALE or REJECT")
     try:
         return types.LayoutSpec(
             layout_id=msg.layout_id, total_size=msg.total_size, num_shards=msg.num_shards,
             policy=_POLICY_FROM_PB[msg.policy], staleness=msg.staleness,
             sync_pushes=msg.sync_pushes, learning_rate=msg.learning_rate, beta1=msg.beta1,
-            beta2=msg.beta2, eps=msg.eps, checkpoint_every=msg.checkpoint_every)
+            beta2=msg.beta2, eps=msg.eps, checkpoint_every=msg.checkpoint_every,
+            staleness_rule=_RULE_FROM_PB[msg.staleness_rule], replicas=msg.replicas or 1)
     except ValueError as exc:
         raise InvalidArgumentError(f"layout: {exc}") from None
 

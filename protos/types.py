@@ -140,14 +140,30 @@ class TrialResult:
 class UpdatePolicy(Enum):
     """How a shard applies pushes."""
 
-    ASYNC = "async"  # each push applied; pushes more than `staleness` versions old rejected
+    ASYNC = "async"  # each push applied as it comes, by the layout's StalenessRule
     SYNC = "sync"  # `sync_pushes` pushes on the current version averaged into one update
+
+
+class StalenessRule(Enum):
+    """What an ASYNC shard does with a push ``s`` versions stale (computed on an older version).
+
+    SCALE applies it with the learning rate times ``min(1, K / s)``, K the layout's replicas:
+    Zhang et al. 2016 (Staleness-aware async-SGD, IJCAI) divide the rate by each gradient's
+    staleness and observe that with K learners the mean staleness is about K, so normalising by
+    K keeps the tuned rate for a typical push and damps only the staler ones (a slow, restarted
+    or resumed replica); nothing is thrown away. REJECT refuses pushes more than ``staleness``
+    (tau) versions behind; the replica re-pulls and recomputes."""
+
+    SCALE = "scale"
+    REJECT = "reject"
 
 
 @dataclass(frozen=True)
 class LayoutSpec:
     """A flat float32 parameter vector split over ``num_shards`` shards, and its update rule
-    (Adam, with the given hyper-parameters, applied by each shard to its own range)."""
+    (Adam, with the given hyper-parameters, applied by each shard to its own range).
+    ``staleness`` bounds the REJECT rule; ``replicas`` (K, the replicas pushing to it) is the
+    SCALE rule's typical staleness."""
 
     layout_id: str
     total_size: int
@@ -160,6 +176,8 @@ class LayoutSpec:
     beta2: float = 0.999
     eps: float = 1e-8
     checkpoint_every: int = 10
+    staleness_rule: StalenessRule = StalenessRule.SCALE
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if not self.layout_id:
@@ -173,6 +191,8 @@ class LayoutSpec:
         if not (self.learning_rate > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1
                 and self.eps > 0):
             raise ValueError("Adam needs learning_rate > 0, betas in [0, 1) and eps > 0")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
 
     def shard_range(self, shard: int) -> tuple[int, int]:
         """(start, length) of shard ``shard``: even ranges as ps-lite splits keys."""

@@ -29,8 +29,9 @@ from controller.policy import LSTMPolicy, ReinforceLearner, ScoredTrial
 from controller.policy.reinforce import ReinforceConfig
 from controller.spaces.nb201 import NB201Space
 from controller.strategies.reinforce import ReinforceStrategy
+from paramserver.adam import Adam
 from protos.errors import FailedPreconditionError
-from protos.types import LayoutSpec, TrialResult, TrialStatus, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, TrialResult, TrialStatus, UpdatePolicy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Table = dict[str, tuple[float, float]]
@@ -117,9 +118,10 @@ def test_a_replayed_push_is_applied_once(cluster: tuple[ShardProcesses, str]) ->
 
 def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
         cluster: tuple[ShardProcesses, str]) -> None:
-    # Arrange: async with staleness bound 2; replica A pulls, B pushes three updates.
+    # Arrange: async, the reject rule with staleness bound 2; replica A pulls, B pushes three
+    # updates.
     c, prefix = cluster
-    layout = _layout(6, 2, staleness=2, learning_rate=0.1)
+    layout = _layout(6, 2, staleness=2, learning_rate=0.1, staleness_rule=StalenessRule.REJECT)
     client = ShardedParameterClient(_shards(c, prefix, 2), layout, auth=c.auth)
     client.register(np.zeros(6, dtype=np.float32))
     params_a = [nn.Parameter(torch.zeros(6))]
@@ -138,6 +140,30 @@ def test_a_lagging_replica_is_rejected_and_recovers_by_re_pulling(
         client.push("C", 1, [0, 0], np.ones(6, dtype=np.float32))
     assert a.apply([torch.ones(6)]) == 4  # fresh again: accepted
     assert a.stats.pushes == 1
+    client.close()
+
+
+def test_a_lagging_replica_is_applied_at_a_scaled_rate_by_default(
+        cluster: tuple[ShardProcesses, str]) -> None:
+    # Arrange: the default (scale) rule, K = 1; replica A pulls, B pushes three updates.
+    c, prefix = cluster
+    layout = _layout(6, 2, staleness=2, learning_rate=0.1)
+    client = ShardedParameterClient(_shards(c, prefix, 2), layout, auth=c.auth)
+    client.register(np.zeros(6, dtype=np.float32))
+    a = RemoteUpdater([nn.Parameter(torch.zeros(6))], client, "A")
+    b = RemoteUpdater([nn.Parameter(torch.zeros(6))], client, "B")
+    for _ in range(3):
+        b.apply([torch.ones(6)])
+    # Act: A's gradient is 3 versions stale, past tau = 2
+    version = a.apply([torch.full((6,), 2.0)])
+    # Assert: applied, at the learning rate times K / 3; nothing rejected
+    assert (a.stats.pushes, a.stats.rejected_stale, a.stats.staleness, version) == (1, 0, [3], 4)
+    param, adam = np.zeros(6, dtype=np.float32), Adam(6, 0.1)
+    for _ in range(3):
+        adam.step(param, np.ones(6, dtype=np.float32))
+    adam.step(param, np.full(6, 2.0, dtype=np.float32), lr=0.1 / 3)
+    np.testing.assert_array_equal(client.pull()[0], param)
+    assert [s.rejected_stale for s in client.status()] == [0, 0]
     client.close()
 
 

@@ -26,12 +26,13 @@ from paramserver.shard import ShardState
 from protos import codec
 from protos.cluster_auth import TOKEN_ENV, ClusterAuth
 from protos.rpc import CHANNEL_OPTIONS
-from protos.types import LayoutSpec
+from protos.types import LayoutSpec, StalenessRule
 from protos.v1 import paramserver_pb2 as ps
 from protos.v1 import paramserver_pb2_grpc as ps_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUT = LayoutSpec("policy", 10, 2, staleness=1, learning_rate=0.1, checkpoint_every=1)
+LAYOUT = LayoutSpec("policy", 10, 2, staleness=1, learning_rate=0.1, checkpoint_every=1,
+                    staleness_rule=StalenessRule.REJECT)
 INITIAL = np.linspace(-1, 1, 10, dtype=np.float32)
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TOKEN = "test-paramserver-token"  # the shard processes require it ($NAS_CLUSTER_TOKEN)
@@ -128,6 +129,43 @@ def test_errors_map_to_status_codes(shard1: Served) -> None:
     assert 'nas_ps_push_rejected_total{reason="invalid",shard="1"} 2.0' in text
     assert 'nas_ps_push_rejected_total{reason="stale",shard="1"} 1.0' in text
     assert 'nas_ps_version{shard="1"} 2.0' in text
+
+
+def test_the_scale_rule_applies_a_stale_push_and_rejects_one_from_the_future(
+        shard1: Served) -> None:
+    running, stub = shard1
+    scale = LayoutSpec("policy", 10, 2, staleness=1, learning_rate=0.1, replicas=2)
+    register(stub, scale)
+    for seq in range(5):
+        push(stub, seq, seq, np.ones(5, np.float32))
+    stale = push(stub, 0, 0, np.ones(5, np.float32), replica="slow")  # 5 behind, K = 2
+    assert (stale.applied, stale.version) == (True, 6)
+    assert code_of(lambda: push(stub, 1, 7, np.ones(5, np.float32), replica="slow")) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    status = stub.ShardStatus(ps.ShardStatusRequest(layout_id="policy"), timeout=10)
+    assert (status.version, status.pushes, status.rejected_stale) == (6, 6, 1)
+    assert codec.layout_from_proto(status.layout) == scale
+    assert 'nas_ps_pushes_scaled_total{shard="1"} 1.0' in scrape(running)
+
+
+def test_a_layout_without_a_rule_or_replicas_is_scale_with_one(shard1: Served) -> None:
+    # what an older client sends; a rule the server does not know names the field
+    _, stub = shard1
+    old = codec.layout_to_proto(LAYOUT)
+    old.ClearField("staleness_rule")
+    old.ClearField("replicas")
+    stub.RegisterLayout(ps.RegisterLayoutRequest(
+        layout=old, shard=1, initial=codec.tensor_to_proto(5, INITIAL[5:])), timeout=10)
+    status = stub.ShardStatus(ps.ShardStatusRequest(layout_id="policy"), timeout=10)
+    assert (status.layout.staleness_rule, status.layout.replicas) == \
+        (ps.STALENESS_RULE_SCALE, 1)
+    old.staleness_rule = 7  # type: ignore[assignment]
+    old.layout_id = "other"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RegisterLayout(ps.RegisterLayoutRequest(
+            layout=old, shard=1, initial=codec.tensor_to_proto(5, INITIAL[5:])), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "layout.staleness_rule" in str(info.value.details())
 
 
 def test_a_request_that_does_not_parse_is_invalid_argument(shard1: Served) -> None:

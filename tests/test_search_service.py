@@ -137,6 +137,8 @@ def test_cancel_stops_a_running_job_and_an_ended_job_cannot_be_cancelled(
      "spec.evaluation.evaluator"),
     (sp.SearchSpec(budget=5, execution=sp.ExecutionSpec(device="gpu")),
      "spec.execution.device"),
+    (sp.SearchSpec(budget=5, execution=sp.ExecutionSpec(staleness_rule="drop")),
+     "spec.execution.staleness_rule"),
 ])
 def test_a_bad_spec_is_invalid_argument_naming_the_field(client: SearchClient,
                                                          spec: sp.SearchSpec,

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from controller.config import ConfigError, SearchConfig, build_config
+from controller.distributed.shards import layout_for
 from controller.service.spec import (
     NOT_SETTINGS,
     spec_from_settings,
@@ -24,6 +25,7 @@ from nas.cli import build_parser
 from nas.search_command import flag_help, parse_config
 from nas.serve_command import spec_from_file
 from protos.errors import InvalidArgumentError
+from protos.types import StalenessRule
 from protos.v1 import search_pb2 as sp
 
 
@@ -197,3 +199,33 @@ def test_a_yaml_job_file_accepts_the_wire_keys_and_names_any_other(tmp_path: Pat
         path.write_text(f"budget: 7\n{key}: 1\n")
         with pytest.raises(ConfigError, match=rf"^{key}: not settable for a submitted job"):
             spec_from_file(path)
+
+
+def test_the_staleness_rule_travels_from_flag_yaml_and_spec_to_the_layout(tmp_path: Path) -> None:
+    # the flag, the default (scale) and a bad value naming the flag
+    parser = search_parser()
+    assert parse_config(parser.parse_args([])).staleness_rule == "scale"
+    cfg = parse_config(parser.parse_args(["--staleness-rule", "reject", "--replicas", "3"]))
+    assert (cfg.staleness_rule, cfg.replicas) == ("reject", 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--staleness-rule", "drop"])
+    # the YAML key of a submitted job, onto the wire and back into a config
+    path = tmp_path / "job.yaml"
+    path.write_text("budget: 7\nstaleness_rule: reject\n")
+    spec = spec_from_file(path)
+    assert spec.execution.staleness_rule == "reject"
+    assert spec_to_config(spec).staleness_rule == "reject"
+    path.write_text("budget: 7\nstaleness_rule: drop\n")
+    with pytest.raises(ConfigError, match=r"^staleness_rule: 'drop' is not one of scale, "
+                                          r"reject"):
+        spec_from_file(path)
+    # a spec with a bad value: INVALID_ARGUMENT naming the wire field
+    bad = sp.SearchSpec(budget=5, execution=sp.ExecutionSpec(staleness_rule="drop"))
+    with pytest.raises(InvalidArgumentError, match=r"^spec\.execution\.staleness_rule: 'drop'"):
+        spec_to_config(bad)
+    # the parameter-server layout of a job: the rule, and K for the scale rule
+    layout = layout_for(cfg, "job", 100, 0.01, (0.9, 0.999))
+    assert (layout.staleness_rule, layout.replicas, layout.staleness) == \
+        (StalenessRule.REJECT, 3, 4)
+    default = layout_for(SearchConfig(replicas=5), "job", 100, 0.01, (0.9, 0.999))
+    assert (default.staleness_rule, default.replicas) == (StalenessRule.SCALE, 5)

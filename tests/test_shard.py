@@ -1,4 +1,5 @@
-"""ShardState: Adam equality under sharding, staleness, de-duplication, sync rounds, snapshots."""
+"""ShardState: Adam equality under sharding, staleness rules, de-duplication, sync rounds,
+snapshots."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from paramserver.adam import Adam
+from paramserver.metrics import ShardMetrics
 from paramserver.shard import ShardState
 from protos.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from protos.types import LayoutSpec, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
 
 
 def make_shard(policy: UpdatePolicy = UpdatePolicy.ASYNC, staleness: int = 2,
-               sync_pushes: int = 1, size: int = 10, seed: int = 0) -> ShardState:
+               sync_pushes: int = 1, size: int = 10, seed: int = 0,
+               rule: StalenessRule = StalenessRule.SCALE, replicas: int = 1) -> ShardState:
     layout = LayoutSpec("policy", size, 1, policy=policy, staleness=staleness,
-                        sync_pushes=sync_pushes, learning_rate=0.01)
+                        sync_pushes=sync_pushes, learning_rate=0.01, staleness_rule=rule,
+                        replicas=replicas)
     initial = np.random.default_rng(seed).standard_normal(size).astype(np.float32)
     return ShardState(layout, 0, initial)
 
@@ -52,8 +57,8 @@ def test_sharded_adam_equals_torch_adam_on_the_whole_vector() -> None:
     np.testing.assert_allclose(got, whole.detach().numpy(), atol=1e-6, rtol=0)
 
 
-def test_async_accepts_staleness_up_to_tau_and_rejects_beyond() -> None:
-    shard = make_shard(staleness=2)
+def test_the_reject_rule_accepts_staleness_up_to_tau_and_rejects_beyond() -> None:
+    shard = make_shard(staleness=2, rule=StalenessRule.REJECT)
     for seq in range(3):
         shard.push("a", seq, shard.version, 0, grad())
     assert shard.version == 3
@@ -72,8 +77,43 @@ def test_async_accepts_staleness_up_to_tau_and_rejects_beyond() -> None:
     assert shard.push("b", 1, 4, 0, grad()).applied
 
 
-def test_base_version_ahead_of_the_shard_is_rejected() -> None:
-    shard = make_shard()
+def test_the_scale_rule_applies_a_push_50_versions_stale_at_lr_times_k_over_50() -> None:
+    # Arrange: K = 4 replicas, tau = 2 (the reject rule's bound: not used by scale)
+    shard = make_shard(staleness=2, replicas=4, rule=StalenessRule.SCALE)
+    param = np.random.default_rng(0).standard_normal(10).astype(np.float32)
+    reference = Adam(10, 0.01)
+    fresh = []
+    for seq in range(50):
+        fresh.append(shard.push("a", seq, shard.version, 0, grad(seed=seq)))
+        reference.step(param, grad(seed=seq))
+    # Act
+    stale = shard.push("b", 0, 0, 0, grad(seed=99))
+    within_k = shard.push("c", 0, shard.version - 4, 0, grad(seed=98))
+    # Assert: the stale one applied at 0.01 * 4 / 50, one exactly K behind at the full rate
+    assert all(r.applied and r.lr_scale == 1.0 and r.staleness == 0 for r in fresh)
+    assert (stale.applied, stale.version, stale.staleness, stale.lr_scale) == (True, 51, 50,
+                                                                               4 / 50)
+    reference.step(param, grad(seed=99), lr=0.01 * 4 / 50)
+    assert (within_k.applied, within_k.staleness, within_k.lr_scale) == (True, 4, 1.0)
+    reference.step(param, grad(seed=98), lr=0.01)
+    np.testing.assert_array_equal(shard.pull(0, 0)[1], param)
+    assert shard.stats().rejected_stale == 0 and shard.stats().pushes == 52
+
+
+def test_a_scaled_push_is_counted_in_the_shard_metrics() -> None:
+    shard, metrics = make_shard(replicas=1), ShardMetrics(0)
+    for seq in range(3):
+        metrics.record_push(shard.push("a", seq, shard.version, 0, grad()))
+    metrics.record_push(shard.push("b", 0, 0, 0, grad()))  # 3 behind, K = 1: lr / 3
+    metrics.record_push(shard.push("c", 0, 3, 0, grad()))  # 1 behind: the full rate
+    assert metrics.registry.get_sample_value("nas_ps_pushes_scaled_total",
+                                             {"shard": "0"}) == 1.0
+    assert metrics.registry.get_sample_value("nas_ps_pushes_total", {"shard": "0"}) == 5.0
+
+
+@pytest.mark.parametrize("rule", list(StalenessRule))
+def test_base_version_ahead_of_the_shard_is_rejected(rule: StalenessRule) -> None:
+    shard = make_shard(rule=rule)
     with pytest.raises(FailedPreconditionError, match=r"ahead of version 0.*re-pull"):
         shard.push("a", 0, 5, 0, grad())
     assert shard.stats().rejected_stale == 1 and shard.version == 0
@@ -147,7 +187,7 @@ def test_wait_for_version_wakes_on_push() -> None:
 @pytest.mark.parametrize("policy", [UpdatePolicy.ASYNC, UpdatePolicy.SYNC])
 def test_snapshot_round_trip_continues_identically(policy: UpdatePolicy) -> None:
     # Arrange: some updates, a duplicate-table entry and (sync) a pending push
-    shard = make_shard(policy, sync_pushes=2)
+    shard = make_shard(policy, sync_pushes=2, rule=StalenessRule.REJECT, replicas=3)
     for seq in range(5):
         shard.push("a", seq, shard.version, 0, grad(seed=seq))
         shard.push("b", seq, shard.version, 0, grad(seed=seq + 10))

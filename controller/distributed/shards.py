@@ -9,6 +9,7 @@ Secrets travel in the shards' environment, never on their command lines: the clu
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from controller.distributed.processes import (
     wait_for_line,
 )
 from protos.cluster_auth import INSECURE_FLAG, TOKEN_ENV, ClusterAuth, generate_token
-from protos.types import LayoutSpec, UpdatePolicy
+from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
 
 SHARD_READY = r"listening on (\S+:\d+)(?: metrics (\S+))?"
 MAX_RESTARTS = 5
@@ -50,7 +51,8 @@ def split_password(url: str) -> tuple[str, str | None]:
 class ShardProcesses:
     """The shard processes (and a private redis-server) started here, stopped together.
     ``token``: the cluster token they require (None: none, ``--insecure-no-token``);
-    ``redis_password``: of their Redis, when its URL has none."""
+    ``redis_password``: of their Redis, when its URL has none; ``on_spawn``: called with each
+    shard process as soon as it is started, before it is ready (tests kill it there)."""
 
     log_dir: Path
     token: str | None = field(default_factory=generate_token, repr=False)
@@ -60,10 +62,36 @@ class ShardProcesses:
     shard_addresses: list[str] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # process name -> /metrics URL
+    on_spawn: Callable[[Child], None] | None = field(default=None, repr=False)
 
     def start_shard(self, index: int, num_shards: int, redis_url: str, prefix: str,
                     port: int = 0) -> str:
-        """Start shard ``index`` and return its address once it listens."""
+        """Start shard ``index`` and return its address once it listens. One that dies before
+        it is ready is started again, like one that dies later: on the same ``port``, counted
+        in ``restarts``, ProcessError after MAX_RESTARTS. One still not ready after a minute:
+        ProcessError."""
+        while True:
+            child = self._spawn_shard(index, num_shards, redis_url, prefix, port)
+            try:
+                ready = wait_for_line(child, SHARD_READY)
+            except ProcessError:
+                if child.alive():
+                    raise
+                self._count_restart(child)  # died while starting
+                continue
+            break
+        address = ready.group(1)
+        if ready.group(2):
+            self.metrics[child.name] = ready.group(2)
+        if index < len(self.shards):
+            self.shards[index], self.shard_addresses[index] = child, address
+        else:
+            self.shards.append(child)
+            self.shard_addresses.append(address)
+        return address
+
+    def _spawn_shard(self, index: int, num_shards: int, redis_url: str, prefix: str,
+                     port: int) -> Child:
         old = self.metrics.get(f"shard{index}")  # a revived shard keeps its scrape target
         metrics_port = old.rsplit(":", 1)[1].split("/")[0] if old and port else "0"
         url, password = split_password(redis_url)
@@ -75,16 +103,9 @@ class ShardProcesses:
             str(port), "--redis", url, "--redis-prefix", prefix, "--metrics-port",
             metrics_port, *([] if self.token else [INSECURE_FLAG])), self.log_dir, env)
         self.children.append(child)
-        ready = wait_for_line(child, SHARD_READY)
-        address = ready.group(1)
-        if ready.group(2):
-            self.metrics[child.name] = ready.group(2)
-        if index < len(self.shards):
-            self.shards[index], self.shard_addresses[index] = child, address
-        else:
-            self.shards.append(child)
-            self.shard_addresses.append(address)
-        return address
+        if self.on_spawn is not None:
+            self.on_spawn(child)
+        return child
 
     @property
     def auth(self) -> ClusterAuth:
@@ -118,4 +139,5 @@ def layout_for(cfg: SearchConfig, job_id: str, size: int, lr: float,
                       num_shards=cfg.shards if num_shards is None else num_shards,
                       policy=UpdatePolicy(cfg.update_policy), staleness=cfg.staleness,
                       sync_pushes=cfg.sync_pushes or cfg.replicas, learning_rate=lr,
-                      beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every)
+                      beta1=betas[0], beta2=betas[1], checkpoint_every=cfg.checkpoint_every,
+                      staleness_rule=StalenessRule(cfg.staleness_rule), replicas=cfg.replicas)

@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/paramserver.proto\x12\x06nas.v1\"\xed\x01\n\x06Layout\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\x12$\n\x06policy\x18\x04 \x01(\x0e\x32\x14.nas.v1.UpdatePolicy\x12\x11\n\tstaleness\x18\x05 \x01(\x05\x12\x13\n\x0bsync_pushes\x18\x06 \x01(\x05\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x08 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\t \x01(\x01\x12\x0b\n\x03\x65ps\x18\n \x01(\x01\x12\x18\n\x10\x63heckpoint_every\x18\x0b \x01(\x05\"D\n\x06Tensor\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"g\n\x15RegisterLayoutRequest\x12\x1e\n\x06layout\x18\x01 \x01(\x0b\x32\x0e.nas.v1.Layout\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x1f\n\x07initial\x18\x03 \x01(\x0b\x32\x0e.nas.v1.Tensor\":\n\x16RegisterLayoutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"T\n\x0bPullRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\x13\n\x0bmin_version\x18\x04 \x01(\x03\"?\n\x0cPullResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.nas.v1.Tensor\"y\n\x0bPushRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12 \n\x08gradient\x18\x05 \x01(\x0b\x32\x0e.nas.v1.Tensor\"C\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\'\n\x12ShardStatusRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\"\xb0\x01\n\x13ShardStatusResponse\x12\x1e\n\x06layout\x18\x01 \x01(\x0b\x32\x0e.nas.v1.Layout\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x0e\n\x06pushes\x18\x06 \x01(\x03\x12\x16\n\x0erejected_stale\x18\x07 \x01(\x03\x12\x12\n\nduplicates\x18\x08 \x01(\x03*^\n\x0cUpdatePolicy\x12\x1d\n\x19UPDATE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_POLICY_ASYNC\x10\x01\x12\x16\n\x12UPDATE_POLICY_SYNC\x10\x02\x32\x90\x02\n\x0fParameterServer\x12O\n\x0eRegisterLayout\x12\x1d.nas.v1.RegisterLayoutRequest\x1a\x1e.nas.v1.RegisterLayoutResponse\x12\x31\n\x04Pull\x12\x13.nas.v1.PullRequest\x1a\x14.nas.v1.PullResponse\x12\x31\n\x04Push\x12\x13.nas.v1.PushRequest\x1a\x14.nas.v1.PushResponse\x12\x46\n\x0bShardStatus\x12\x1a.nas.v1.ShardStatusRequest\x1a\x1b.nas.v1.ShardStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/v1/paramserver.proto\x12\x06nas.v1\"\xae\x02\n\x06Layout\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\x12$\n\x06policy\x18\x04 \x01(\x0e\x32\x14.nas.v1.UpdatePolicy\x12\x11\n\tstaleness\x18\x05 \x01(\x05\x12\x13\n\x0bsync_pushes\x18\x06 \x01(\x05\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x08 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\t \x01(\x01\x12\x0b\n\x03\x65ps\x18\n \x01(\x01\x12\x18\n\x10\x63heckpoint_every\x18\x0b \x01(\x05\x12-\n\x0estaleness_rule\x18\x0c \x01(\x0e\x32\x15.nas.v1.StalenessRule\x12\x10\n\x08replicas\x18\r \x01(\x05\"D\n\x06Tensor\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"g\n\x15RegisterLayoutRequest\x12\x1e\n\x06layout\x18\x01 \x01(\x0b\x32\x0e.nas.v1.Layout\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x1f\n\x07initial\x18\x03 \x01(\x0b\x32\x0e.nas.v1.Tensor\":\n\x16RegisterLayoutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"T\n\x0bPullRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\x13\n\x0bmin_version\x18\x04 \x01(\x03\"?\n\x0cPullResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.nas.v1.Tensor\"y\n\x0bPushRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12 \n\x08gradient\x18\x05 \x01(\x0b\x32\x0e.nas.v1.Tensor\"C\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\'\n\x12ShardStatusRequest\x12\x11\n\tlayout_id\x18\x01 \x01(\t\"\xb0\x01\n\x13ShardStatusResponse\x12\x1e\n\x06layout\x18\x01 \x01(\x0b\x32\x0e.nas.v1.Layout\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x0e\n\x06pushes\x18\x06 \x01(\x03\x12\x16\n\x0erejected_stale\x18\x07 \x01(\x03\x12\x12\n\nduplicates\x18\x08 \x01(\x03*^\n\x0cUpdatePolicy\x12\x1d\n\x19UPDATE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_POLICY_ASYNC\x10\x01\x12\x16\n\x12UPDATE_POLICY_SYNC\x10\x02*d\n\rStalenessRule\x12\x1e\n\x1aSTALENESS_RULE_UNSPECIFIED\x10\x00\x12\x18\n\x14STALENESS_RULE_SCALE\x10\x01\x12\x19\n\x15STALENESS_RULE_REJECT\x10\x02\x32\x90\x02\n\x0fParameterServer\x12O\n\x0eRegisterLayout\x12\x1d.nas.v1.RegisterLayoutRequest\x1a\x1e.nas.v1.RegisterLayoutResponse\x12\x31\n\x04Pull\x12\x13.nas.v1.PullRequest\x1a\x14.nas.v1.PullResponse\x12\x31\n\x04Push\x12\x13.nas.v1.PushRequest\x1a\x14.nas.v1.PushResponse\x12\x46\n\x0bShardStatus\x12\x1a.nas.v1.ShardStatusRequest\x1a\x1b.nas.v1.ShardStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.paramserver_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATEPOLICY']._serialized_start=1077
-  _globals['_UPDATEPOLICY']._serialized_end=1171
+  _globals['_UPDATEPOLICY']._serialized_start=1142
+  _globals['_UPDATEPOLICY']._serialized_end=1236
+  _globals['_STALENESSRULE']._serialized_start=1238
+  _globals['_STALENESSRULE']._serialized_end=1338
   _globals['_LAYOUT']._serialized_start=40
-  _globals['_LAYOUT']._serialized_end=277
-  _globals['_TENSOR']._serialized_start=279
-  _globals['_TENSOR']._serialized_end=347
-  _globals['_REGISTERLAYOUTREQUEST']._serialized_start=349
-  _globals['_REGISTERLAYOUTREQUEST']._serialized_end=452
-  _globals['_REGISTERLAYOUTRESPONSE']._serialized_start=454
-  _globals['_REGISTERLAYOUTRESPONSE']._serialized_end=512
-  _globals['_PULLREQUEST']._serialized_start=514
-  _globals['_PULLREQUEST']._serialized_end=598
-  _globals['_PULLRESPONSE']._serialized_start=600
-  _globals['_PULLRESPONSE']._serialized_end=663
-  _globals['_PUSHREQUEST']._serialized_start=665
-  _globals['_PUSHREQUEST']._serialized_end=786
-  _globals['_PUSHRESPONSE']._serialized_start=788
-  _globals['_PUSHRESPONSE']._serialized_end=855
-  _globals['_SHARDSTATUSREQUEST']._serialized_start=857
-  _globals['_SHARDSTATUSREQUEST']._serialized_end=896
-  _globals['_SHARDSTATUSRESPONSE']._serialized_start=899
-  _globals['_SHARDSTATUSRESPONSE']._serialized_end=1075
-  _globals['_PARAMETERSERVER']._serialized_start=1174
-  _globals['_PARAMETERSERVER']._serialized_end=1446
+  _globals['_LAYOUT']._serialized_end=342
+  _globals['_TENSOR']._serialized_start=344
+  _globals['_TENSOR']._serialized_end=412
+  _globals['_REGISTERLAYOUTREQUEST']._serialized_start=414
+  _globals['_REGISTERLAYOUTREQUEST']._serialized_end=517
+  _globals['_REGISTERLAYOUTRESPONSE']._serialized_start=519
+  _globals['_REGISTERLAYOUTRESPONSE']._serialized_end=577
+  _globals['_PULLREQUEST']._serialized_start=579
+  _globals['_PULLREQUEST']._serialized_end=663
+  _globals['_PULLRESPONSE']._serialized_start=665
+  _globals['_PULLRESPONSE']._serialized_end=728
+  _globals['_PUSHREQUEST']._serialized_start=730
+  _globals['_PUSHREQUEST']._serialized_end=851
+  _globals['_PUSHRESPONSE']._serialized_start=853
+  _globals['_PUSHRESPONSE']._serialized_end=920
+  _globals['_SHARDSTATUSREQUEST']._serialized_start=922
+  _globals['_SHARDSTATUSREQUEST']._serialized_end=961
+  _globals['_SHARDSTATUSRESPONSE']._serialized_start=964
+  _globals['_SHARDSTATUSRESPONSE']._serialized_end=1140
+  _globals['_PARAMETERSERVER']._serialized_start=1341
+  _globals['_PARAMETERSERVER']._serialized_end=1613
 # @@protoc_insertion_point(module_scope)

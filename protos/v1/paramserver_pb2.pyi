@@ -25,19 +25,52 @@ class _UpdatePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdatePo
     DESCRIPTOR: _descriptor.EnumDescriptor
     UPDATE_POLICY_UNSPECIFIED: _UpdatePolicy.ValueType  # 0
     UPDATE_POLICY_ASYNC: _UpdatePolicy.ValueType  # 1
-    """apply each push; reject pushes more than `staleness` versions old"""
+    """apply each push as it comes, by the layout's staleness_rule"""
     UPDATE_POLICY_SYNC: _UpdatePolicy.ValueType  # 2
     """average `sync_pushes` pushes made on the current version, then apply"""
 
 class UpdatePolicy(_UpdatePolicy, metaclass=_UpdatePolicyEnumTypeWrapper):
-    """How updates are applied: asynchronously with a staleness bound, or synchronously."""
+    """How updates are applied: asynchronously (by the StalenessRule), or synchronously."""
 
 UPDATE_POLICY_UNSPECIFIED: UpdatePolicy.ValueType  # 0
 UPDATE_POLICY_ASYNC: UpdatePolicy.ValueType  # 1
-"""apply each push; reject pushes more than `staleness` versions old"""
+"""apply each push as it comes, by the layout's staleness_rule"""
 UPDATE_POLICY_SYNC: UpdatePolicy.ValueType  # 2
 """average `sync_pushes` pushes made on the current version, then apply"""
 Global___UpdatePolicy: _TypeAlias = UpdatePolicy  # noqa: Y015
+
+class _StalenessRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StalenessRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StalenessRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STALENESS_RULE_UNSPECIFIED: _StalenessRule.ValueType  # 0
+    """the default: SCALE"""
+    STALENESS_RULE_SCALE: _StalenessRule.ValueType  # 1
+    """apply every push, its Adam learning rate times min(1, replicas / s): with K replicas the
+    mean staleness is about K (Zhang et al. 2016), so a typical push keeps the tuned rate and
+    only staler ones (a slow, restarted or resumed replica) are damped; nothing is thrown away
+    """
+    STALENESS_RULE_REJECT: _StalenessRule.ValueType  # 2
+    """reject pushes with s > staleness (tau); the replica re-pulls"""
+
+class StalenessRule(_StalenessRule, metaclass=_StalenessRuleEnumTypeWrapper):
+    """What an async shard does with a push s = version - base_version versions stale. A push from
+    the future (base_version > version: the shard restored an older checkpoint) is rejected
+    under both rules.
+    """
+
+STALENESS_RULE_UNSPECIFIED: StalenessRule.ValueType  # 0
+"""the default: SCALE"""
+STALENESS_RULE_SCALE: StalenessRule.ValueType  # 1
+"""apply every push, its Adam learning rate times min(1, replicas / s): with K replicas the
+mean staleness is about K (Zhang et al. 2016), so a typical push keeps the tuned rate and
+only staler ones (a slow, restarted or resumed replica) are damped; nothing is thrown away
+"""
+STALENESS_RULE_REJECT: StalenessRule.ValueType  # 2
+"""reject pushes with s > staleness (tau); the replica re-pulls"""
+Global___StalenessRule: _TypeAlias = StalenessRule  # noqa: Y015
 
 @_typing.final
 class Layout(_message.Message):
@@ -56,6 +89,8 @@ class Layout(_message.Message):
     BETA2_FIELD_NUMBER: _builtins.int
     EPS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_EVERY_FIELD_NUMBER: _builtins.int
+    STALENESS_RULE_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     layout_id: _builtins.str
     total_size: _builtins.int
     """length of the whole flat vector"""
@@ -63,7 +98,7 @@ class Layout(_message.Message):
     """S; shard i owns [i*N/S, (i+1)*N/S) (integer division)"""
     policy: Global___UpdatePolicy.ValueType
     staleness: _builtins.int
-    """async: tau, the largest accepted (version - base_version)"""
+    """async, REJECT rule: tau, the largest accepted staleness"""
     sync_pushes: _builtins.int
     """sync: pushes averaged into one update"""
     learning_rate: _builtins.float
@@ -73,6 +108,10 @@ class Layout(_message.Message):
     eps: _builtins.float
     checkpoint_every: _builtins.int
     """checkpoint to Redis every N updates (0: only on SIGTERM)"""
+    staleness_rule: Global___StalenessRule.ValueType
+    """async: what a stale push does (unspecified: SCALE)"""
+    replicas: _builtins.int
+    """K, the replicas pushing (the SCALE rule's typical staleness;"""
     def __init__(
         self,
         *,
@@ -87,10 +126,12 @@ class Layout(_message.Message):
         beta2: _builtins.float = ...,
         eps: _builtins.float = ...,
         checkpoint_every: _builtins.int = ...,
+        staleness_rule: Global___StalenessRule.ValueType = ...,
+        replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta1", b"beta1", "beta2", b"beta2", "checkpoint_every", b"checkpoint_every", "eps", b"eps", "layout_id", b"layout_id", "learning_rate", b"learning_rate", "num_shards", b"num_shards", "policy", b"policy", "staleness", b"staleness", "sync_pushes", b"sync_pushes", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta1", b"beta1", "beta2", b"beta2", "checkpoint_every", b"checkpoint_every", "eps", b"eps", "layout_id", b"layout_id", "learning_rate", b"learning_rate", "num_shards", b"num_shards", "policy", b"policy", "replicas", b"replicas", "staleness", b"staleness", "staleness_rule", b"staleness_rule", "sync_pushes", b"sync_pushes", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

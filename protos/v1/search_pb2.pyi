@@ -986,14 +986,21 @@ class ExecutionSpec(_message.Message):
     PARALLEL_FIELD_NUMBER: _builtins.int
     STALENESS_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    STALENESS_RULE_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     """K controller replicas (> 1 needs parameter servers)"""
     parallel: _builtins.int
     """children of one replica's batch trained at once"""
     staleness: _builtins.int
-    """async parameter servers: staleness bound tau (4)"""
+    """async parameter servers, rule reject: staleness bound"""
     device: _builtins.str
-    """where children train: auto | cpu | cuda | cuda:N"""
+    """tau (4)
+    where children train: auto | cpu | cuda | cuda:N
+    """
+    staleness_rule: _builtins.str
+    """async parameter servers: a push s versions stale is applied with the learning rate times
+    min(1, replicas / s) ("scale", the default) or rejected when s > staleness ("reject")
+    """
     def __init__(
         self,
         *,
@@ -1001,10 +1008,11 @@ class ExecutionSpec(_message.Message):
         parallel: _builtins.int = ...,
         staleness: _builtins.int | None = ...,
         device: _builtins.str = ...,
+        staleness_rule: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "staleness", b"staleness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "device", b"device", "parallel", b"parallel", "replicas", b"replicas", "staleness", b"staleness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_staleness", b"_staleness", "device", b"device", "parallel", b"parallel", "replicas", b"replicas", "staleness", b"staleness", "staleness_rule", b"staleness_rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__staleness: _TypeAlias = _typing.Literal["staleness"]  # noqa: Y015
     _WhichOneofArgType__staleness: _TypeAlias = _typing.Literal["_staleness", b"_staleness"]  # noqa: Y015
