@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import numpy as np
 
@@ -14,6 +15,12 @@ from protos.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from protos.types import LayoutSpec
 
 log = logging.getLogger(__name__)
+
+
+def _same_vector(old: LayoutSpec, new: LayoutSpec) -> bool:
+    """Whether two layouts differ at most in their staleness rule, bound and replicas."""
+    return replace(old, staleness_rule=new.staleness_rule, staleness=new.staleness,
+                   replicas=new.replicas) == new
 
 
 class ShardRegistry:
@@ -63,7 +70,12 @@ class ShardRegistry:
         with self._lock:
             existing = self._states.get(layout.layout_id)
             if existing is not None:
-                if existing.layout != layout:
+                if existing.layout != layout and _same_vector(existing.layout, layout):
+                    # only how pushes are applied changed (a resumed job with another
+                    # staleness rule or replica count, or a checkpoint from before the rule):
+                    # the values and Adam's state stand, the new rule applies from now on
+                    existing.set_layout(layout)
+                elif existing.layout != layout:
                     raise FailedPreconditionError(
                         f"layout {layout.layout_id!r} is registered with different settings: "
                         f"{existing.layout} (use a new layout_id)")

@@ -119,6 +119,13 @@ class ShardState:
             self._closed = True
             self._changed.notify_all()
 
+    def set_layout(self, layout: LayoutSpec) -> None:
+        """Apply pushes by ``layout``'s rule from now on (same vector, same ranges)."""
+        if layout.shard_range(self.shard) != (self.start, self.length):
+            raise InvalidArgumentError("layout: a new layout must keep the shard's range")
+        with self._lock:
+            self.layout = layout
+
     def stats(self) -> ShardStats:
         """The version and counters, read together."""
         with self._lock:

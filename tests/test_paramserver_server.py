@@ -12,6 +12,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -96,7 +97,7 @@ def shard1(request: pytest.FixtureRequest) -> Iterator[Served]:
 def test_register_is_idempotent_and_checks_the_layout(shard1: Served) -> None:
     _, stub = shard1
     assert (register(stub).version, register(stub).created) == (0, False)
-    conflicting = LayoutSpec("policy", 10, 2, staleness=3)
+    conflicting = LayoutSpec("policy", 10, 2, staleness=1, learning_rate=0.5)
     assert code_of(lambda: register(stub, conflicting)) == grpc.StatusCode.FAILED_PRECONDITION
     assert code_of(lambda: register(stub, shard=0, initial=INITIAL[:5])) == \
         grpc.StatusCode.INVALID_ARGUMENT
@@ -146,6 +147,23 @@ def test_the_scale_rule_applies_a_stale_push_and_rejects_one_from_the_future(
     assert (status.version, status.pushes, status.rejected_stale) == (6, 6, 1)
     assert codec.layout_from_proto(status.layout) == scale
     assert 'nas_ps_pushes_scaled_total{shard="1"} 1.0' in scrape(running)
+
+
+def test_registering_again_with_another_rule_keeps_the_values_and_changes_the_rule(
+        shard1: Served) -> None:
+    # a job resumed with another rule or K, or from a checkpoint older than the rule
+    _, stub = shard1
+    register(stub)
+    push(stub, 1, 0, np.ones(5, np.float32))
+    before = stub.Pull(ps.PullRequest(layout_id="policy"), timeout=10)
+    reject = replace(LAYOUT, staleness_rule=StalenessRule.REJECT, replicas=4, staleness=0)
+    assert (register(stub, reject).version, register(stub, reject).created) == (1, False)
+    after = stub.Pull(ps.PullRequest(layout_id="policy"), timeout=10)
+    assert after.values.data == before.values.data
+    assert code_of(lambda: push(stub, 2, 0, np.ones(5, np.float32))) == \
+        grpc.StatusCode.FAILED_PRECONDITION  # one version behind, bound 0: rejected
+    status = stub.ShardStatus(ps.ShardStatusRequest(layout_id="policy"), timeout=10)
+    assert codec.layout_from_proto(status.layout) == reject
 
 
 def test_a_layout_without_a_rule_or_replicas_is_scale_with_one(shard1: Served) -> None:

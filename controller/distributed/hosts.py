@@ -51,7 +51,7 @@ class ReplicaHostProcesses:
             try:
                 address = wait_for_line(child, HOST_READY).group(1)
             except ProcessError:
-                if child.alive():  # no ready line in time: not a death to retry
+                if child.alive() or child.proc.returncode == 2:  # stuck, or its own error
                     raise
                 self._count_restart(child)
                 continue

@@ -75,7 +75,7 @@ class ShardProcesses:
             try:
                 ready = wait_for_line(child, SHARD_READY)
             except ProcessError:
-                if child.alive():
+                if child.alive() or child.proc.returncode == 2:  # stuck, or its own error
                     raise
                 self._count_restart(child)  # died while starting
                 continue
