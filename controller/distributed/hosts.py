@@ -9,11 +9,11 @@ from pathlib import Path
 
 from controller.distributed.processes import (
     Child,
-    ProcessError,
+    count_restart,
     python_module,
     spawn,
+    start_ready,
     stop,
-    wait_for_line,
 )
 from protos.cluster_auth import INSECURE_FLAG, TOKEN_ENV
 
@@ -39,27 +39,20 @@ class ReplicaHostProcesses:
 
     def _start(self, index: int, port: int) -> str:
         """Start host ``index`` (on ``port``; 0: any), again when it dies before it is ready."""
-        while True:
-            child = spawn(f"replica-host{index}", python_module(
-                "nas", "serve", "replica", "--port", str(port),
-                *([] if self.token else [INSECURE_FLAG])), self.log_dir,
-                {TOKEN_ENV: self.token} if self.token else {})
-            if index < len(self.hosts):
-                self.hosts[index] = child
-            else:
-                self.hosts.append(child)
-            try:
-                address = wait_for_line(child, HOST_READY).group(1)
-            except ProcessError:
-                if child.alive() or child.proc.returncode == 2:  # stuck, or its own error
-                    raise
-                self._count_restart(child)
-                continue
-            if index < len(self.addresses):
-                self.addresses[index] = address
-            else:
-                self.addresses.append(address)
-            return address
+        child, ready = start_ready(lambda: self._spawn(index, port), HOST_READY, self.restarts,
+                                   MAX_RESTARTS)
+        if index < len(self.hosts):
+            self.hosts[index], self.addresses[index] = child, ready.group(1)
+        else:
+            self.hosts.append(child)
+            self.addresses.append(ready.group(1))
+        return ready.group(1)
+
+    def _spawn(self, index: int, port: int) -> Child:
+        return spawn(f"replica-host{index}", python_module(
+            "nas", "serve", "replica", "--port", str(port),
+            *([] if self.token else [INSECURE_FLAG])), self.log_dir,
+            {TOKEN_ENV: self.token} if self.token else {})
 
     def revive(self) -> list[str]:
         """Restart every host that died, on its port; the names of those restarted."""
@@ -67,15 +60,10 @@ class ReplicaHostProcesses:
         for index, child in enumerate(self.hosts):
             if child.alive():
                 continue
-            self._count_restart(child)
+            count_restart(child, self.restarts, MAX_RESTARTS)
             self._start(index, int(self.addresses[index].rsplit(":", 1)[1]))
             revived.append(child.name)
         return revived
-
-    def _count_restart(self, child: Child) -> None:
-        self.restarts[child.name] = self.restarts.get(child.name, 0) + 1
-        if self.restarts[child.name] > MAX_RESTARTS:
-            raise ProcessError(f"{child.name} died {MAX_RESTARTS} times:\n{child.tail()}")
 
     def pids(self) -> dict[str, int]:
         """Each host's process id."""

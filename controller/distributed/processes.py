@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,29 @@ def stop(children: list[Child], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             child.proc.kill()
             child.proc.wait()
+
+
+def start_ready(spawn_child: Callable[[], Child], pattern: str,
+                restarts: dict[str, int], max_restarts: int) -> tuple[Child, re.Match[str]]:
+    """Spawn a child until it prints a line matching ``pattern``: one that dies first is spawned
+    again, each death counted in ``restarts`` (by name; ProcessError after ``max_restarts``);
+    one still not ready after a minute, or exiting 2 (its own error: bad options, an
+    unreachable Redis), is a ProcessError at once."""
+    while True:
+        child = spawn_child()
+        try:
+            return child, wait_for_line(child, pattern)
+        except ProcessError:
+            if child.alive() or child.proc.returncode == 2:
+                raise
+            count_restart(child, restarts, max_restarts)
+
+
+def count_restart(child: Child, restarts: dict[str, int], max_restarts: int) -> None:
+    """Count a restart of ``child``; ProcessError (with its log's tail) past ``max_restarts``."""
+    restarts[child.name] = restarts.get(child.name, 0) + 1
+    if restarts[child.name] > max_restarts:
+        raise ProcessError(f"{child.name} died {max_restarts} times:\n{child.tail()}")
 
 
 def python_module(module: str, *args: str) -> list[str]:

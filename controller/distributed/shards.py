@@ -16,11 +16,11 @@ from pathlib import Path
 from controller.config import SearchConfig
 from controller.distributed.processes import (
     Child,
-    ProcessError,
+    count_restart,
     python_module,
     spawn,
+    start_ready,
     stop,
-    wait_for_line,
 )
 from protos.cluster_auth import INSECURE_FLAG, TOKEN_ENV, ClusterAuth, generate_token
 from protos.types import LayoutSpec, StalenessRule, UpdatePolicy
@@ -70,16 +70,9 @@ class ShardProcesses:
         it is ready is started again, like one that dies later: on the same ``port``, counted
         in ``restarts``, ProcessError after MAX_RESTARTS. One still not ready after a minute:
         ProcessError."""
-        while True:
-            child = self._spawn_shard(index, num_shards, redis_url, prefix, port)
-            try:
-                ready = wait_for_line(child, SHARD_READY)
-            except ProcessError:
-                if child.alive() or child.proc.returncode == 2:  # stuck, or its own error
-                    raise
-                self._count_restart(child)  # died while starting
-                continue
-            break
+        child, ready = start_ready(
+            lambda: self._spawn_shard(index, num_shards, redis_url, prefix, port), SHARD_READY,
+            self.restarts, MAX_RESTARTS)
         address = ready.group(1)
         if ready.group(2):
             self.metrics[child.name] = ready.group(2)
@@ -117,14 +110,9 @@ class ShardProcesses:
         for index, child in enumerate(self.shards):
             if child.alive():
                 continue
-            self._count_restart(child)
+            count_restart(child, self.restarts, MAX_RESTARTS)
             port = int(self.shard_addresses[index].rsplit(":", 1)[1])
             self.start_shard(index, num_shards, redis_url, prefix, port)
-
-    def _count_restart(self, child: Child) -> None:
-        self.restarts[child.name] = self.restarts.get(child.name, 0) + 1
-        if self.restarts[child.name] > MAX_RESTARTS:
-            raise ProcessError(f"{child.name} died {MAX_RESTARTS} times:\n{child.tail()}")
 
     def stop(self) -> None:
         """Stop everything (shards first, then Redis)."""
