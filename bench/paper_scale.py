@@ -331,6 +331,15 @@ def verdicts(results: list[dict[str, Any]], band: list[tuple[float, float]] | No
     return lines
 
 
+def _first_block(paper: dict[str, Any], block: int) -> str:
+    """Why the paper layout's first blocks cannot learn: K x m children start at once."""
+    running = paper["replicas"] * paper["children"]
+    blocks = running / block
+    return (f"{paper['layout']} starts K x m = {running:,} children at once: its first "
+            f"{running:,} trainings ({blocks:.1f} block{'s' if blocks != 1 else ''}) are all "
+            "proposed by the initial policy, before any push.")
+
+
 def _test(band: list[tuple[float, float]] | None, passed: int, tested: int) -> str:
     """The within-noise test in words, and how it fares on K=1's own seeds."""
     text = ("Within noise, the test: K=1 runs n independent seeds; for each block the 95% "
@@ -381,6 +390,7 @@ def section(results: list[dict[str, Any]], trainings: int, block: int,
         f"Mean reward per block of {block:,} trainings (the learning curve: block b holds "
         f"trainings {block:,}(b-1)+1 to {block:,}b in the order they started; * outside "
         "K=1's interval):", "", *curve_table(results, band, judged), "",
+        _first_block(paper, block), "",
         f"![learning curve](bench/out/{png.name})", "",
         _test(band, passed, tested), "",
         "Processes (each layout's first seed):", "", *process_table(results), "",
