@@ -46,22 +46,27 @@ def plot_nb201(results: list[RunResult], methods: list[str], dataset: str,
     return path
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], name: str, title: str,
-                out: Path = OUT) -> Path:
-    """Best reward so far against trainings, one line per run."""
+def plot_blocks(curves: dict[str, list[float]], band: list[tuple[float, float]] | None,
+                block: int, name: str, title: str, out: Path = OUT) -> Path:
+    """Mean reward per block of trainings, one line per run, and a reference band shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for label, points in curves.items():
-        ax.step([p[0] for p in points], [p[1] for p in points], where="post", label=label)
-    ax.set_xlabel("trainings")
-    ax.set_ylabel("best reward so far")
+    if band:
+        xs = [block * (b + 1) for b in range(len(band))]
+        ax.fill_between(xs, [lo for lo, _ in band], [hi for _, hi in band], color="grey",
+                        alpha=0.3, label="K=1: 95% prediction interval")
+    for label, values in curves.items():
+        ax.plot([block * (b + 1) for b in range(len(values))], values, marker=".",
+                linewidth=1, label=label)
+    ax.set_xlabel(f"trainings (each point: the block of {block:,} ending there)")
+    ax.set_ylabel("mean reward of the block")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     fig.tight_layout()

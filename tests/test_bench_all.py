@@ -10,7 +10,7 @@ from bench.__main__ import BENCHES, LOGS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_BENCHMARKS = {"__init__", "__main__", "report", "readme", "plots", "baselines",
-                  "throughput_work"}
+                  "throughput_work", "paper_scale"}
 
 
 def test_every_benchmark_module_is_in_the_suite() -> None:

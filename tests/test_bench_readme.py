@@ -134,16 +134,21 @@ def test_others_share_is_a_share_of_the_cores() -> None:
 
 
 def test_readings_follow_the_measurements() -> None:
-    from bench import enas, paramserver
+    from bench import enas, paper_scale
 
     # Act
     weak = enas.reading({"tau_reward": 0.2, "tau_test": 0.0, "tau_sub_alone": 0.6})
     strong = enas.reading({"tau_reward": 0.7, "tau_test": 0.5, "tau_sub_alone": 0.6})
-    pushes = paramserver.reading({"S=2, K=4, m=8": {"pushes": 30, "rejected_stale": 10}})
-    # Assert
+    pushes = paper_scale.reading([
+        {"layout": "S=2, K=4, m=8", "pushes": 30, "rejected_stale": 10,
+         "flags": list(paper_scale.REJECT)},
+        {"layout": "S=2, K=4, m=8", "pushes": 1, "rejected_stale": 0,
+         "flags": list(paper_scale.REJECT)}])
+    # Assert: a layout's first seed, the rule its flags name and no other
     assert "weakly" in weak and "weakly" not in strong and "at least as well" in strong
-    assert "S=2, K=4, m=8 30 / 10 (25% rejected)" in pushes
-    assert f"tau = {paramserver.STALENESS} (the default)" in pushes
+    assert "S=2, K=4, m=8 30 / 10 (75%)" in pushes and "1 / 0" not in pushes
+    assert paper_scale.RULES[paper_scale.REJECT] in pushes
+    assert paper_scale.RULES[paper_scale.SCALE] not in pushes
 
 
 def test_the_throughput_reading_names_the_samplers_that_ran() -> None:
