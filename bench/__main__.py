@@ -53,7 +53,7 @@ BENCHES = (
     Bench("paramserver", "push/pull latency, push throughput, the paper's S=20 K=100 m=8 "
           "layout", (),
           ("--latency-n", "5", "--tp-seconds", "0.3", "--tp-shards", "1", "--tp-replicas", "2",
-           "--no-paper")),
+           "--shard-starts", "1", "--no-paper")),
     Bench("orchestration", "Ray worker dispatch and reporting overhead", (),
           ("--children", "4", "--workers", "2", "--epochs", "1", "--train-subset", "256")),
     Bench("load", "concurrent clients and a fuzzer against every RPC", (), ("--quick",)),

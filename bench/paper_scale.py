@@ -31,12 +31,11 @@ from protos.types import SearchSpaceSpec
 
 SPACE = SearchSpaceSpec(name="macro", num_layers=6)  # Zoph & Le's CNN space, 6 layers
 CONTROLLER = "zoph-le"  # the paper's controller: 2x35 LSTM, Adam 6e-4, cubed reward, m=8
-# The staleness rules as `nas search` flags, so that switching is one line each. SCALE: every
-# push applied (a bound no push reaches stands in for `--staleness-rule scale`, which scales
-# a push's step by min(1, K / staleness)); REJECT: pushes more than tau = 4 versions behind
-# are dropped (today's default rule)
-SCALE: tuple[str, ...] = ("--staleness", "1000000")
-REJECT: tuple[str, ...] = ("--staleness", "4")
+# The staleness rules as `nas search` flags. SCALE (the default): every push applied, its step
+# times min(1, K / staleness); REJECT (the old rule): pushes more than tau = 4 versions behind
+# are dropped
+SCALE: tuple[str, ...] = ("--staleness-rule", "scale")
+REJECT: tuple[str, ...] = ("--staleness-rule", "reject", "--staleness", "4")
 RSS_TARGET_MIB = 4e9 / 2**20  # 4 GB
 APPLIED_TARGET = 0.90
 SAMPLE_SECONDS = 0.25  # how often the processes' CPU and memory are read
@@ -56,11 +55,15 @@ class Layout:
 
 
 def layouts(shards: int, replicas: int, mid_replicas: int, k1_seeds: int,
-            reject: bool = True) -> list[Layout]:
-    """The rows: the paper's layout first (the one the targets judge), the old rule at the
-    same layout, K=``mid_replicas`` on the same S (only K changes), and K=1 over ``k1_seeds``
-    seeds (its seed-to-seed spread is the noise the paper layout's curve is judged against)."""
+            reject: bool = True, hosts: int = 0) -> list[Layout]:
+    """The rows: the paper's layout first (the one the targets judge), the same in ``hosts``
+    replica-host processes, the old rule at the same layout, K=``mid_replicas`` on the same S
+    (only K changes), and K=1 over ``k1_seeds`` seeds (its seed-to-seed spread is the noise the
+    paper layout's curve is judged against)."""
     rows = [Layout(f"S={shards}, K={replicas}, m=8", shards, replicas, flags=SCALE)]
+    if hosts > 1:
+        rows.append(Layout(f"S={shards}, K={replicas}, m=8, P={hosts} replica hosts", shards,
+                           replicas, flags=(*SCALE, "--replica-hosts", str(hosts))))
     if reject:
         rows.append(Layout(f"S={shards}, K={replicas}, m=8, reject tau=4", shards, replicas,
                            flags=REJECT))
@@ -224,8 +227,8 @@ def calibration(curves: list[list[float]]) -> tuple[int, int]:
     return passed, len(curves)
 
 
-RULES = {SCALE: "every push applied at the full step (no push is 10^6 versions behind: this "
-                "stands in for the scaling rule)",
+RULES = {SCALE: "every push applied, its learning rate times min(1, K / staleness) (the "
+                "default rule)",
          REJECT: "a push more than tau = 4 versions behind is rejected: the replica drops its "
                  "gradient and re-pulls"}
 

@@ -95,6 +95,36 @@ def latency(cluster: ShardProcesses, prefix: str, n: int) -> dict[str, dict[str,
     return {"paramserver": _percentiles(ps_times), "echo": _percentiles(echo_times)}
 
 
+SHARD_RSS_TARGET_MIB = 120e6 / 2**20  # 120 MB
+SHARD_START_TARGET_S = 1.0
+
+
+def footprint(log_dir: Path, prefix: str, starts: int) -> list[tuple[float, float]]:
+    """(seconds from spawn to listening, resident MiB after registering the policy and 20
+    pushes and pulls) of ``starts`` fresh shard processes, one after another."""
+    out = []
+    for i in range(starts):
+        cluster = ShardProcesses(log_dir / f"footprint{i}")
+        try:
+            t0 = time.perf_counter()
+            address = cluster.start_shard(0, 1, REDIS, prefix)
+            started = time.perf_counter() - t0
+            layout = LayoutSpec(layout_id=f"fp-{uuid.uuid4().hex[:6]}", total_size=POLICY_SIZE,
+                                num_shards=1, checkpoint_every=0)
+            client = ShardedParameterClient([address], layout, auth=cluster.auth)
+            client.register(np.zeros(POLICY_SIZE, dtype=np.float32))
+            versions = [0]
+            for seq in range(1, 21):
+                client.push("bench", seq, versions, np.full(POLICY_SIZE, 1e-3, np.float32))
+                _, versions = client.pull()
+            client.close()
+            read = scale._read(cluster.shards[0].proc.pid)
+            out.append((started, read[1] if read else 0.0))
+        finally:
+            cluster.stop()
+    return out
+
+
 def throughput(log_dir: Path, prefix: str, shards: int, replicas: int,
                seconds: float) -> float:
     """Pushes (each followed by a pull) per second with ``replicas`` concurrent clients."""
@@ -149,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.paramserver", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency-n", type=int, default=1000, help="push+pull round trips (1000)")
+    p.add_argument("--shard-starts", type=int, default=5,
+                   help="shard processes started one by one for start-up time and RSS (5)")
     p.add_argument("--tp-seconds", type=float, default=4.0, help="per throughput point (4)")
     p.add_argument("--tp-shards", default="1,2,4", help="throughput: shard counts (1,2,4)")
     p.add_argument("--tp-replicas", default="1,4,16", help="throughput: replica counts")
@@ -164,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=100, help="paper scale: K (100)")
     p.add_argument("--mid-replicas", type=int, default=10,
                    help="paper scale: K of the middle row, on the same S (10; 0: none)")
+    p.add_argument("--hosts", type=int, default=4,
+                   help="paper scale: a row with the K replicas in P replica-host processes "
+                        "(4; 0 or 1: none)")
     p.add_argument("--no-reject", action="store_true",
                    help="paper scale: skip the row of the rejecting rule at S, K")
     p.add_argument("--no-paper", action="store_true", help="skip the paper scale")
@@ -175,7 +210,7 @@ def paper_scale(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Every run of the paper-scale rows, in order, each on its row's own Redis database."""
     results = []
     rows = scale.layouts(args.shards, args.replicas, args.mid_replicas, args.seeds,
-                         reject=not args.no_reject)
+                         reject=not args.no_reject, hosts=args.hosts)
     for i, layout in enumerate(rows):
         for seed in layout.seeds:
             print(f"paper scale: {layout.name}, seed {seed} ...", file=sys.stderr, flush=True)
@@ -197,13 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             lat = latency(cluster, prefix, args.latency_n)
         finally:
             cluster.stop()
+        shards = footprint(logs, prefix, args.shard_starts)
         shard_counts = [int(s) for s in args.tp_shards.split(",")]
         replica_counts = [int(k) for k in args.tp_replicas.split(",")]
         tp = {(s, k): throughput(logs, prefix, s, k, args.tp_seconds)
               for s in shard_counts for k in replica_counts}
         paper = [] if args.no_paper else paper_scale(args, Path(tmp))
         body = render(lat, tp, paper, args, time.time() - started, redis_version(),
-                      Path(tmp) if args.no_write else OUT)
+                      Path(tmp) if args.no_write else OUT, shards)
     print(body)
     if not args.no_write:
         if paper:  # every run's numbers, curves included (not committed)
@@ -219,13 +255,14 @@ def command(args: argparse.Namespace) -> str:
         return "--no-paper"
     flags = (f"--trainings {args.trainings} --block {args.block} --seeds {args.seeds} "
              f"--child-seconds {args.child_seconds} --shards {args.shards} --replicas "
-             f"{args.replicas} --mid-replicas {args.mid_replicas}")
+             f"{args.replicas} --mid-replicas {args.mid_replicas} --hosts {args.hosts}")
     return flags + (" --no-reject" if args.no_reject else "")
 
 
 def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
            paper: list[dict[str, Any]], args: argparse.Namespace, wall: float,
-           redis_server: str = "(version unknown)", plot_dir: Path = OUT) -> str:
+           redis_server: str = "(version unknown)", plot_dir: Path = OUT,
+           shards: list[tuple[float, float]] | None = None) -> str:
     """The markdown section."""
     ratio = lat["paramserver"]["p50"] / lat["echo"]["p50"]
     ks = sorted({k for _, k in tp})
@@ -233,8 +270,9 @@ def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
              f"Command: `python -m bench.paramserver {command(args)}` ({wall / 60:.1f} min on "
              f"{machine()}; {load_during_run()}; shards are real processes on loopback, the "
              "paper-scale replicas threads of the `nas search` process (its embedded search "
-             f"service); Redis {redis_server} on 127.0.0.1, each paper-scale run on an emptied "
-             "database).", "",
+             "service) unless the row names replica hosts (`--replica-hosts P`: P `nas serve "
+             f"replica` processes); Redis {redis_server} on 127.0.0.1, each paper-scale run on "
+             "an emptied database).", "", *footprint_lines(shards or []),
              f"### Push + pull latency, one shard, the {POLICY_SIZE:,}-value policy "
              f"({4 * POLICY_SIZE / 1024:.0f} KiB)", "",
              "| path | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|"]
@@ -253,6 +291,25 @@ def render(lat: dict[str, dict[str, float]], tp: dict[tuple[int, int], float],
         lines += scale.section(paper, args.trainings, args.block, args.child_seconds,
                                plot_dir)
     return "\n".join(lines)
+
+
+def footprint_lines(shards: list[tuple[float, float]]) -> list[str]:
+    """The shard's start-up time and memory, with their verdicts."""
+    if not shards:
+        return []
+    start = max(t for t, _ in shards)
+    rss = max(r for _, r in shards)
+    return [f"### One shard process ({len(shards)} started one after another)", "",
+            "| measure | median | max | target | verdict |", "|---|---|---|---|---|",
+            f"| start-up: spawn to listening, s | {np.median([t for t, _ in shards]):.2f} | "
+            f"{start:.2f} | <= {SHARD_START_TARGET_S:g} s | "
+            f"**{'met' if start <= SHARD_START_TARGET_S else 'not met'}** |",
+            f"| RSS after registering the policy and 20 push + pull, MiB | "
+            f"{np.median([r for _, r in shards]):.0f} | {rss:.0f} | <= 120 MB "
+            f"({SHARD_RSS_TARGET_MIB:.0f} MiB) | "
+            f"**{'met' if rss <= SHARD_RSS_TARGET_MIB else 'not met'}** |", "",
+            "A shard imports no torch (Adam in numpy, `paramserver/adam.py`; "
+            "`tests/test_shard_processes.py` checks that no shard maps libtorch).", ""]
 
 
 if __name__ == "__main__":

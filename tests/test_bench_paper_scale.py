@@ -92,7 +92,7 @@ def test_the_section_states_the_runs_the_curve_and_computed_verdicts(tmp_path: P
     lines = scale.section(results, 2400, 800, 0.02, tmp_path)
     text = "\n".join(["<!-- bench:ps -->", "## PS", *lines, "<!-- /bench:ps -->"])
     # Assert: the rows, the starred blocks, the band, the process roles, the plot
-    assert "| S=20, K=100, m=8 | `--staleness 1000000` | 0 | 100 | 2,400 | 0.9000 | " \
+    assert "| S=20, K=100, m=8 | `--staleness-rule scale` | 0 | 100 | 2,400 | 0.9000 | " \
            "0.0500 | 7 of 33 | 95 / 5 (95%) | 50/90/120 | 200/900 | 300/800 | 62 | 3,000 |" in text
     assert "| S=20, K=100, m=8, seed 0 | 0.600* | 0.730* | 0.850 |" in text
     assert "| K=1, 95% prediction interval |" in text
