@@ -21,7 +21,8 @@ from bench.report import BENCHMARKS, README
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 _SECTION = re.compile(r"<!-- bench:([\w-]+) -->\n(.*?)\n<!-- /bench:\1 -->", re.S)
 _VERDICT = re.compile(r"\*\*(met|not met)\*\*", re.I)  # a sentence's verdict, in bold
-_ROW = re.compile(r"^\|(.+)\|\s*(met|not met)\s*\|$", re.I)  # a table's last column
+_ROW = re.compile(r"^\|(.+)\|\s*(?:\*\*)?(met|not met)(?:\*\*)?\s*\|$", re.I)  # a table's
+# last column, bold or not
 
 
 @dataclass
