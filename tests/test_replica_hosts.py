@@ -152,6 +152,32 @@ def test_a_replica_learns_from_results_its_predecessor_proposed(host) -> None:
     assert second.stats["policy_version"] == 1.0
 
 
+def test_a_withdrawn_proposal_with_a_known_reward_is_a_free_lesson(host) -> None:
+    """A proposal another host's replica made first is withdrawn by the service: with its
+    reward known it rides along in the replica's next update (as an isomorphic twin does);
+    unknown, it is dropped."""
+    stub, _, _, _ = host
+    stub.OpenReplica(rp.OpenReplicaRequest(job_id="j", replica_id="r0", index=0), timeout=30)
+    first, second, third, fourth = stub.Suggest(
+        rp.SuggestRequest(job_id="j", replica_id="r0", n=4), timeout=30).proposals
+    dropped = stub.Withdraw(rp.WithdrawRequest(job_id="j", replica_id="r0",
+                                               trial_id=first.trial_id), timeout=30)
+    lesson = stub.Withdraw(rp.WithdrawRequest(job_id="j", replica_id="r0",
+                                              trial_id=second.trial_id, known=True,
+                                              reward=0.8), timeout=30)
+    assert not dropped.updated and not lesson.updated and lesson.stats == {}
+    results = [stub.Report(rp.ReplicaReportRequest(
+        job_id="j", replica_id="r0", trial_id=p.trial_id, actions=list(p.actions),
+        reward=0.6), timeout=30) for p in (third, fourth)]
+    assert [r.updated for r in results] == [False, True]  # m = 2 results, the lesson with them
+    assert results[1].stats["free_twins"] == 1.0
+    with pytest.raises(grpc.RpcError) as info:  # a withdrawn proposal takes no result
+        stub.Report(rp.ReplicaReportRequest(
+            job_id="j", replica_id="r0", trial_id=first.trial_id, reward=0.5), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "actions" in str(info.value.details())
+
+
 def test_bad_requests_name_the_field(host) -> None:
     stub, _, layout, _ = host
     cases = [

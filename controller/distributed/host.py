@@ -18,7 +18,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from controller.policy.lstm import LSTMPolicy
 from controller.policy.novelty import NoveltyIndex
 from controller.policy.ranking import OverlapGP
 from controller.policy.reward_stats import RewardStats
-from controller.spaces.base import SearchSpace
+from controller.spaces.base import InvalidArchitecture, SearchSpace
 from controller.strategies.reinforce import ReinforceStrategy
 from protos.cluster_auth import ClusterAuth
 from protos.errors import InvalidArgumentError, NotFoundError
@@ -181,16 +181,31 @@ class ReplicaHostState:
             if replica.seen(trial_id):
                 return Reported(False, [], strategy.stats(), None)
             if not strategy.issued(trial_id):
-                strategy.adopt(trial_id, actions)
-            version, done = strategy.learner.version, len(replica.stats.pull_seconds)
-            pushes = (replica.stats.pushes, replica.stats.rejected_stale,
-                      replica.stats.duplicates)
-            strategy.report(trial_id, TrialResult(trial_id, status, reward, cached=cached))
-            updated = strategy.learner.version != version or \
-                len(replica.stats.pull_seconds) > done
-            updates = _updates(replica.stats, done, pushes) if updated else []
-            return Reported(updated, updates, strategy.stats(),
-                            strategy.checkpoint() if updated else None)
+                try:
+                    strategy.adopt(trial_id, actions)
+                except InvalidArchitecture as exc:  # it names the field (actions)
+                    raise InvalidArgumentError(f"{exc} (trial {trial_id!r} is not a pending "
+                                               f"proposal of {replica_id!r})") from None
+            result = TrialResult(trial_id, status, reward, cached=cached)
+            return self._learning(replica, lambda: strategy.report(trial_id, result))
+
+    def withdraw(self, job_id: str, replica_id: str, trial_id: str,
+                 reward: float | None) -> Reported:
+        """Take back a proposal the service did not run (see ``ReinforceStrategy.withdraw``)."""
+        replica = self._replica(job_id, replica_id)
+        with replica.lock:
+            return self._learning(replica, lambda: replica.strategy.withdraw(trial_id, reward))
+
+    def _learning(self, replica: HostedReplica, act: Callable[[], None]) -> Reported:
+        """Run ``act`` on the replica's strategy (lock held) and say what it pushed."""
+        strategy, stats = replica.strategy, replica.stats
+        version, done = strategy.learner.version, len(stats.pull_seconds)
+        counters = (stats.pushes, stats.rejected_stale, stats.duplicates)
+        act()
+        updated = strategy.learner.version != version or len(stats.pull_seconds) > done
+        updates = _updates(stats, done, counters) if updated else []
+        return Reported(updated, updates, strategy.stats(),
+                        strategy.checkpoint() if updated else None)
 
     def close_replica(self, job_id: str, replica_id: str) -> None:
         """A replica's search ended; the job leaves with its last replica."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from controller.distributed.host import ReplicaHostState
+from controller.distributed.host import ReplicaHostState, Reported
 from protos import codec
 from protos.cluster_auth import ClusterAuth
 from protos.errors import InvalidArgumentError
@@ -80,9 +80,19 @@ class ReplicaHostServicer(rp_grpc.ReplicaHostServicer):
     def Report(self, request: rp.ReplicaReportRequest,
                context: grpc.ServicerContext) -> rp.ReplicaReportResponse:
         """A result for a replica."""
-        done = self.state.report(request.job_id, request.replica_id, request.trial_id,
-                                 list(request.actions), request.reward, request.failed,
-                                 request.cached)
+        return self._reported(self.state.report(
+            request.job_id, request.replica_id, request.trial_id, list(request.actions),
+            request.reward, request.failed, request.cached))
+
+    @servicer_method
+    def Withdraw(self, request: rp.WithdrawRequest,
+                 context: grpc.ServicerContext) -> rp.ReplicaReportResponse:
+        """A proposal the service did not run."""
+        return self._reported(self.state.withdraw(
+            request.job_id, request.replica_id, request.trial_id,
+            request.reward if request.known else None))
+
+    def _reported(self, done: Reported) -> rp.ReplicaReportResponse:
         return rp.ReplicaReportResponse(
             host_id=self.state.host_id, updated=done.updated, stats=done.stats,
             checkpoint_json=json.dumps(done.checkpoint) if done.checkpoint is not None else "",

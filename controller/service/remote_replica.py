@@ -28,6 +28,7 @@ import grpc
 
 from controller.distributed.metrics import ReplicaMetrics
 from controller.distributed.remote import ReplicaStats
+from controller.policy.novelty import NoveltyIndex
 from controller.spaces.base import SearchSpace
 from controller.strategies.base import Strategy
 from protos import codec
@@ -37,6 +38,7 @@ from protos.types import LayoutSpec, Trial, TrialResult, TrialStatus
 from protos.v1 import replica_pb2 as rp
 from protos.v1 import replica_pb2_grpc as rp_grpc
 
+RETRIES = 4  # times a replica's host is asked again for proposals no other replica made
 HISTORY_PAGE = 2000  # entries per LoadHistory call
 WAIT_FOR_HOST = 180.0  # seconds a replica waits for its host to answer again
 CALL_TIMEOUT = 120.0  # a Report may push and pull (the shards' retries included)
@@ -112,8 +114,10 @@ class RemoteReplica(Strategy):
 
     def __init__(self, space: SearchSpace, link: HostLink, name: str, index: int,
                  batch_size: int, metrics: ReplicaMetrics | None = None,
-                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 proposed: NoveltyIndex | None = None) -> None:
         super().__init__(space, name)
+        self.proposed = proposed  # the architectures every replica of the job proposed
         self.link, self.base_name, self.index = link, name, index
         self.batch_size = batch_size
         self.metrics = metrics
@@ -174,19 +178,41 @@ class RemoteReplica(Strategy):
         self._lost = False
 
     def suggest(self, n: int = 1) -> list[Trial]:
-        reply = self._call(lambda: self.link.stub.Suggest(rp.SuggestRequest(
-            job_id=self.link.job_id, replica_id=self.replica_id, n=n), timeout=CALL_TIMEOUT))
-        trials = []
-        for p in reply.proposals:
-            arch = self.space.decode(list(p.actions))
-            trial = Trial(p.trial_id, arch, tuple(p.actions), self.space.canonical_hash(arch),
-                          int(p.policy_version), self.job_id)
-            self._pending[trial.trial_id] = trial
-            trials.append(trial)
+        """Up to ``n`` proposals of architectures no replica of the job proposed before. A
+        replica's host knows only its own replicas' draws: a proposal another host's replica
+        made is withdrawn (a free lesson when its reward is known) and the host is asked again,
+        ``RETRIES`` times; after that the last ones are taken as they are (cache hits)."""
+        trials: list[Trial] = []
+        for attempt in range(RETRIES + 1):
+            reply = self._call(lambda: self.link.stub.Suggest(rp.SuggestRequest(
+                job_id=self.link.job_id, replica_id=self.replica_id, n=n - len(trials)),
+                timeout=CALL_TIMEOUT))
+            for p in reply.proposals:
+                arch = self.space.decode(list(p.actions))
+                trial = Trial(p.trial_id, arch, tuple(p.actions),
+                              self.space.canonical_hash(arch), int(p.policy_version),
+                              self.job_id)
+                new, reward = (True, None) if self.proposed is None else \
+                    self.proposed.claim(trial.arch_hash)
+                if new or attempt == RETRIES:
+                    self._pending[trial.trial_id] = trial
+                    trials.append(trial)
+                else:
+                    self._withdraw(trial.trial_id, reward)
+            if len(trials) == n or not reply.proposals:
+                break
         return trials
+
+    def _withdraw(self, trial_id: str, reward: float | None) -> None:
+        request = rp.WithdrawRequest(job_id=self.link.job_id, replica_id=self.replica_id,
+                                     trial_id=trial_id, known=reward is not None,
+                                     reward=reward or 0.0)
+        self._absorb(self._call(lambda: self.link.stub.Withdraw(request, timeout=CALL_TIMEOUT)))
 
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
+        if self.proposed is not None:
+            self.proposed.settle(trial.arch_hash, result.reward)
         item = (trial_id, trial.actions, result.reward,
                 result.status is not TrialStatus.SUCCEEDED, result.cached)
         self._unpushed.append(item)

@@ -7,7 +7,8 @@ Each replica's search runs in a thread of the job (its budget, cache, journal an
 the service's). Its controller (policy, sampling, learning, pushes) is either in this process,
 or, when the cluster has replica hosts, in replica ``i``'s host ``i mod P``
 (``remote_replica.RemoteReplica``); there the drawn sequences, the surrogate and the learner
-state are shared by the job's replicas on that host."""
+state are shared by the job's replicas on that host, and this process keeps the architectures
+all of them proposed (``novelty``), so that none is proposed twice across hosts."""
 
 from __future__ import annotations
 
@@ -108,6 +109,10 @@ class ReplicaGroup:
         """The job on each replica host (none: the replicas run in this process). The first
         host incarnation gets ``history``; one that restarted gets ``reload()``."""
         first = {address: True for address in self.cluster.replica_hosts}
+        for actions, reward in history if self.cluster.replica_hosts else []:
+            key = self.space.canonical_hash(self.space.decode(list(actions)))
+            self.novelty.claim(key)  # proposed by an earlier run: never again
+            self.novelty.settle(key, reward)
 
         def pages(address: str) -> History:
             if first.pop(address, False):
@@ -164,7 +169,8 @@ class ReplicaGroup:
         """Replica ``index`` on host ``index mod P``: its search here, its controller there."""
         replica = RemoteReplica(self.space, self.links[index % len(self.links)], name, index,
                                 self.batch_size,
-                                self.cluster.replica_metrics.replica(index), self._remember)
+                                self.cluster.replica_metrics.replica(index), self._remember,
+                                self.novelty)
         self.stats[name] = replica.replica_stats
         try:
             outcome = search(replica)

@@ -195,6 +195,22 @@ class ReinforceStrategy(Strategy):
             self.novelty.add(trial.actions)
             self.novelty.claim(trial.arch_hash)
 
+    def withdraw(self, trial_id: str, reward: float | None) -> None:
+        """Take back a proposal that will not be evaluated (another replica of the job, on
+        another host, proposed its architecture): with its ``reward`` known it teaches the
+        policy for free, as an isomorphic twin does; unknown, it is dropped."""
+        trial = self._pending.pop(trial_id, None)
+        draw = self._drawn.pop(trial_id, None)
+        if trial is None:
+            return
+        if reward is not None:
+            self.free += 1
+            _, log_prob, masks = draw if draw is not None else (trial.actions, None, {})
+            self._scored.append(ScoredTrial(
+                trial, TrialResult(trial_id, TrialStatus.SUCCEEDED, reward, cached=True),
+                log_prob, masks))
+        self._maybe_update()
+
     def report(self, trial_id: str, result: TrialResult) -> None:
         trial = self._take(trial_id, result)
         _, log_prob, masks = self._drawn.pop(trial_id, (trial.actions, None, {}))

@@ -390,6 +390,38 @@ class ReplicaReportResponse(_message.Message):
 Global___ReplicaReportResponse: _TypeAlias = ReplicaReportResponse  # noqa: Y015
 
 @_typing.final
+class WithdrawRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    TRIAL_ID_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    REWARD_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    replica_id: _builtins.str
+    trial_id: _builtins.str
+    known: _builtins.bool
+    """the architecture's reward is known: a free lesson"""
+    reward: _builtins.float
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        replica_id: _builtins.str = ...,
+        trial_id: _builtins.str = ...,
+        known: _builtins.bool = ...,
+        reward: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "known", b"known", "replica_id", b"replica_id", "reward", b"reward", "trial_id", b"trial_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawRequest: _TypeAlias = WithdrawRequest  # noqa: Y015
+
+@_typing.final
 class CloseReplicaRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

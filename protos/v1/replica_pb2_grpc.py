@@ -59,6 +59,11 @@ class ReplicaHostStub:
                 request_serializer=protos_dot_v1_dot_replica__pb2.ReplicaReportRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.FromString,
                 _registered_method=True)
+        self.Withdraw = channel.unary_unary(
+                '/nas.v1.ReplicaHost/Withdraw',
+                request_serializer=protos_dot_v1_dot_replica__pb2.WithdrawRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.FromString,
+                _registered_method=True)
         self.CloseReplica = channel.unary_unary(
                 '/nas.v1.ReplicaHost/CloseReplica',
                 request_serializer=protos_dot_v1_dot_replica__pb2.CloseReplicaRequest.SerializeToString,
@@ -104,6 +109,14 @@ class ReplicaHostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Withdraw(self, request, context):
+        """A proposal the service did not run: another replica of the job proposed its architecture
+        (the replica learns from it for free when its reward is known, as from an isomorphic twin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseReplica(self, request, context):
         """The replica's search ended; the job leaves the host with its last replica.
         """
@@ -137,6 +150,11 @@ def add_ReplicaHostServicer_to_server(servicer, server):
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
                     request_deserializer=protos_dot_v1_dot_replica__pb2.ReplicaReportRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.SerializeToString,
+            ),
+            'Withdraw': grpc.unary_unary_rpc_method_handler(
+                    servicer.Withdraw,
+                    request_deserializer=protos_dot_v1_dot_replica__pb2.WithdrawRequest.FromString,
                     response_serializer=protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.SerializeToString,
             ),
             'CloseReplica': grpc.unary_unary_rpc_method_handler(
@@ -279,6 +297,33 @@ class ReplicaHost:
             target,
             '/nas.v1.ReplicaHost/Report',
             protos_dot_v1_dot_replica__pb2.ReplicaReportRequest.SerializeToString,
+            protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Withdraw(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nas.v1.ReplicaHost/Withdraw',
+            protos_dot_v1_dot_replica__pb2.WithdrawRequest.SerializeToString,
             protos_dot_v1_dot_replica__pb2.ReplicaReportResponse.FromString,
             options,
             channel_credentials,

@@ -44,6 +44,10 @@ class ReplicaHostStub:
     """Up to n new proposals of a replica."""
     Report: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ReplicaReportRequest, _replica_pb2.ReplicaReportResponse]
     """A result for a replica: it learns from it, and every m results it pushes to the shards."""
+    Withdraw: _grpc.UnaryUnaryMultiCallable[_replica_pb2.WithdrawRequest, _replica_pb2.ReplicaReportResponse]
+    """A proposal the service did not run: another replica of the job proposed its architecture
+    (the replica learns from it for free when its reward is known, as from an isomorphic twin).
+    """
     CloseReplica: _grpc.UnaryUnaryMultiCallable[_replica_pb2.CloseReplicaRequest, _replica_pb2.HostReply]
     """The replica's search ended; the job leaves the host with its last replica."""
 
@@ -60,6 +64,10 @@ class ReplicaHostAsyncStub(ReplicaHostStub):
     """Up to n new proposals of a replica."""
     Report: _aio.UnaryUnaryMultiCallable[_replica_pb2.ReplicaReportRequest, _replica_pb2.ReplicaReportResponse]  # type: ignore[assignment]
     """A result for a replica: it learns from it, and every m results it pushes to the shards."""
+    Withdraw: _aio.UnaryUnaryMultiCallable[_replica_pb2.WithdrawRequest, _replica_pb2.ReplicaReportResponse]  # type: ignore[assignment]
+    """A proposal the service did not run: another replica of the job proposed its architecture
+    (the replica learns from it for free when its reward is known, as from an isomorphic twin).
+    """
     CloseReplica: _aio.UnaryUnaryMultiCallable[_replica_pb2.CloseReplicaRequest, _replica_pb2.HostReply]  # type: ignore[assignment]
     """The replica's search ended; the job leaves the host with its last replica."""
 
@@ -103,6 +111,16 @@ class ReplicaHostServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_replica_pb2.ReplicaReportResponse, _abc.Awaitable[_replica_pb2.ReplicaReportResponse]]:
         """A result for a replica: it learns from it, and every m results it pushes to the shards."""
+
+    @_abc_1.abstractmethod
+    def Withdraw(
+        self,
+        request: _replica_pb2.WithdrawRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.ReplicaReportResponse, _abc.Awaitable[_replica_pb2.ReplicaReportResponse]]:
+        """A proposal the service did not run: another replica of the job proposed its architecture
+        (the replica learns from it for free when its reward is known, as from an isomorphic twin).
+        """
 
     @_abc_1.abstractmethod
     def CloseReplica(
