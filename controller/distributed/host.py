@@ -219,11 +219,6 @@ class ReplicaHostState:
             del self._jobs[job_id]
         job.client.close()
 
-    def jobs(self) -> list[str]:
-        """The jobs on this host."""
-        with self._lock:
-            return list(self._jobs)
-
     def close(self) -> None:
         """Cut every job's shard calls short (the host is stopping)."""
         with self._lock:

@@ -63,7 +63,6 @@ class HostLink:
                                          shard_addresses=list(shards))
         self._history, self._checkpoint = history, checkpoint
         self.host_id: str | None = None
-        self.begun = 0  # times the job was begun on a (new) host incarnation
         self._lock = threading.Lock()
         self.closed = threading.Event()
 
@@ -83,12 +82,11 @@ class HostLink:
             request.checkpoint_json = json.dumps(checkpoint) if checkpoint else ""
             reply = self.call(lambda: self.stub.BeginJob(request, timeout=CALL_TIMEOUT))
             if reply.created:
-                self.begun += 1
-                self._load_history(reply.host_id)
+                self._load_history()
             self.host_id = reply.host_id
             return self.host_id
 
-    def _load_history(self, host_id: str) -> None:
+    def _load_history(self) -> None:
         page: list[rp.Scored] = []
         for actions, reward in self._history():
             page.append(rp.Scored(actions=list(actions), reward=reward))
